@@ -1,0 +1,27 @@
+# Every target builds its own virtual environment from nothing, with the tested pins.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PINS    := requirements/constraints.txt
+
+.PHONY: venv train test bench clean
+
+$(BIN)/alignkit: pyproject.toml $(PINS)
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c $(PINS) -e '.[dev,count]'
+	touch $@
+
+venv: $(BIN)/alignkit
+
+# The main job: align the embedded toy model on CPU.
+train: venv
+	$(BIN)/alignkit train
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

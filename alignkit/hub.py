@@ -1,0 +1,128 @@
+"""Finding and safely loading checkpoints: hub ids, local paths, the HF cache.
+
+Every load here is `safetensors` or `torch.load(weights_only=True)`: a checkpoint from the
+internet never executes code. Failures become one-line `AlignkitError`s that say what was
+looked for, where, and how to point at a local copy.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from alignkit.errors import CheckpointError, MissingWeightsError
+
+
+def offline() -> bool:
+    """True when huggingface_hub is told not to touch the network."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_file(repo_id: str, filename: str, *, local: str | os.PathLike | None = None,
+                 what: str = "checkpoint", option: str = "path") -> Path:
+    """Return a local path to `filename`: from `local` (a file, or a folder holding it) if
+    given, else from the hub repo `repo_id` through the HF cache (offline mode respected).
+
+    `what` names the thing in messages; `option` is the override the user can pass.
+    """
+    if local is not None:
+        path = Path(local).expanduser()
+        if path.is_dir():
+            path = path / filename
+        if not path.is_file():
+            raise MissingWeightsError(f"{what}: no file at {path}; pass an existing file as {option}=PATH")
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except LocalEntryNotFoundError:
+        mode = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached"
+        raise MissingWeightsError(
+            f"{what}: {repo_id}/{filename} is not in the Hugging Face cache and {mode}; "
+            f"run `hf download {repo_id} {filename}` where there is network, or pass {option}=PATH to a local copy"
+        ) from None
+    except (RepositoryNotFoundError, EntryNotFoundError) as exc:
+        raise MissingWeightsError(
+            f"{what}: {repo_id}/{filename} does not exist on the hub ({type(exc).__name__}); "
+            f"pass {option}=PATH to a local copy"
+        ) from None
+
+
+def resolve_pretrained(name_or_path: str, what: str, probe: str = "config.json",
+                       subfolder: str | None = None) -> str:
+    """Check that a `from_pretrained` source exists before a library gives a long traceback.
+
+    A local folder must hold `probe`; a hub id must be in the cache or reachable. Returns the
+    argument unchanged, for `from_pretrained`.
+    """
+    path = Path(name_or_path).expanduser()
+    rel = f"{subfolder}/{probe}" if subfolder else probe
+    if path.exists():
+        if not (path / rel).is_file():
+            raise MissingWeightsError(f"{what}: {path} has no {rel}; is it a model folder?")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MissingWeightsError(f"{what}: no folder at {name_or_path}")
+    resolve_file(name_or_path, rel, what=what)
+    return name_or_path
+
+
+def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+    """Load a checkpoint without ever executing code from it.
+
+    `.safetensors` files load through safetensors; anything else through
+    `torch.load(weights_only=True)`, which refuses pickles that ask to call code.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({_first_line(exc)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower() and "unsupported" in str(exc).lower():
+            raise CheckpointError(
+                f"{what}: refused to load {path}: it is a pickle that asks to run code "
+                f"({_unsafe_global(exc)}); only safetensors and plain tensor checkpoints are loaded"
+            ) from None
+        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)})") from None
+
+
+def load_into(module: torch.nn.Module, state_dict: dict, what: str, strict: bool = True) -> None:
+    """`load_state_dict` with a one-line error for missing keys or wrong shapes."""
+    try:
+        missing, unexpected = module.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as exc:
+        detail = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        shown = "; ".join(detail[1:3]) if len(detail) > 1 else detail[0]
+        raise CheckpointError(f"{what}: checkpoint does not fit the model ({shown})") from None
+    if strict and (missing or unexpected):  # pragma: no cover - strict raises above
+        raise CheckpointError(f"{what}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _unsafe_global(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "unsupported global" in line.lower() or "global" in line.lower():
+            return line.strip().lstrip("WeightsUnpickler error: ")[:160]
+    return _first_line(exc)
