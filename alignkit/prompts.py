@@ -1,0 +1,94 @@
+"""Prompt sets: built-in names, a file with one prompt a line, or a single prompt.
+
+Each built-in set has a `train` split and a held-out `eval` split, so that evaluation scores
+prompts the model was not tuned on. Other modules (the toy world) add sets with
+`register_prompt_set`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from alignkit.errors import AlignkitError
+
+# The 45 animals of ddpo-pytorch's and AlignProp's `simple_animals.txt`.
+SIMPLE_ANIMALS = (
+    "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon "
+    "fox wolf lizard beetle ant butterfly fish shark whale dolphin squirrel mouse rat snake "
+    "turtle frog chicken duck goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo"
+).split()
+# Held out for evaluation: animals of the same kind that training never sees.
+EVAL_ANIMALS = "elephant giraffe penguin owl panda koala octopus crab parrot peacock".split()
+
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+# COCO classes that a stock YOLO detector counts, for the `count` reward on real models.
+COUNT_OBJECTS = ("apple", "cat", "dog", "bird", "car", "cup", "banana", "orange", "horse", "sheep")
+EVAL_COUNT_OBJECTS = ("donut", "clock", "bottle", "cow")
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith(("s", "sh", "ch", "x")):
+        return noun + "es"
+    return {"sheep": "sheep", "mouse": "mice"}.get(noun, noun + "s")
+
+
+def counting_prompts(objects, counts=range(1, 5)) -> list[str]:
+    """'one apple', 'two apples', ...: the prompts the `count` reward reads a number from."""
+    return [f"{NUMBER_WORDS[n - 1]} {noun if n == 1 else _plural(noun)}" for noun in objects for n in counts]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    train: list[str]
+    eval: list[str]
+
+
+_SETS: dict[str, Callable[[], PromptSet]] = {
+    "simple_animals": lambda: PromptSet("simple_animals", list(SIMPLE_ANIMALS), list(EVAL_ANIMALS)),
+    "counting": lambda: PromptSet("counting", counting_prompts(COUNT_OBJECTS), counting_prompts(EVAL_COUNT_OBJECTS)),
+}
+
+
+def register_prompt_set(name: str, factory: Callable[[], PromptSet]) -> None:
+    _SETS[name] = factory
+
+
+def prompt_set_names() -> list[str]:
+    _load_plugins()
+    return sorted(_SETS)
+
+
+def load_prompt_set(source: str) -> PromptSet:
+    """A built-in set by name, or a file (one prompt a line, used for train and eval alike)."""
+    _load_plugins()
+    if source in _SETS:
+        return _SETS[source]()
+    path = Path(source).expanduser()
+    if path.is_file():
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise AlignkitError(f"prompt file {path} is empty; write one prompt a line")
+        return PromptSet(str(path), lines, lines)
+    if path.exists():
+        raise AlignkitError(f"prompts: {path} is not a file")
+    raise AlignkitError(
+        f"prompts: '{source}' is neither a built-in set ({', '.join(sorted(_SETS))}) nor a file"
+    )
+
+
+def single_prompt(prompt: str) -> PromptSet:
+    if not prompt.strip():
+        raise AlignkitError("--prompt is empty")
+    return PromptSet("prompt", [prompt], [prompt])
+
+
+def _load_plugins() -> None:
+    # The toy world registers its own sets; importing it is cheap (no torch models load).
+    try:
+        import alignkit.toy.prompts  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("alignkit.toy.prompts",):
+            raise

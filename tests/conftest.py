@@ -1,0 +1,38 @@
+"""Shared test set-up: offline, CPU, small thread counts, opt-in markers."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Tests never touch the network; ultralytics must not look anything up or write to $HOME.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="alignkit-yolo-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_WEIGHTS = Path(os.environ.get("ALIGNKIT_SHARED_WEIGHTS", ROOT.parent / "shared" / "weights"))
+
+_OPT_IN = {"slow": "ALIGNKIT_SLOW", "real_weights": "ALIGNKIT_REAL_WEIGHTS"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker, env in _OPT_IN.items():
+            if marker in item.keywords and not os.environ.get(env):
+                item.add_marker(pytest.mark.skip(reason=f"opt-in: set {env}=1"))
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture
+def shared_weights() -> Path:
+    """The real LAION aesthetic heads in ../shared/weights (data, never copied into the repo)."""
+    if not SHARED_WEIGHTS.is_dir():
+        pytest.skip(f"real reward heads not found at {SHARED_WEIGHTS} (set ALIGNKIT_SHARED_WEIGHTS)")
+    return SHARED_WEIGHTS
