@@ -129,5 +129,7 @@ def _first_line(exc: BaseException) -> str:
 def _unsafe_global(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         if "unsupported global" in line.lower() or "global" in line.lower():
-            return line.strip().lstrip("WeightsUnpickler error: ")[:160]
+            # removeprefix, not lstrip (which strips a set of characters: "Unsupported" lost its "Uns");
+            # the first sentence names the global, the rest is torch's advice to allow it.
+            return line.strip().removeprefix("WeightsUnpickler error: ").split(". ")[0][:160]
     return _first_line(exc)

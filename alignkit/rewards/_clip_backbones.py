@@ -146,14 +146,14 @@ def load_hf_tokenizer(source: str, *, what: str, option: str):
                                   f"pass {option}= a folder with vocab.json and merges.txt or tokenizer.json") from None
 
 
-def load_open_clip(model_name: str, checkpoint: Path, *, what: str) -> nn.Module:
-    """An open_clip architecture, by config name, with every weight from `checkpoint` (a dict
-    whose `state_dict` replaces the model's, as open_clip's training saves it). Nothing is
-    downloaded: neither pretrained tags nor tower weights are ever fetched."""
+def open_clip_config(model_name: str, *, what: str) -> dict:
+    """The architecture config open_clip knows by `model_name`, ready to build without
+    fetching any pretrained tower weights."""
     import open_clip
 
     # Only configs by name (built in, or added with add_model_config): an `hf-hub:` name
     # would fetch a config outside the checkpoint loading path.
+    model_name = str(model_name)
     config = None if ":" in model_name else open_clip.get_model_config(model_name)
     if config is None:
         raise AlignkitError(f"{what}: open_clip has no model config '{model_name}' (e.g. ViT-H-14); "
@@ -166,6 +166,16 @@ def load_open_clip(model_name: str, checkpoint: Path, *, what: str) -> nn.Module
         config["vision_cfg"]["timm_model_pretrained"] = False
     if "hf_model_name" in config["text_cfg"]:
         config["text_cfg"]["hf_model_pretrained"] = False
+    return config
+
+
+def load_open_clip(model_name: str, checkpoint: Path, *, what: str) -> nn.Module:
+    """An open_clip architecture, by config name, with every weight from `checkpoint` (a dict
+    whose `state_dict` replaces the model's, as open_clip's training saves it). Nothing is
+    downloaded: neither pretrained tags nor tower weights are ever fetched."""
+    import open_clip
+
+    config = open_clip_config(model_name, what=what)
     custom_text = config.pop("custom_text", False) or "hf_model_name" in config["text_cfg"]
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.errors import AlignkitError, MissingWeightsError
+from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError
 from alignkit.hub import load_into, load_state_dict, resolve_file
 from alignkit.rewards._clip_backbones import clip_pixels, load_hf_clip, place
 from alignkit.rewards.base import Reward, resize_shortest_crop
@@ -100,8 +100,14 @@ def load_head(version: str, head_path: str | None) -> nn.Module:
         raise MissingWeightsError(f"{what}: {spec.filename} has no hub copy; download it from {spec.origin} "
                                   f"and pass head_path=PATH")
     path = resolve_file(spec.repo, spec.filename, local=head_path, what=what, option="head_path")
+    state = load_state_dict(path, what)
     head = spec.build()
-    load_into(head, load_state_dict(path, what), what)
+    if isinstance(state, dict) and set(state) != set(head.state_dict()):
+        # The two heads are easy to mix up by file name: say which one this file is.
+        for other, other_spec in HEADS.items():
+            if set(state) == set(other_spec.build().state_dict()):
+                raise CheckpointError(f"{what}: {path} is a {other} head; pass version={other}")
+    load_into(head, state, what)
     return head
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from alignkit.errors import AlignkitError
 from alignkit.hub import resolve_file
-from alignkit.rewards._clip_backbones import ContrastiveReward, OpenClipTowers, load_open_clip, place
+from alignkit.rewards._clip_backbones import (ContrastiveReward, OpenClipTowers, load_open_clip,
+                                              open_clip_config, place)
 from alignkit.rewards.base import resize_longest_pad
 from alignkit.rewards.registry import register
 
@@ -51,6 +52,7 @@ def hps(device=None, dtype=None, version: str = DEFAULT_VERSION, checkpoint_path
     `model_name` the open_clip architecture the checkpoint fits."""
     version = canonical_version(version)
     what = f"hps {version} checkpoint"
+    open_clip_config(model_name, what="hps")  # a bad name fails before a 4 GB file is fetched
     path = resolve_file(HPS_REPO, HPS_FILES[version], local=checkpoint_path, what=what, option="checkpoint_path")
     model = load_open_clip(model_name, path, what=what)
     reward = ContrastiveReward(OpenClipTowers(model, model_name), resize_longest_pad, scale=1.0)
