@@ -123,10 +123,13 @@ def test_real_laion_v1_head(shared_weights, tiny, images):
                                atol=1e-4, rtol=1e-5)
 
 
-def test_v2_head_in_v1_mode_does_not_fit(shared_weights, tiny):
+def test_a_head_of_the_other_version_is_named(shared_weights, tiny):
     with pytest.raises(CheckpointError) as info:
         load_reward("aesthetic", version="v1", head_path=str(shared_weights / V2_FILE), clip_model=str(tiny["folder"]))
-    tm.assert_one_line(info, "aesthetic v1 head", "does not fit")
+    tm.assert_one_line(info, "aesthetic v1 head", "is a v2 head", "version=v2")
+    with pytest.raises(CheckpointError) as info:
+        load_reward("aesthetic", head_path=str(shared_weights / V1_FILE), clip_model=str(tiny["folder"]))
+    tm.assert_one_line(info, "aesthetic v2 head", "is a v1 head", "version=v1")
 
 
 def test_v1_needs_a_head_path(hub):
