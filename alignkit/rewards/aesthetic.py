@@ -113,7 +113,7 @@ def load_head(version: str, head_path: str | None) -> nn.Module:
 
 @register(
     "aesthetic",
-    "LAION aesthetic predictor (v2 MLP, or v1 linear) on CLIP ViT-L/14 image embeddings",
+    "LAION aesthetic predictor on CLIP ViT-L/14 (v2 MLP, or v1 linear)",
     weights=((CLIP_MODEL, "model.safetensors"), (HEADS["v2"].repo, HEADS["v2"].filename)),
     differentiable=True,
 )

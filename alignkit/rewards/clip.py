@@ -19,7 +19,7 @@ SCALE = 100.0
 
 @register(
     "clip",
-    "CLIP score: 100 x image-prompt cosine of a CLIP model (default ViT-L/14), unclamped",
+    "CLIP score: 100 x image-prompt cosine, unclamped",
     weights=((MODEL, "model.safetensors"),),
     differentiable=True,
 )

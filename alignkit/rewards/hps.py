@@ -42,7 +42,7 @@ def canonical_version(version) -> str:
 
 @register(
     "hps",
-    "Human Preference Score v2.1 (or v2.0): open_clip ViT-H-14 image-prompt cosine",
+    "Human Preference Score v2.1 (or v2.0), ViT-H-14 cosine",
     weights=((HPS_REPO, HPS_FILES[DEFAULT_VERSION]),),
     differentiable=True,
 )

@@ -23,7 +23,7 @@ PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 @register(
     "pickscore",
-    "PickScore v1: CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences, logit-scaled cosine",
+    "PickScore v1: logit-scaled CLIP ViT-H/14 cosine",
     weights=((MODEL, "model.safetensors"), (PROCESSOR, "tokenizer_config.json")),
     differentiable=True,
 )
