@@ -104,10 +104,15 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:
         raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)})") from None
 
 
-def load_into(module: torch.nn.Module, state_dict: dict, what: str, strict: bool = True) -> None:
-    """`load_state_dict` with a one-line error for missing keys or wrong shapes."""
+def load_into(module: torch.nn.Module, state_dict: dict, what: str, strict: bool = True,
+              assign: bool = False) -> None:
+    """`load_state_dict` with a one-line error for missing keys or wrong shapes.
+
+    `assign=True` keeps the checkpoint's tensors instead of copying into the module's: the
+    way to fill a model built on the meta device without random-initialising it first.
+    """
     try:
-        missing, unexpected = module.load_state_dict(state_dict, strict=strict)
+        missing, unexpected = module.load_state_dict(state_dict, strict=strict, assign=assign)
     except RuntimeError as exc:
         detail = [line.strip() for line in str(exc).splitlines() if line.strip()]
         shown = "; ".join(detail[1:3]) if len(detail) > 1 else detail[0]
@@ -124,5 +129,7 @@ def _first_line(exc: BaseException) -> str:
 def _unsafe_global(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         if "unsupported global" in line.lower() or "global" in line.lower():
-            return line.strip().lstrip("WeightsUnpickler error: ")[:160]
+            # removeprefix, not lstrip (which strips a set of characters: "Unsupported" lost its "Uns");
+            # the first sentence names the global, the rest is torch's advice to allow it.
+            return line.strip().removeprefix("WeightsUnpickler error: ").split(". ")[0][:160]
     return _first_line(exc)

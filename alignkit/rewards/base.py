@@ -96,8 +96,8 @@ def check_inputs(images: Tensor, prompts: list[str]) -> None:
 def resize_shortest_crop(images: Tensor, size: int, mode: str = "bicubic") -> Tensor:
     """CLIP's preprocessing: shortest side to `size`, then a centre crop, differentiably."""
     h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    # As torchvision's Resize(int) and CLIPImageProcessor: the long side is truncated, not rounded.
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     if (nh, nw) != (h, w):
         images = F.interpolate(images, size=(nh, nw), mode=mode, align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
