@@ -5,8 +5,10 @@
 
 Prints a report and writes benchmarks/results/compress_proxy.json (machine, versions, date):
 Spearman rank correlation of the proxy with the true quality-95 size over a held-out set of
-synthetic images, the kB calibration error (mean absolute and relative), and the CPU time to
-score a batch of 16 images at 512 px (forward, and forward + backward).
+synthetic images, the kB calibration error (mean absolute and relative), and the time to score
+a batch of 16 images at 512 px (forward, and forward + backward) on the CPU, and on CUDA when
+present (or on the devices named with --device). CPU times on a shared machine depend on its
+load: the JSON records the load average next to them.
 """
 
 from __future__ import annotations
@@ -119,22 +121,32 @@ def report(pred: np.ndarray, true: np.ndarray) -> dict:
     }
 
 
-def timing(batch: int = 16, side: int = 512, repeats: int = 3) -> dict:
-    """Best-of-`repeats` CPU seconds for a (16,3,512,512) batch, forward and forward+backward."""
-    proxy = JpegSizeProxy()
-    images = torch.rand(batch, 3, side, side)
+def timing(device: str = "cpu", batch: int = 16, side: int = 512, repeats: int = 5) -> dict:
+    """Best-of-`repeats` seconds for a (16,3,512,512) batch, forward and forward+backward,
+    after one warm-up of each (CUDA: synchronised, so the time is the kernels', not the launch's)."""
+    proxy = JpegSizeProxy().to(device)
+    images = torch.rand(batch, 3, side, side, device=device)
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     best_fwd = best_bwd = float("inf")
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
             proxy(images)
-        best_fwd = min(best_fwd, time.perf_counter() - start)
+        sync()
+        fwd = time.perf_counter() - start
         x = images.clone().requires_grad_(True)
+        sync()
         start = time.perf_counter()
         proxy(x).sum().backward()
-        best_bwd = min(best_bwd, time.perf_counter() - start)
-    return {"batch": batch, "side": side, "threads": torch.get_num_threads(),
-            "forward_s": round(best_fwd, 4), "forward_backward_s": round(best_bwd, 4)}
+        sync()
+        bwd = time.perf_counter() - start
+        if _:  # the first round is the warm-up
+            best_fwd, best_bwd = min(best_fwd, fwd), min(best_bwd, bwd)
+    name = torch.cuda.get_device_name(images.device) if images.is_cuda else platform.processor() or "cpu"
+    return {"device": device, "device_name": name, "batch": batch, "side": side,
+            "threads": torch.get_num_threads(), "forward_s": round(best_fwd, 5),
+            "forward_backward_s": round(best_bwd, 5)}
 
 
 def main() -> None:
@@ -142,6 +154,8 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="refit the calibration on a fresh set first")
     parser.add_argument("--n-fit", type=int, default=600, help="images to fit on (seed 0)")
     parser.add_argument("--n-eval", type=int, default=1000, help="held-out images to evaluate on (seed 1)")
+    parser.add_argument("--device", action="append", default=None,
+                        help="time the proxy on this device (repeatable; default: cpu, and cuda when present)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -163,12 +177,14 @@ def main() -> None:
     result["held_out"] = {**report(pred, true), "seed": 1}
     kinds = np.array([KINDS[i % len(KINDS)] for i in range(args.n_eval)])
     result["held_out_by_kind"] = {k: report(pred[kinds == k], true[kinds == k]) for k in KINDS}
-    result["timing_cpu"] = timing()
+    devices = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    result["timing"] = [timing(device) for device in devices]
 
     import PIL
 
     result["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
-                         "cpus": os.cpu_count()}
+                         "cpus": os.cpu_count(), "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+                         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     result["versions"] = {"torch": torch.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -178,9 +194,9 @@ def main() -> None:
           f"mean |err| {held['mean_abs_err_kb']:.3f} kB  mean rel err {held['mean_rel_err']:.1%}")
     for kind, r in result["held_out_by_kind"].items():
         print(f"  {kind:9s} Spearman {r['spearman']:.4f}  mean |err| {r['mean_abs_err_kb']:.3f} kB  rel {r['mean_rel_err']:.1%}")
-    t = result["timing_cpu"]
-    print(f"CPU ({t['threads']} threads), batch {t['batch']} at {t['side']} px: "
-          f"forward {t['forward_s']:.3f} s, forward+backward {t['forward_backward_s']:.3f} s")
+    for t in result["timing"]:
+        print(f"{t['device']} ({t['device_name']}, {t['threads']} CPU threads), batch {t['batch']} at {t['side']} px: "
+              f"forward {t['forward_s'] * 1000:.1f} ms, forward+backward {t['forward_backward_s'] * 1000:.1f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -271,3 +271,14 @@ def test_no_default_detector_without_toy_world(monkeypatch):
 def test_bad_options(options):
     with pytest.raises(AlignkitError):
         load_reward("count", detector="x", **options)
+
+
+def test_loading_leaves_pil_alone(reward, tmp_path):
+    """ultralytics patches PIL.Image.open at import; the reward undoes it, so a non-image file
+    still fails the way Pillow fails (not with an attempt to install pi-heif)."""
+    from PIL import Image, UnidentifiedImageError
+
+    assert Image.open.__module__.startswith("PIL")
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(tmp_path / "x.png")

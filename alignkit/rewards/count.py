@@ -199,7 +199,27 @@ def import_ultralytics():
         from ultralytics.utils.nms import non_max_suppression
     except ImportError:  # ultralytics < 8.3.150 kept it in ops
         from ultralytics.utils.ops import non_max_suppression
+    _undo_pil_patch()
     return DetectionModel, non_max_suppression
+
+
+def _undo_pil_patch() -> None:
+    """Give PIL.Image.open back its own function.
+
+    At import, ultralytics replaces PIL.Image.open, process-wide, with a wrapper that on any
+    unidentified file calls its requirement checker for 'pi-heif' (an auto-install attempt,
+    or a ModuleNotFoundError offline). Loading a reward must not change how the rest of the
+    program opens images: `alignkit score` on a non-image file then failed with that error.
+    This reward never reads files through ultralytics, so nothing here needs the wrapper.
+    """
+    try:
+        from PIL import Image
+        from ultralytics.utils import patches
+    except ImportError:  # pragma: no cover - other ultralytics versions: nothing to undo
+        return
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is getattr(patches, "image_open", None):
+        Image.open = original
 
 
 def _names_from_yaml(cfg: dict, path) -> dict[int, str]:
@@ -341,6 +361,14 @@ class CountReward(Reward):
                 "count_correct": (counts == numbers).float().to(images.device)}
 
 
+def _toy_detector_available() -> bool:
+    """Whether this build ships the toy world (its detector is then the default), checked
+    without importing it: the registry is read by `alignkit rewards` on every call."""
+    import importlib.util
+
+    return importlib.util.find_spec("alignkit.toy") is not None
+
+
 def _default_detector() -> str:
     try:
         from alignkit import toy
@@ -352,8 +380,14 @@ def _default_detector() -> str:
     return str(toy.detector_path())
 
 
-@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt",
-          packages=("ultralytics",), extra="count")
+# Without the toy world there is no default detector: say so where `alignkit rewards` lists
+# what each reward needs, rather than "no weights needed".
+_BUNDLED = _toy_detector_available()
+
+
+@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt"
+          + ("" if _BUNDLED else " (no bundled detector yet: pass detector=DIR)"),
+          packages=("ultralytics",), extra="count", bundled=_BUNDLED)
 def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
           conf: float = 0.25, iou: float = 0.7) -> Reward:
     """`detector`: folder or hub repo id with model.yaml + model.safetensors (default: the toy
