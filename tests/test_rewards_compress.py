@@ -179,3 +179,12 @@ def test_bad_quality_is_one_line(bad):
     with pytest.raises(AlignkitError) as info:
         load_reward("compress", quality=bad)
     assert "\n" not in str(info.value) and "quality" in str(info.value)
+
+
+def test_autocast_does_not_change_the_score():
+    reward = load_reward("compress")
+    images = torch.rand(2, 3, 32, 48)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = reward(images, ["x", "x"])
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reward(images, ["x", "x"]))

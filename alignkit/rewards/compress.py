@@ -11,8 +11,10 @@ so this module re-traces what Pillow's libjpeg does, with every step differentia
    with libjpeg's `jpeg_quality_scaling` (scale 200 - 2q percent, rounded, clamped to 1..255);
 4. a smooth bit cost of what the baseline Huffman coder pays: for each coefficient the
    "size" bits (~log2(1+|q|)) and one Huffman symbol when it survives rounding (a sharpened
-   soft indicator of |q| >= 0.5); for DC the same on the difference to the previous block of
-   its component (DPCM, in MCU order); and a per-block (EOB) and per-file (headers) cost;
+   soft indicator of |q| >= 0.5); the zeros that lengthen run codes (those before a block's
+   last nonzero in zig-zag order: trailing zeros are free, EOB ends the block); for DC the
+   size bits of the difference to the previous block of its component (DPCM, in MCU order);
+   and a per-block (EOB) and per-file (headers) cost;
 5. a linear calibration of those features to kB, fitted once (see `_CALIBRATION`).
 
 `targets()` reports the real Pillow size beside the proxy, so evaluation can tell when the
@@ -64,7 +66,8 @@ _YCBCR = (
 )
 
 # Names of the proxy's features, in the order of `_CALIBRATION.weights`.
-FEATURES = ("luma_bits", "luma_symbols", "chroma_bits", "chroma_symbols", "dc_bits", "blocks")
+FEATURES = ("luma_bits", "luma_symbols", "chroma_bits", "chroma_symbols", "dc_bits", "blocks",
+            "luma_run_zeros", "chroma_run_zeros")
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,14 @@ class Calibration:
 # Fitted by `python benchmarks/compress_proxy.py --fit`: non-negative least squares (rows
 # weighted by 1/sqrt(kB)) of the true Pillow 13 quality-95 size in kB on FEATURES, over 600
 # synthetic images (seed 0: noise at several amplitudes, gradients, shapes, textures, blurred-
-# noise "photos" with shapes, sides 24..256 px). Held out (1000 images, seed 1): Spearman 0.993,
-# mean |error| 0.42 kB. Read as bytes: ~3 bits per luma size bit (the size bits plus the
-# Huffman code, which grows with the size), ~1.5 bits per chroma size bit + symbol, ~4 bits
-# per block (EOB codes) and 656 bytes of headers (JFIF, tables) - what the standard tables
-# predict. Luma symbols get weight 0: at these sizes they are collinear with luma bits.
-_CALIBRATION = Calibration(weights=(3.849e-4, 0.0, 1.508e-4, 1.849e-4, 1.726e-4, 5.383e-4), intercept=0.6559)
+# noise "photos" with shapes, sides 24..256 px). Held out (1000 images, seed 1): Spearman
+# 0.994, mean |error| 0.37 kB (6% relative). Read as bytes: ~2.8 bits per luma size bit (the
+# bits themselves plus the Huffman code, which grows with the size), ~3.7 bits per chroma
+# symbol, ~1.5 bits per coded chroma zero, 602 bytes of headers (JFIF, tables). The features
+# are collinear (symbols, bits and run zeros rise together; the block count is fixed by the
+# size), so NNLS zeroes some of them: read the weights as a fit, not as the code lengths.
+_CALIBRATION = Calibration(weights=(3.477e-4, 0.0, 3.806e-5, 4.6e-4, 1.713e-4, 0.0, 0.0, 1.914e-4),
+                           intercept=0.6021)
 
 
 def quality_table(base: tuple[int, ...], quality: int = QUALITY) -> Tensor:
@@ -101,6 +106,13 @@ def dct_matrix(n: int = 8) -> Tensor:
     mat = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2 / n)
     mat[0] /= math.sqrt(2)
     return mat.float()
+
+
+def zigzag_order(n: int = 8) -> Tensor:
+    """Row-major indices of an n x n block in JPEG's zig-zag scan order."""
+    cells = sorted(((i, j) for i in range(n) for j in range(n)),
+                   key=lambda c: (c[0] + c[1], c[0] if (c[0] + c[1]) % 2 else c[1]))
+    return torch.tensor([i * n + j for i, j in cells])
 
 
 def blockify(plane: Tensor) -> Tensor:
@@ -124,6 +136,7 @@ class JpegSizeProxy(torch.nn.Module):
         self.register_buffer("q_luma", quality_table(_LUMA_TABLE, quality), persistent=False)
         self.register_buffer("q_chroma", quality_table(_CHROMA_TABLE, quality), persistent=False)
         self.register_buffer("ycbcr", torch.tensor(_YCBCR), persistent=False)
+        self.register_buffer("zigzag", zigzag_order(), persistent=False)
         self.register_buffer("w", torch.tensor(calibration.weights), persistent=False)
 
     def features(self, images: Tensor) -> Tensor:
@@ -145,17 +158,20 @@ class JpegSizeProxy(torch.nn.Module):
         y_coef = self._quantised(luma, self.q_luma)                    # (B, by, bx, 8, 8)
         c_coef = torch.cat([self._quantised(chroma[:, 0], self.q_chroma),
                             self._quantised(chroma[:, 1], self.q_chroma)], dim=1)
-        y_bits, y_syms = self._ac_cost(y_coef)
-        c_bits, c_syms = self._ac_cost(c_coef)
+        y_bits, y_syms, y_runs = self._ac_cost(y_coef)
+        c_bits, c_syms, c_runs = self._ac_cost(c_coef)
         dc_bits = self._dc_cost(y_coef[..., 0, 0], mcu=True) \
             + self._dc_cost(c_coef[..., 0, 0].view(x.shape[0], 2, -1), mcu=False)
         n_blocks = y_coef[..., 0, 0].flatten(1).shape[1] * 1.5
         blocks = torch.full_like(dc_bits, n_blocks)
-        return torch.stack([y_bits, y_syms, c_bits, c_syms, dc_bits, blocks], dim=1)
+        return torch.stack([y_bits, y_syms, c_bits, c_syms, dc_bits, blocks, y_runs, c_runs], dim=1)
 
     def forward(self, images: Tensor) -> Tensor:
-        feats = self.features(images)
-        return feats @ self.w.to(feats.device) + self.calibration.intercept
+        # Under mixed precision the DCTs would run in fp16/bf16, whose step at |F| ~ 2000 is a
+        # whole quantisation step: the bit cost is always computed in float32.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            feats = self.features(images)
+            return feats @ self.w.to(feats.device) + self.calibration.intercept
 
     def _quantised(self, plane: Tensor, table: Tensor) -> Tensor:
         dct = self.dct.to(plane.device)
@@ -164,9 +180,11 @@ class JpegSizeProxy(torch.nn.Module):
         coef = dct @ blocks @ dct.T
         return coef / table.to(plane.device)
 
-    def _ac_cost(self, coef: Tensor) -> tuple[Tensor, Tensor]:
-        """Per image: sum of the 'size' bits and the soft number of coded AC coefficients."""
-        ac = coef.flatten(-2)[..., 1:]
+    def _ac_cost(self, coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per image: the 'size' bits, the soft number of coded AC coefficients, and the soft
+        number of zeros the coder must run-length code (those before the block's last nonzero)."""
+        # AC coefficients in the order the coder walks them.
+        ac = coef.flatten(-2)[..., self.zigzag[1:].to(coef.device)]
         magnitude = _smooth_abs(ac)
         # The size category of a coefficient is ceil(log2(|q|+1)); log2(1+|q|) is its smooth
         # version and also grows where a zero is about to round away from zero.
@@ -174,7 +192,13 @@ class JpegSizeProxy(torch.nn.Module):
         # One Huffman (run, size) symbol per coefficient that survives rounding; a sharpened
         # sigmoid so that the many tiny coefficients of a smooth image do not leak symbols.
         symbols = torch.sigmoid((magnitude - 0.5) / self.sharpness)
-        return bits.flatten(1).sum(1), symbols.flatten(1).sum(1)
+        # A zero is free when only zeros follow it (EOB ends the block) and lengthens the
+        # (run, size) code of the next nonzero otherwise: P(zero) * P(some nonzero after it).
+        zero = 1.0 - symbols
+        all_zero_from = zero.flip(-1).cumprod(-1).flip(-1)  # prod_{m >= k} P(zero_m)
+        all_zero_after = torch.cat([all_zero_from[..., 1:], torch.ones_like(zero[..., :1])], -1)
+        run_zeros = zero * (1.0 - all_zero_after)
+        return bits.flatten(1).sum(1), symbols.flatten(1).sum(1), run_zeros.flatten(1).sum(1)
 
     def _dc_cost(self, dc: Tensor, mcu: bool) -> Tensor:
         """Bits of the DC differences (DPCM) per image, in the order blocks are coded."""
@@ -190,7 +214,8 @@ class JpegSizeProxy(torch.nn.Module):
 
 
 def _smooth_abs(x: Tensor, eps: float = 1e-3) -> Tensor:
-    # |x| with a finite gradient at 0, so a flat image still gets a direction to move in.
+    # |x| smoothed at 0: its gradient goes continuously through 0 instead of jumping from -1
+    # to +1, which keeps gradient steps on near-zero coefficients from oscillating.
     return torch.sqrt(x * x + eps * eps)
 
 
