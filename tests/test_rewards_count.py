@@ -245,10 +245,61 @@ def test_bad_detector_folders(tmp_path, setup, error, match):
     assert "\n" not in str(info.value)
 
 
-def test_stock_pt_is_refused_with_conversion_hint(tmp_path):
+def _stock_checkpoint(model, path: Path, key: str = "ema") -> Path:
+    """Save `model` as ultralytics' trainer does (save_model): the whole fp16 module under
+    'ema' (or 'model' after strip_optimizer), its config namespace, numpy metrics, metadata."""
+    import copy
+
+    import numpy as np
+    from ultralytics.cfg import get_cfg
+
+    model.args = get_cfg()  # the trainer attaches its IterableSimpleNamespace config
+    ckpt = {"epoch": -1, "best_fitness": np.float64(0.5), "model": None, "ema": None, "updates": 10,
+            "optimizer": None, "train_args": vars(get_cfg()), "train_metrics": {"metrics/mAP50(B)": np.float64(0.4)},
+            "date": "2026-11-26T00:00:00", "version": "8.4.190", "license": "AGPL-3.0 License", "docs": "https://docs.ultralytics.com"}
+    ckpt[key] = copy.deepcopy(model).half()
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("key", ["ema", "model"])
+def test_stock_pt_loads_weights_only(tmp_path, key):
     pytest.importorskip("ultralytics")
-    with pytest.raises(CheckpointError, match="save_detector") as info:
-        load_reward("count", detector=str(tmp_path / "yolov8n.pt"))
+    import copy
+
+    from alignkit.rewards.count import import_ultralytics
+
+    DetectionModel, _ = import_ultralytics()
+    torch.manual_seed(0)
+    model = DetectionModel(cfg=copy.deepcopy(TINY_YAML), verbose=False).eval()
+    model.names = dict(NAMES)
+    path = _stock_checkpoint(model, tmp_path / "best.pt", key)
+    reward = load_reward("count", detector=str(path))
+    assert reward.names == NAMES and reward.dtype == torch.float32
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reward.head_outputs(x)[0], model.half().float()(x)[0])
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())  # any callable: a weights-only load must refuse to call it
+
+
+@pytest.mark.parametrize("payload, error, match", [
+    ({"model": _Exploit()}, CheckpointError, "refused to load .*convert it once"),
+    ({"state_dict": {"w": torch.zeros(1)}}, CheckpointError, "holds no ultralytics DetectionModel"),
+    (None, MissingWeightsError, "no detector file at"),
+])
+def test_bad_pt_files_are_one_line(tmp_path, payload, error, match):
+    pytest.importorskip("ultralytics")
+    path = tmp_path / "yolov8n.pt"
+    if payload is not None:
+        torch.save(payload, path)
+    with pytest.raises(error, match=match) as info:
+        load_reward("count", detector=str(path))
     assert "\n" not in str(info.value)
 
 
@@ -282,3 +333,25 @@ def test_loading_leaves_pil_alone(reward, tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     with pytest.raises(UnidentifiedImageError):
         Image.open(tmp_path / "x.png")
+
+
+def test_converted_stock_model_round_trips(tmp_path):
+    """What the .pt refusal tells users to run: a model built the way ultralytics builds its
+    stock ones (from 'yolov8n.yaml', fp16 weights, dataset names) saved with save_detector,
+    then loaded as the count reward, gives the same head outputs."""
+    pytest.importorskip("ultralytics")
+    from alignkit.rewards.count import import_ultralytics, save_detector
+
+    DetectionModel, _ = import_ultralytics()
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    model.names = {0: "apple", 1: "person"}
+    model.half()  # stock checkpoints hold fp16 weights
+    save_detector(model, tmp_path)
+    reward = load_reward("count", detector=str(tmp_path))
+    assert reward.names == {0: "apple", 1: "person"}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.float()(x)[0]
+        got = reward.head_outputs(x)[0]
+    torch.testing.assert_close(got, expected)

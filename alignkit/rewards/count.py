@@ -21,7 +21,8 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
 
 Detector format (shared with the toy world): a folder or hub repo holding `model.yaml`
 (an ultralytics model YAML with `nc` and `names`) and `model.safetensors` (the
-DetectionModel state_dict). ultralytics is AGPL-3.0, hence an optional extra imported here
+DetectionModel state_dict). A stock ultralytics `.pt` also loads, weights-only, against an
+allow-list of torch/ultralytics module classes (see `ultralytics_pt_allowlist`). ultralytics is AGPL-3.0, hence an optional extra imported here
 only when a `count` reward is built.
 """
 
@@ -236,15 +237,6 @@ def locate_detector(detector: str | os.PathLike, filename: str) -> Path:
     """One file of the detector (model.yaml or model.safetensors): from a local folder, or
     from a hub repo id through the HF cache."""
     path = Path(detector).expanduser()
-    if path.suffix == ".pt":
-        # A stock ultralytics .pt pickles whole nn.Module objects (dozens of ultralytics
-        # classes, training args, numpy scalars): loading it means running its pickle, or
-        # an allow-list that has to follow ultralytics' internals from version to version.
-        raise CheckpointError(
-            f"count: {path} is a pickled ultralytics model, which alignkit does not unpickle; convert it once, "
-            f"where you trust the file: python -c \"from ultralytics import YOLO; from alignkit.rewards.count "
-            f"import save_detector; save_detector(YOLO('{path}').model, 'DIR')\" and pass detector=DIR"
-        )
     # Anything that exists, looks like a path, or is not 'org/name' is a local folder.
     if path.exists() or str(detector).startswith((".", "/", "~")) or str(detector).count("/") != 1:
         if not path.is_dir():
@@ -259,6 +251,8 @@ def load_detector(detector: str | os.PathLike):
     import yaml
 
     DetectionModel, _ = import_ultralytics()
+    if Path(detector).suffix == ".pt":
+        return load_ultralytics_pt(Path(detector).expanduser(), DetectionModel)
     yaml_path = locate_detector(detector, YAML_FILE)
     try:
         cfg = yaml.safe_load(yaml_path.read_text())
@@ -275,6 +269,62 @@ def load_detector(detector: str | os.PathLike):
         raise CheckpointError(f"count: ultralytics cannot build {yaml_path} ({type(exc).__name__}: {exc})") from None
     load_into(model, load_state_dict(weights_path, what="count detector"), what="count detector")
     model.names = names
+    return model.float().eval()
+
+
+_CONVERT = ("convert it once where you trust the file: python -c \"from ultralytics import YOLO; "
+            "from alignkit.rewards.count import save_detector; save_detector(YOLO('{path}').model, 'DIR')\" "
+            "and pass detector=DIR")
+
+
+def ultralytics_pt_allowlist() -> list:
+    """The classes a stock ultralytics .pt may rebuild under `torch.load(weights_only=True)`.
+
+    Such a file pickles the whole DetectionModel (in 'ema' or 'model'), so the unpickler must
+    be allowed to create its module classes. Allowed: every nn.Module class of torch.nn and of
+    ultralytics.nn (modules and model classes), ultralytics' config namespace, and numpy
+    scalars/dtypes (metrics). Objects are rebuilt from plain state (nn.Module.__setstate__),
+    no function is called: `getattr` and arbitrary callables stay refused. Checkpoints that
+    need more (some pickle bound methods through `getattr`; pre-8.1 ones use old module
+    paths) get a one-line refusal that says how to convert them.
+    """
+    import numpy as np
+    import ultralytics.nn.modules as ul_modules
+    import ultralytics.nn.tasks as ul_tasks
+    from ultralytics.utils import IterableSimpleNamespace
+
+    def module_classes(namespace) -> list:
+        return [obj for obj in vars(namespace).values()
+                if isinstance(obj, type) and issubclass(obj, torch.nn.Module)]
+
+    numpy_scalar = np.float64(0).__reduce__()[0]
+    return [
+        *module_classes(torch.nn), *module_classes(ul_modules), *module_classes(ul_tasks),
+        IterableSimpleNamespace,
+        np.dtype, *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
+        (numpy_scalar, "numpy.core.multiarray.scalar"), (numpy_scalar, "numpy._core.multiarray.scalar"),
+    ]
+
+
+def load_ultralytics_pt(path: Path, detection_model_cls):
+    """A stock ultralytics checkpoint ({'model' or 'ema': DetectionModel, 'train_args': ...}),
+    loaded weights-only against `ultralytics_pt_allowlist()`."""
+    if not path.is_file():
+        raise MissingWeightsError(f"count: no detector file at {path}; pass detector=FILE.pt or a folder with "
+                                  f"{YAML_FILE} and {WEIGHTS_FILE}")
+    try:
+        ckpt = load_state_dict(path, what="count detector", allow=ultralytics_pt_allowlist())
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {_CONVERT.format(path=path)}") from None
+    # Training checkpoints keep the EMA weights in 'ema'; final ones (strip_optimizer) in 'model'.
+    model = None
+    if isinstance(ckpt, dict):
+        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    if not isinstance(model, detection_model_cls):
+        found = type(model).__name__ if model is not None else f"keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"count: {path} holds no ultralytics DetectionModel (found {found}); "
+                              f"pass a detection checkpoint or a folder with {YAML_FILE} and {WEIGHTS_FILE}")
+    model.names = {int(k): str(v) for k, v in model.names.items()}
     return model.float().eval()
 
 
@@ -390,8 +440,8 @@ _BUNDLED = _toy_detector_available()
           packages=("ultralytics",), extra="count", bundled=_BUNDLED)
 def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
           conf: float = 0.25, iou: float = 0.7) -> Reward:
-    """`detector`: folder or hub repo id with model.yaml + model.safetensors (default: the toy
-    world's); `imgsz`: resize the longest side to this before padding (default: native size)."""
+    """`detector`: folder or hub repo id with model.yaml + model.safetensors, or an ultralytics
+    .pt file (default: the toy world's); `imgsz`: resize the longest side to this before padding (default: native size)."""
     if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
         raise AlignkitError(f"count: imgsz must be an integer >= 32, got {imgsz!r}")
     for name, value in (("conf", conf), ("iou", iou)):
