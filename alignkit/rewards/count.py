@@ -11,8 +11,11 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
 * grouping: several anchors fire on one object. Candidates are sorted by presence and each
   is discounted by every stronger one that overlaps it, as a soft greedy NMS:
   count = sum_i w_i * prod_{j stronger} (1 - w_j * s(IoU_ij)), with s a sharpened step at
-  IoU 0.5 (see `SoftCountConfig.group_iou`). Within one object this is a noisy-OR (at most 1, exactly 1 when its
-  best anchor is sure); boxes that NMS would keep apart count apart.
+  IoU 0.5 (see `SoftCountConfig.group_iou`). Within one object this is a noisy-OR (at most
+  1, exactly 1 when its best anchor is sure); boxes that NMS would keep apart count apart.
+  The count is per class, like NMS with multi_label: an anchor counts for the prompted
+  class even when another class scores higher there (class-aware NMS in `targets()` keeps
+  only its best class; the two differ only where the detector confuses classes).
 * reward = -(sqrt((count - n)^2 + delta^2) - delta): |count - n| smoothed near 0 (pseudo-Huber),
   so it is 0 at the right count and its gradient does not flip sign abruptly there.
 
@@ -22,8 +25,8 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
 Detector format (shared with the toy world): a folder or hub repo holding `model.yaml`
 (an ultralytics model YAML with `nc` and `names`) and `model.safetensors` (the
 DetectionModel state_dict). A stock ultralytics `.pt` also loads, weights-only, against an
-allow-list of torch/ultralytics module classes (see `ultralytics_pt_allowlist`). ultralytics is AGPL-3.0, hence an optional extra imported here
-only when a `count` reward is built.
+allow-list of torch/ultralytics module classes (see `ultralytics_pt_allowlist`).
+ultralytics is AGPL-3.0, hence an optional extra imported here only when `count` is built.
 """
 
 from __future__ import annotations
