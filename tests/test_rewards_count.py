@@ -355,3 +355,15 @@ def test_converted_stock_model_round_trips(tmp_path):
         expected = model.float()(x)[0]
         got = reward.head_outputs(x)[0]
     torch.testing.assert_close(got, expected)
+
+
+def test_yaml_ultralytics_cannot_build_is_one_line(detector_dir, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((detector_dir / "model.yaml").read_text())
+    cfg["backbone"][0][2] = "NoSuchModule"
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "model.safetensors").write_bytes((detector_dir / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="ultralytics cannot build") as info:
+        load_reward("count", detector=str(tmp_path))
+    assert "\n" not in str(info.value)

@@ -250,7 +250,8 @@ def locate_detector(detector: str | os.PathLike, filename: str) -> Path:
 
 
 def load_detector(detector: str | os.PathLike):
-    """Build the DetectionModel from its YAML and load its safetensors state_dict."""
+    """Build the DetectionModel from its YAML and load its safetensors state_dict (or load a
+    stock ultralytics .pt, weights-only)."""
     import yaml
 
     DetectionModel, _ = import_ultralytics()
@@ -269,7 +270,8 @@ def load_detector(detector: str | os.PathLike):
     try:
         model = DetectionModel(cfg=cfg, verbose=False)
     except Exception as exc:  # ultralytics' parser raises anything from KeyError to RuntimeError
-        raise CheckpointError(f"count: ultralytics cannot build {yaml_path} ({type(exc).__name__}: {exc})") from None
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"count: ultralytics cannot build {yaml_path} ({type(exc).__name__}: {detail})") from None
     load_into(model, load_state_dict(weights_path, what="count detector"), what="count detector")
     model.names = names
     return model.float().eval()
