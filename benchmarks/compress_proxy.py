@@ -127,26 +127,30 @@ def timing(device: str = "cpu", batch: int = 16, side: int = 512, repeats: int =
     proxy = JpegSizeProxy().to(device)
     images = torch.rand(batch, 3, side, side, device=device)
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
-    best_fwd = best_bwd = float("inf")
-    for _ in range(repeats + 1):
+    best = {"forward_s": float("inf"), "forward_backward_s": float("inf"),
+            "forward_cpu_s": float("inf"), "forward_backward_cpu_s": float("inf")}
+    for round_ in range(repeats + 1):
+        # Wall time, and process CPU time (all threads), which a shared machine's load
+        # inflates less: on an idle machine wall ~ CPU / threads.
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
             proxy(images)
         sync()
-        fwd = time.perf_counter() - start
+        fwd, fwd_cpu = time.perf_counter() - start, time.process_time() - cpu
         x = images.clone().requires_grad_(True)
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         proxy(x).sum().backward()
         sync()
-        bwd = time.perf_counter() - start
-        if _:  # the first round is the warm-up
-            best_fwd, best_bwd = min(best_fwd, fwd), min(best_bwd, bwd)
+        bwd, bwd_cpu = time.perf_counter() - start, time.process_time() - cpu
+        if round_:  # round 0 is the warm-up
+            for key, value in (("forward_s", fwd), ("forward_backward_s", bwd),
+                               ("forward_cpu_s", fwd_cpu), ("forward_backward_cpu_s", bwd_cpu)):
+                best[key] = min(best[key], value)
     name = torch.cuda.get_device_name(images.device) if images.is_cuda else platform.processor() or "cpu"
     return {"device": device, "device_name": name, "batch": batch, "side": side,
-            "threads": torch.get_num_threads(), "forward_s": round(best_fwd, 5),
-            "forward_backward_s": round(best_bwd, 5)}
+            "threads": torch.get_num_threads(), **{k: round(v, 5) for k, v in best.items()}}
 
 
 def main() -> None:
@@ -196,7 +200,8 @@ def main() -> None:
         print(f"  {kind:9s} Spearman {r['spearman']:.4f}  mean |err| {r['mean_abs_err_kb']:.3f} kB  rel {r['mean_rel_err']:.1%}")
     for t in result["timing"]:
         print(f"{t['device']} ({t['device_name']}, {t['threads']} CPU threads), batch {t['batch']} at {t['side']} px: "
-              f"forward {t['forward_s'] * 1000:.1f} ms, forward+backward {t['forward_backward_s'] * 1000:.1f} ms")
+              f"forward {t['forward_s'] * 1000:.1f} ms, forward+backward {t['forward_backward_s'] * 1000:.1f} ms "
+              f"(process CPU time {t['forward_cpu_s']:.2f} s / {t['forward_backward_cpu_s']:.2f} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

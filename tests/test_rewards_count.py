@@ -367,3 +367,22 @@ def test_yaml_ultralytics_cannot_build_is_one_line(detector_dir, tmp_path):
     with pytest.raises(CheckpointError, match="ultralytics cannot build") as info:
         load_reward("count", detector=str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_import_writes_nothing_in_home_and_keeps_stdout_clean(detector_dir, tmp_path):
+    """In a fresh process with neither YOLO variable set: ultralytics gets YOLO_OFFLINE=1 and a
+    private config dir, writes nothing under $HOME, and prints nothing on stdout."""
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_"))}
+    env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+    code = ("import os; from alignkit.rewards import load_reward; load_reward('count', detector=%r); "
+            "print(os.environ['YOLO_OFFLINE'], os.environ['YOLO_CONFIG_DIR'])" % str(detector_dir))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    offline, config_dir = result.stdout.split()  # the only stdout is ours
+    assert offline == "1" and not config_dir.startswith(str(home))
+    assert list(home.iterdir()) == []
