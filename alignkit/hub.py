@@ -11,6 +11,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -76,11 +77,13 @@ def resolve_pretrained(name_or_path: str, what: str, probe: str = "config.json",
     return name_or_path
 
 
-def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:
+def load_state_dict(path: str | os.PathLike, what: str = "checkpoint", allow: Iterable = ()) -> dict:
     """Load a checkpoint without ever executing code from it.
 
     `.safetensors` files load through safetensors; anything else through
-    `torch.load(weights_only=True)`, which refuses pickles that ask to call code.
+    `torch.load(weights_only=True)`, which refuses pickles that ask to call code. `allow`
+    names extra classes (or (class, pickled name) pairs) the unpickler may rebuild, for
+    formats that pickle whole modules (ultralytics .pt): `torch.serialization.safe_globals`.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -92,7 +95,8 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({_first_line(exc)})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower() and "unsupported" in str(exc).lower():
             raise CheckpointError(

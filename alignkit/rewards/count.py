@@ -1,0 +1,457 @@
+"""`count`: does the image hold as many objects of the prompted class as the prompt says?
+
+An ultralytics YOLO detector scores every anchor; `predict()` would then threshold and run
+NMS, without gradients. Here the raw head outputs (class logits and decoded boxes of the
+DetectionModel's eval forward) become a *soft count*, differentiable in the pixels:
+
+* presence: each anchor's logit for the target class goes through a sharpened sigmoid
+  centred on the NMS confidence threshold. A plain sigmoid would let thousands of
+  background anchors at p = 0.01 leak tens of "objects"; the sharpened gate (slope
+  `gate_slope` in logit units) sends them below 1e-6 each while an anchor at p >= 0.5 counts ~1.
+* grouping: several anchors fire on one object. Candidates are sorted by presence and each
+  is discounted by every stronger one that overlaps it, as a soft greedy NMS:
+  count = sum_i w_i * prod_{j stronger} (1 - w_j * s(IoU_ij)), with s a sharpened step at
+  IoU 0.5 (see `SoftCountConfig.group_iou`). Within one object this is a noisy-OR (at most
+  1, exactly 1 when its best anchor is sure); boxes that NMS would keep apart count apart.
+  The count is per class, like NMS with multi_label: an anchor counts for the prompted
+  class even when another class scores higher there (class-aware NMS in `targets()` keeps
+  only its best class; the two differ only where the detector confuses classes).
+* reward = -(sqrt((count - n)^2 + delta^2) - delta): |count - n| smoothed near 0 (pseudo-Huber),
+  so it is 0 at the right count and its gradient does not flip sign abruptly there.
+
+`targets()` reports the detector's real count (ultralytics' own non_max_suppression, conf
+0.25, IoU 0.7 as its predictor uses) and whether it equals n: the truth beside the proxy.
+
+Detector format (shared with the toy world): a folder or hub repo holding `model.yaml`
+(an ultralytics model YAML with `nc` and `names`) and `model.safetensors` (the
+DetectionModel state_dict). A stock ultralytics `.pt` also loads, weights-only, against an
+allow-list of torch/ultralytics module classes (see `ultralytics_pt_allowlist`).
+ultralytics is AGPL-3.0, hence an optional extra imported here only when `count` is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError, require
+from alignkit.hub import load_into, load_state_dict, resolve_file
+from alignkit.rewards.base import Reward
+from alignkit.rewards.registry import register
+
+YAML_FILE = "model.yaml"
+WEIGHTS_FILE = "model.safetensors"
+# ultralytics' letterbox grey, so padding looks like what the detector was trained with.
+PAD_VALUE = 114 / 255
+
+
+# --------------------------------------------------------------------------- prompt parsing
+
+_NUMBER_WORDS = {
+    "zero": 0, "no": 0, "a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4,
+    "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11,
+    "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
+}
+# Words that end a noun phrase: a number before them does not quantify a class after them
+# ("a photo of apples" has no number of apples).
+_PHRASE_BREAKS = {"of", "on", "in", "with", "and", "or", "at", "by", "near", "under", "over", "the", ","}
+_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "child": "children", "man": "men",
+                      "woman": "women", "sheep": "sheep", "fish": "fish", "knife": "knives",
+                      "leaf": "leaves", "foot": "feet", "tooth": "teeth", "goose": "geese"}
+# How many adjectives may stand between a number and its noun ("three big red apples").
+_MAX_GAP = 4
+
+
+def plural(noun: str) -> str:
+    if noun in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[noun]
+    if re.search(r"(s|x|z|ch|sh)$", noun):
+        return noun + "es"
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _class_forms(names: dict[int, str]) -> list[tuple[tuple[str, ...], int]]:
+    """Token sequences (singular and plural, last word inflected) -> class id, longest first."""
+    forms = []
+    for cid, name in names.items():
+        words = tuple(name.lower().replace("_", " ").split())
+        if not words:
+            continue
+        forms.append((words, cid))
+        forms.append((words[:-1] + (plural(words[-1]),), cid))
+    return sorted(set(forms), key=lambda f: -len(f[0]))
+
+
+def parse_count_prompt(prompt: str, names: dict[int, str]) -> tuple[int, int]:
+    """'two red circles on a white background' -> (2, id of 'circle').
+
+    The class is the first detector class named in the prompt; its number is the nearest
+    number word or digit before it within the same noun phrase.
+    """
+    tokens = re.findall(r"[a-z]+|\d+|,", prompt.lower())
+    forms = _class_forms(names)
+    for pos in range(len(tokens)):
+        for words, cid in forms:
+            if tuple(tokens[pos:pos + len(words)]) == words:
+                return _number_before(tokens, pos, prompt, names[cid]), cid
+    known = ", ".join(sorted(names.values()))
+    raise AlignkitError(f"count: no object class of the detector in the prompt {prompt!r}; "
+                        f"name one of: {known}")
+
+
+def _number_before(tokens: list[str], pos: int, prompt: str, name: str) -> int:
+    for back in range(pos - 1, max(-1, pos - 1 - _MAX_GAP), -1):
+        token = tokens[back]
+        if token.isdigit():
+            return int(token)
+        if token in _NUMBER_WORDS:
+            return _NUMBER_WORDS[token]
+        if token in _PHRASE_BREAKS:
+            break
+    raise AlignkitError(f"count: the prompt {prompt!r} gives no number of '{name}'; "
+                        f"say how many, e.g. 'three {plural(name)}' or '3 {plural(name)}'")
+
+
+# --------------------------------------------------------------------------- the soft count
+
+@dataclass(frozen=True)
+class SoftCountConfig:
+    # Confidence at which an anchor counts as a detection (ultralytics' predict default 0.25).
+    conf: float = 0.25
+    # Slope of the presence gate in logit units. At 8 and conf 0.25: p=0.05 -> 4e-7,
+    # p=0.1 -> 1.5e-4, p=0.3 -> 0.88, p=0.5 -> 0.9998. At 4, 3000 background anchors at
+    # p <= 0.05 still leaked 0.4 of an object (measured in tests/test_rewards_count.py).
+    gate_slope: float = 8.0
+    # IoU of ultralytics' NMS for the true count in `targets()` (its predictor's 0.7).
+    iou: float = 0.7
+    # IoU above which a stronger anchor suppresses a weaker one in the soft count. Lower than
+    # NMS's: neighbouring anchors on one object overlap at IoU 0.7-0.95, and a soft step
+    # centred at 0.7 would let the duplicates right at 0.7 count half an object each (and
+    # make the count depend on the order of near-tied anchors). At 0.5 with width 0.05 an
+    # overlap of 0.7 suppresses at 98%; only objects overlapping by 0.5-0.7 count differently.
+    group_iou: float = 0.5
+    # Width of the soft IoU step, in IoU units.
+    iou_temperature: float = 0.05
+    # Anchors kept for the pairwise suppression (as NMS's max_det); the rest count unsuppressed.
+    max_candidates: int = 300
+    # Smoothing of |count - n| near 0.
+    delta: float = 0.1
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of xyxy boxes (..., N, 4) x (..., M, 4) -> (..., N, M), differentiable."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter + 1e-7)
+
+
+def soft_count(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig = SoftCountConfig()) -> Tensor:
+    """Soft number of objects per image from anchor boxes (B,N,4 xyxy) and class logits (B,N)."""
+    # Presence: a sharpened gate at the confidence threshold, in logit space so that the
+    # slope is the same for every anchor and background mass stays negligible.
+    presence = torch.sigmoid(cfg.gate_slope * (logits.float() - math.log(cfg.conf / (1 - cfg.conf))))
+    k = min(cfg.max_candidates, presence.shape[1])
+    top, index = presence.topk(k, dim=1)  # sorted, strongest first
+    # Anchors outside the top k are far below the gate; they still count (and pass gradient),
+    # just without pairwise suppression, which would cost O(N^2).
+    rest = presence.sum(1) - top.sum(1)
+    cand = boxes.float().gather(1, index[..., None].expand(-1, -1, 4))
+    overlap = torch.sigmoid((box_iou(cand, cand) - cfg.group_iou) / cfg.iou_temperature)
+    # Anchor i is discounted by each stronger anchor j (j < i in sorted order) that overlaps it.
+    stronger = torch.ones(k, k, dtype=torch.bool, device=top.device).tril(-1)
+    suppress = (top[:, None, :] * overlap).clamp(max=1 - 1e-6)
+    keep = torch.where(stronger, torch.log1p(-suppress), torch.zeros_like(suppress)).sum(-1).exp()
+    return (top * keep).sum(1) + rest
+
+
+def count_error(count: Tensor, target: Tensor, delta: float) -> Tensor:
+    """Pseudo-Huber |count - target|: 0 at the target, ~|.| beyond delta."""
+    return torch.sqrt((count - target) ** 2 + delta * delta) - delta
+
+
+# --------------------------------------------------------------------------- the detector
+
+def import_ultralytics():
+    """Import ultralytics without network look-ups and without writing to the user's home."""
+    # ultralytics reads these at import; set them first unless the user chose otherwise.
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="alignkit-yolo-")
+    # ultralytics logs to a handler bound to sys.stdout when first imported (its settings
+    # banner, warnings); bind it to stderr so that stdout stays data (`alignkit score` JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        require("ultralytics", extra="count", purpose="the count reward")
+        from ultralytics.nn.tasks import DetectionModel
+
+    try:
+        from ultralytics.utils.nms import non_max_suppression
+    except ImportError:  # ultralytics < 8.3.150 kept it in ops
+        from ultralytics.utils.ops import non_max_suppression
+    _undo_pil_patch()
+    return DetectionModel, non_max_suppression
+
+
+def _undo_pil_patch() -> None:
+    """Give PIL.Image.open back its own function.
+
+    At import, ultralytics replaces PIL.Image.open, process-wide, with a wrapper that on any
+    unidentified file calls its requirement checker for 'pi-heif' (an auto-install attempt,
+    or a ModuleNotFoundError offline). Loading a reward must not change how the rest of the
+    program opens images: `alignkit score` on a non-image file then failed with that error.
+    This reward never reads files through ultralytics, so nothing here needs the wrapper.
+    """
+    try:
+        from PIL import Image
+        from ultralytics.utils import patches
+    except ImportError:  # pragma: no cover - other ultralytics versions: nothing to undo
+        return
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is getattr(patches, "image_open", None):
+        Image.open = original
+
+
+def _names_from_yaml(cfg: dict, path) -> dict[int, str]:
+    names = cfg.get("names")
+    nc = cfg.get("nc")
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not isinstance(nc, int) or len(names) != nc:
+        raise CheckpointError(f"count: {path} must give 'nc' and a 'names' list or mapping of nc class names")
+    return {int(k): str(v) for k, v in names.items()}
+
+
+def locate_detector(detector: str | os.PathLike, filename: str) -> Path:
+    """One file of the detector (model.yaml or model.safetensors): from a local folder, or
+    from a hub repo id through the HF cache."""
+    path = Path(detector).expanduser()
+    # Anything that exists, looks like a path, or is not 'org/name' is a local folder.
+    if path.exists() or str(detector).startswith((".", "/", "~")) or str(detector).count("/") != 1:
+        if not path.is_dir():
+            raise MissingWeightsError(f"count: detector {path} is not a folder; pass detector=DIR holding "
+                                      f"{YAML_FILE} and {WEIGHTS_FILE}")
+        return resolve_file("", filename, local=path, what="count detector", option="detector")
+    return resolve_file(str(detector), filename, what="count detector", option="detector")
+
+
+def load_detector(detector: str | os.PathLike):
+    """Build the DetectionModel from its YAML and load its safetensors state_dict (or load a
+    stock ultralytics .pt, weights-only)."""
+    import yaml
+
+    DetectionModel, _ = import_ultralytics()
+    if Path(detector).suffix == ".pt":
+        return load_ultralytics_pt(Path(detector).expanduser(), DetectionModel)
+    yaml_path = locate_detector(detector, YAML_FILE)
+    try:
+        cfg = yaml.safe_load(yaml_path.read_text())
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"count: {yaml_path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or "backbone" not in cfg or "head" not in cfg:
+        raise CheckpointError(f"count: {yaml_path} is not an ultralytics model YAML (no backbone/head)")
+    names = _names_from_yaml(cfg, yaml_path)
+    # The YAML is checked before the weights are looked for (or downloaded).
+    weights_path = locate_detector(detector, WEIGHTS_FILE)
+    try:
+        model = DetectionModel(cfg=cfg, verbose=False)
+    except Exception as exc:  # ultralytics' parser raises anything from KeyError to RuntimeError
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"count: ultralytics cannot build {yaml_path} ({type(exc).__name__}: {detail})") from None
+    load_into(model, load_state_dict(weights_path, what="count detector"), what="count detector")
+    model.names = names
+    return model.float().eval()
+
+
+_CONVERT = ("convert it once where you trust the file: python -c \"from ultralytics import YOLO; "
+            "from alignkit.rewards.count import save_detector; save_detector(YOLO('{path}').model, 'DIR')\" "
+            "and pass detector=DIR")
+
+
+def ultralytics_pt_allowlist() -> list:
+    """The classes a stock ultralytics .pt may rebuild under `torch.load(weights_only=True)`.
+
+    Such a file pickles the whole DetectionModel (in 'ema' or 'model'), so the unpickler must
+    be allowed to create its module classes. Allowed: every nn.Module class of torch.nn and of
+    ultralytics.nn (modules and model classes), ultralytics' config namespace, and numpy
+    scalars/dtypes (metrics). Objects are rebuilt from plain state (nn.Module.__setstate__),
+    no function is called: `getattr` and arbitrary callables stay refused. Checkpoints that
+    need more (some pickle bound methods through `getattr`; pre-8.1 ones use old module
+    paths) get a one-line refusal that says how to convert them.
+    """
+    import numpy as np
+    import ultralytics.nn.modules as ul_modules
+    import ultralytics.nn.tasks as ul_tasks
+    from ultralytics.utils import IterableSimpleNamespace
+
+    def module_classes(namespace) -> list:
+        return [obj for obj in vars(namespace).values()
+                if isinstance(obj, type) and issubclass(obj, torch.nn.Module)]
+
+    numpy_scalar = np.float64(0).__reduce__()[0]
+    return [
+        *module_classes(torch.nn), *module_classes(ul_modules), *module_classes(ul_tasks),
+        IterableSimpleNamespace,
+        np.dtype, *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
+        (numpy_scalar, "numpy.core.multiarray.scalar"), (numpy_scalar, "numpy._core.multiarray.scalar"),
+    ]
+
+
+def load_ultralytics_pt(path: Path, detection_model_cls):
+    """A stock ultralytics checkpoint ({'model' or 'ema': DetectionModel, 'train_args': ...}),
+    loaded weights-only against `ultralytics_pt_allowlist()`."""
+    if not path.is_file():
+        raise MissingWeightsError(f"count: no detector file at {path}; pass detector=FILE.pt or a folder with "
+                                  f"{YAML_FILE} and {WEIGHTS_FILE}")
+    try:
+        ckpt = load_state_dict(path, what="count detector", allow=ultralytics_pt_allowlist())
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {_CONVERT.format(path=path)}") from None
+    # Training checkpoints keep the EMA weights in 'ema'; final ones (strip_optimizer) in 'model'.
+    model = None
+    if isinstance(ckpt, dict):
+        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    if not isinstance(model, detection_model_cls):
+        found = type(model).__name__ if model is not None else f"keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"count: {path} holds no ultralytics DetectionModel (found {found}); "
+                              f"pass a detection checkpoint or a folder with {YAML_FILE} and {WEIGHTS_FILE}")
+    model.names = {int(k): str(v) for k, v in model.names.items()}
+    return model.float().eval()
+
+
+def save_detector(model, folder: str | os.PathLike) -> Path:
+    """Write a DetectionModel in the contract format: model.yaml (+ names) and model.safetensors."""
+    import yaml
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in dict(model.yaml).items() if k not in ("yaml_file", "channels")}
+    names = {int(k): str(v) for k, v in model.names.items()}
+    if names == {i: str(i) for i in range(len(names))} and cfg.get("names"):
+        # DetectionModel(cfg) sets placeholder names '0', '1', ...; keep the YAML's real ones.
+        names = _names_from_yaml(cfg, "the model's YAML")
+    cfg["names"] = names
+    (folder / YAML_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    return folder
+
+
+def pad_to_stride(images: Tensor, stride: int, imgsz: int | None = None) -> Tensor:
+    """Letterbox: optionally resize the longest side to `imgsz`, then pad both sides up to a
+    multiple of `stride`, centred, with ultralytics' grey (differentiable)."""
+    if imgsz is not None:
+        h, w = images.shape[-2:]
+        scale = imgsz / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size != (h, w):
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    h, w = images.shape[-2:]
+    pad_h, pad_w = -h % stride, -w % stride
+    return F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=PAD_VALUE)
+
+
+class CountReward(Reward):
+    """Minus the (smoothed) gap between the soft count of the prompted class and its number."""
+
+    def __init__(self, model, imgsz: int | None = None, config: SoftCountConfig = SoftCountConfig()):
+        super().__init__()
+        _, self._nms = import_ultralytics()
+        self.model = model
+        self.names: dict[int, str] = dict(model.names)
+        self.stride = int(max(model.stride))
+        self.imgsz = imgsz
+        self.config = config
+
+    def parse(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        pairs = [parse_count_prompt(p, self.names) for p in prompts]
+        return (torch.tensor([n for n, _ in pairs], dtype=torch.float32),
+                torch.tensor([c for _, c in pairs], dtype=torch.long))
+
+    def head_outputs(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(decoded predictions (B,4+nc,N) as ultralytics' NMS takes them, xyxy boxes (B,N,4),
+        class logits (B,nc,N)), from the eval-mode forward of the DetectionModel."""
+        x = pad_to_stride(images.to(self.device, self.dtype), self.stride, self.imgsz)
+        decoded, raw = self.model(x)  # eval mode: (decoded, raw head dict); never predict()
+        if "one2many" in raw:
+            # End-to-end heads (YOLOv10/26) return top-k picks; count on the dense one-to-many
+            # branch instead, decoded the way the head decodes it.
+            raw = raw["one2many"]
+            decoded = self.model.model[-1]._inference(raw)
+        xywh = decoded[:, :4].transpose(1, 2)
+        boxes = torch.cat([xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], -1)
+        return decoded, boxes, raw["scores"]
+
+    def soft_counts(self, images: Tensor, classes: Tensor) -> Tensor:
+        _, boxes, logits = self.head_outputs(images)
+        target_logits = logits.gather(1, classes.to(logits.device).view(-1, 1, 1).expand(-1, 1, logits.shape[2]))
+        return soft_count(boxes, target_logits[:, 0], self.config)
+
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        numbers, classes = self.parse(prompts)  # a bad prompt fails before the detector runs
+        counts = self.soft_counts(images, classes)
+        return -count_error(counts, numbers.to(counts.device), self.config.delta)
+
+    @torch.no_grad()
+    def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        numbers, classes = self.parse(prompts)
+        decoded, _, _ = self.head_outputs(images)
+        detections = self._nms(decoded, conf_thres=self.config.conf, iou_thres=self.config.iou)
+        counts = torch.tensor([float((det[:, 5].long() == int(c)).sum()) for det, c in zip(detections, classes)])
+        return {"count_nms": counts.to(images.device),
+                "count_correct": (counts == numbers).float().to(images.device)}
+
+
+def _toy_detector_available() -> bool:
+    """Whether this build ships the toy world (its detector is then the default), checked
+    without importing it: the registry is read by `alignkit rewards` on every call."""
+    import importlib.util
+
+    return importlib.util.find_spec("alignkit.toy") is not None
+
+
+def _default_detector() -> str:
+    try:
+        from alignkit import toy
+    except ImportError:
+        toy = None
+    if toy is None or not hasattr(toy, "detector_path"):
+        raise MissingWeightsError("count: no bundled toy detector in this build of alignkit; pass detector=DIR "
+                                  f"(a folder or hub repo with {YAML_FILE} and {WEIGHTS_FILE})")
+    return str(toy.detector_path())
+
+
+# Without the toy world there is no default detector: say so where `alignkit rewards` lists
+# what each reward needs, rather than "no weights needed".
+_BUNDLED = _toy_detector_available()
+
+
+@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt"
+          + ("" if _BUNDLED else " (no bundled detector yet: pass detector=DIR)"),
+          packages=("ultralytics",), extra="count", bundled=_BUNDLED)
+def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
+          conf: float = 0.25, iou: float = 0.7) -> Reward:
+    """`detector`: folder or hub repo id with model.yaml + model.safetensors, or an ultralytics
+    .pt file (default: the toy world's); `imgsz`: resize the longest side to this before padding (default: native size)."""
+    if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
+        raise AlignkitError(f"count: imgsz must be an integer >= 32, got {imgsz!r}")
+    for name, value in (("conf", conf), ("iou", iou)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise AlignkitError(f"count: {name} must be a number between 0 and 1, got {value!r}")
+    model = load_detector(detector if detector is not None else _default_detector())
+    reward = CountReward(model, imgsz=imgsz, config=SoftCountConfig(conf=float(conf), iou=float(iou)))
+    return reward.to(device=device, dtype=dtype)

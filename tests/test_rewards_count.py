@@ -1,0 +1,388 @@
+"""The `count` reward: prompt parsing, the soft count, and the ultralytics detector path."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignkit.errors import AlignkitError, CheckpointError, MissingDependencyError, MissingWeightsError
+from alignkit.rewards import load_reward
+from alignkit.rewards.count import SoftCountConfig, parse_count_prompt, soft_count
+
+NAMES = {0: "circle", 1: "square", 2: "triangle"}
+COCO_LIKE = {0: "person", 1: "apple", 2: "traffic light", 3: "bus", 4: "sheep", 5: "strawberry"}
+
+
+# --------------------------------------------------------------------------- prompt parsing
+
+@pytest.mark.parametrize("prompt, names, expected", [
+    ("three apples", COCO_LIKE, (3, 1)),
+    ("3 apples", COCO_LIKE, (3, 1)),
+    ("a single apple", COCO_LIKE, (1, 1)),
+    ("an apple", COCO_LIKE, (1, 1)),
+    ("one apple", COCO_LIKE, (1, 1)),
+    ("A photo of Four big red apples.", COCO_LIKE, (4, 1)),
+    ("12 strawberries on a plate", COCO_LIKE, (12, 5)),
+    ("two people and a bus", COCO_LIKE, (2, 0)),
+    ("five sheep in a field", COCO_LIKE, (5, 4)),
+    ("two traffic lights", COCO_LIKE, (2, 2)),
+    ("zero buses", COCO_LIKE, (0, 3)),
+    ("two red circles on a white background", NAMES, (2, 0)),
+    ("one blue square on a black background", NAMES, (1, 1)),
+    ("four green triangles", NAMES, (4, 2)),
+])
+def test_parse_count_prompt(prompt, names, expected):
+    assert parse_count_prompt(prompt, names) == expected
+
+
+@pytest.mark.parametrize("prompt, match", [
+    ("red circles on a white background", "gives no number of 'circle'"),
+    ("a photo of apples", "gives no number of 'apple'"),
+    ("three bananas", "no object class of the detector"),
+    ("", "no object class of the detector"),
+])
+def test_parse_errors_are_one_line(prompt, match):
+    names = COCO_LIKE if "apple" in prompt or "banana" in prompt else NAMES
+    with pytest.raises(AlignkitError, match=match) as info:
+        parse_count_prompt(prompt, names)
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- the soft count
+
+def _logit(p):
+    p = torch.as_tensor(p, dtype=torch.float32)
+    return torch.log(p / (1 - p))
+
+
+def _scene(n_objects: int, per_object: int = 6, n_background: int = 3000, seed: int = 0):
+    """Boxes (1,N,4) and logits (1,N): each object hit by several jittered, confident anchors,
+    plus many background anchors at low confidence (p <= 0.05), as a real head outputs."""
+    g = torch.Generator().manual_seed(seed)
+    boxes, logits = [], []
+    for k in range(n_objects):
+        centre = torch.tensor([60.0 + 120 * k, 80.0])
+        jitter = torch.randn(per_object, 2, generator=g) * 1.5
+        size = 40 + torch.randn(per_object, 2, generator=g)
+        lo, hi = centre + jitter - size / 2, centre + jitter + size / 2
+        boxes.append(torch.cat([lo, hi], 1))
+        logits.append(_logit(0.55 + 0.4 * torch.rand(per_object, generator=g)))
+    xy = torch.rand(n_background, 2, generator=g) * 500
+    wh = 5 + torch.rand(n_background, 2, generator=g) * 60
+    boxes.append(torch.cat([xy, xy + wh], 1))
+    logits.append(_logit(0.001 + 0.05 * torch.rand(n_background, generator=g)))
+    return torch.cat(boxes)[None], torch.cat(logits)[None]
+
+
+@pytest.mark.parametrize("n_objects", [0, 1, 3, 4])
+def test_soft_count_groups_anchors_and_does_not_leak(n_objects):
+    boxes, logits = _scene(n_objects)
+    count = soft_count(boxes, logits)
+    assert count.item() == pytest.approx(n_objects, abs=0.05)
+    # What this guards against: summing confidences counts each object ~5 times, plus the
+    # background mass of thousands of low anchors.
+    naive = torch.sigmoid(logits).sum()
+    assert naive > n_objects * 3 + 20
+
+
+def test_soft_count_keeps_separate_overlapping_objects_and_is_differentiable():
+    # Two boxes with IoU ~0.33 (NMS at 0.7 keeps both) and a near-duplicate of the first.
+    boxes = torch.tensor([[[0.0, 0, 40, 40], [20, 0, 60, 40], [1, 1, 41, 41]]])
+    logits = _logit([0.9, 0.8, 0.7])[None].requires_grad_(True)
+    count = soft_count(boxes, logits)
+    assert count.item() == pytest.approx(2.0, abs=0.05)
+    count.backward()
+    assert torch.isfinite(logits.grad).all()
+    # A weak object near the threshold gets the gradient; saturated ones barely move.
+    weak = _logit([0.9, 0.25])[None].requires_grad_(True)
+    soft_count(torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 60]]]), weak).backward()
+    assert weak.grad[0, 1] > 10 * weak.grad[0, 0].abs()
+
+
+def test_soft_count_threshold_follows_config():
+    boxes = torch.tensor([[[0.0, 0, 10, 10]]])
+    logits = _logit([0.4])[None]
+    assert soft_count(boxes, logits, SoftCountConfig(conf=0.25)).item() > 0.85
+    assert soft_count(boxes, logits, SoftCountConfig(conf=0.6)).item() < 0.2
+
+
+# --------------------------------------------------------------------------- ultralytics path
+
+TINY_YAML = {
+    "nc": 3,
+    "names": ["circle", "square", "triangle"],
+    # yolov8's layout at a tiny width: a few hundred k parameters, built in a second.
+    "scales": {"n": [0.33, 0.0625, 256]},
+    "scale": "n",
+    "backbone": [
+        [-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 1, "C2f", [128, True]],
+        [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "C2f", [256, True]], [-1, 1, "Conv", [512, 3, 2]],
+        [-1, 1, "C2f", [512, True]], [-1, 1, "Conv", [1024, 3, 2]], [-1, 1, "C2f", [1024, True]],
+        [-1, 1, "SPPF", [1024, 5]],
+    ],
+    "head": [
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]], [-1, 1, "C2f", [512]],
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 4], 1, "Concat", [1]], [-1, 1, "C2f", [256]],
+        [-1, 1, "Conv", [256, 3, 2]], [[-1, 12], 1, "Concat", [1]], [-1, 1, "C2f", [512]],
+        [-1, 1, "Conv", [512, 3, 2]], [[-1, 9], 1, "Concat", [1]], [-1, 1, "C2f", [1024]],
+        [[15, 18, 21], 1, "Detect", ["nc"]],
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def detector_dir(tmp_path_factory) -> Path:
+    """A tiny YAML-built DetectionModel saved in the contract format (model.yaml + model.safetensors)."""
+    pytest.importorskip("ultralytics")
+    import copy
+
+    from alignkit.rewards.count import import_ultralytics, save_detector
+
+    DetectionModel, _ = import_ultralytics()
+    torch.manual_seed(0)
+    model = DetectionModel(cfg=copy.deepcopy(TINY_YAML), verbose=False)
+    # An untrained head starts at p ~ 1e-4 everywhere (ultralytics' bias prior); lift the
+    # class biases near the threshold so that the test sees live presences and gradients.
+    for cls_head in model.model[-1].cv3:
+        cls_head[-1].bias.data.fill_(-1.0)
+    return save_detector(model.eval(), tmp_path_factory.mktemp("detector"))
+
+
+def test_contract_files(detector_dir):
+    import yaml
+
+    assert sorted(p.name for p in detector_dir.iterdir()) == ["model.safetensors", "model.yaml"]
+    cfg = yaml.safe_load((detector_dir / "model.yaml").read_text())
+    assert cfg["nc"] == 3 and cfg["names"] == NAMES
+
+
+@pytest.fixture(scope="module")
+def reward(detector_dir):
+    return load_reward("count", detector=str(detector_dir))
+
+
+def test_count_reward_gradients_and_batch_invariance(reward):
+    assert reward.names == NAMES and not any(p.requires_grad for p in reward.parameters())
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 50, 70, generator=g).requires_grad_(True)  # padded to 64x96 inside
+    prompts = ["two circles", "one square on a white background", "4 triangles"]
+    scores = reward(images, prompts)
+    assert scores.shape == (3,) and torch.isfinite(scores).all() and (scores <= 0).all()
+    scores.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    with torch.no_grad():
+        single = torch.cat([reward(images[i:i + 1], prompts[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(scores.detach(), single, rtol=1e-4, atol=1e-4)
+
+
+def test_count_reward_matches_soft_count_of_head(reward):
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        counts = reward.soft_counts(images, torch.tensor([0, 2]))
+        scores = reward(images, ["3 circles", "no triangles"])
+    expected = -(torch.sqrt((counts - torch.tensor([3.0, 0.0])) ** 2 + 0.01) - 0.1)
+    torch.testing.assert_close(scores, expected)
+
+
+def test_targets_count_with_nms(reward):
+    images = torch.rand(2, 3, 64, 64)
+    out = reward.targets(images, ["two circles", "a square"])
+    assert set(out) == {"count_nms", "count_correct"}
+    counts = out["count_nms"]
+    assert counts.shape == (2,) and (counts >= 0).all() and (counts == counts.round()).all()
+    torch.testing.assert_close(out["count_correct"], (counts == torch.tensor([2.0, 1.0])).float())
+
+
+def test_prompt_without_number_is_one_line(reward):
+    with pytest.raises(AlignkitError, match="no number of 'circle'") as info:
+        reward(torch.rand(1, 3, 32, 32), ["red circles on a white background"])
+    assert "\n" not in str(info.value)
+
+
+def test_loads_from_hub_cache(detector_dir, monkeypatch, tmp_path):
+    """A hub repo id resolves through huggingface_hub's cache layout, offline."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--alignkit-test--rewards-pixel" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("model.yaml", "model.safetensors"):
+        (snapshot / name).write_bytes((detector_dir / name).read_bytes())
+    (tmp_path / "models--alignkit-test--rewards-pixel" / "refs").mkdir()
+    (tmp_path / "models--alignkit-test--rewards-pixel" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    reward = load_reward("count", detector="alignkit-test/rewards-pixel")
+    assert reward.names == NAMES
+    with pytest.raises(MissingWeightsError, match="not in the Hugging Face cache") as info:
+        load_reward("count", detector="alignkit-test/absent")
+    assert "\n" not in str(info.value)
+
+
+def test_weights_that_do_not_fit_the_yaml(detector_dir, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((detector_dir / "model.yaml").read_text())
+    cfg["nc"], cfg["names"] = 4, ["circle", "square", "triangle", "star"]
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "model.safetensors").write_bytes((detector_dir / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="does not fit") as info:
+        load_reward("count", detector=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("setup, error, match", [
+    (lambda d: None, MissingWeightsError, "no file at .*model.yaml"),
+    (lambda d: (d / "model.yaml").write_text("nc: 3\nnames: [a, b]\nbackbone: []\nhead: []\n"),
+     CheckpointError, "'names' list or mapping of nc"),
+    (lambda d: (d / "model.yaml").write_text("just: [text"), CheckpointError, "not valid YAML"),
+])
+def test_bad_detector_folders(tmp_path, setup, error, match):
+    pytest.importorskip("ultralytics")
+    setup(tmp_path)
+    with pytest.raises(error, match=match) as info:
+        load_reward("count", detector=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def _stock_checkpoint(model, path: Path, key: str = "ema") -> Path:
+    """Save `model` as ultralytics' trainer does (save_model): the whole fp16 module under
+    'ema' (or 'model' after strip_optimizer), its config namespace, numpy metrics, metadata."""
+    import copy
+
+    import numpy as np
+    from ultralytics.cfg import get_cfg
+
+    model.args = get_cfg()  # the trainer attaches its IterableSimpleNamespace config
+    ckpt = {"epoch": -1, "best_fitness": np.float64(0.5), "model": None, "ema": None, "updates": 10,
+            "optimizer": None, "train_args": vars(get_cfg()), "train_metrics": {"metrics/mAP50(B)": np.float64(0.4)},
+            "date": "2026-11-26T00:00:00", "version": "8.4.190", "license": "AGPL-3.0 License", "docs": "https://docs.ultralytics.com"}
+    ckpt[key] = copy.deepcopy(model).half()
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("key", ["ema", "model"])
+def test_stock_pt_loads_weights_only(tmp_path, key):
+    pytest.importorskip("ultralytics")
+    import copy
+
+    from alignkit.rewards.count import import_ultralytics
+
+    DetectionModel, _ = import_ultralytics()
+    torch.manual_seed(0)
+    model = DetectionModel(cfg=copy.deepcopy(TINY_YAML), verbose=False).eval()
+    model.names = dict(NAMES)
+    path = _stock_checkpoint(model, tmp_path / "best.pt", key)
+    reward = load_reward("count", detector=str(path))
+    assert reward.names == NAMES and reward.dtype == torch.float32
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reward.head_outputs(x)[0], model.half().float()(x)[0])
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())  # any callable: a weights-only load must refuse to call it
+
+
+@pytest.mark.parametrize("payload, error, match", [
+    ({"model": _Exploit()}, CheckpointError, "refused to load .*convert it once"),
+    ({"state_dict": {"w": torch.zeros(1)}}, CheckpointError, "holds no ultralytics DetectionModel"),
+    (None, MissingWeightsError, "no detector file at"),
+])
+def test_bad_pt_files_are_one_line(tmp_path, payload, error, match):
+    pytest.importorskip("ultralytics")
+    path = tmp_path / "yolov8n.pt"
+    if payload is not None:
+        torch.save(payload, path)
+    with pytest.raises(error, match=match) as info:
+        load_reward("count", detector=str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_ultralytics_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # makes `import ultralytics` fail
+    with pytest.raises(MissingDependencyError, match=r"pip install 'alignkit\[count\]'") as info:
+        load_reward("count", detector="anything")
+    assert "\n" not in str(info.value)
+
+
+def test_no_default_detector_without_toy_world(monkeypatch):
+    pytest.importorskip("ultralytics")
+    monkeypatch.setitem(sys.modules, "alignkit.toy", None)
+    with pytest.raises(MissingWeightsError, match="pass detector=DIR") as info:
+        load_reward("count")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{"imgsz": 20}, {"conf": 1.5}, {"iou": 0}])
+def test_bad_options(options):
+    with pytest.raises(AlignkitError):
+        load_reward("count", detector="x", **options)
+
+
+def test_loading_leaves_pil_alone(reward, tmp_path):
+    """ultralytics patches PIL.Image.open at import; the reward undoes it, so a non-image file
+    still fails the way Pillow fails (not with an attempt to install pi-heif)."""
+    from PIL import Image, UnidentifiedImageError
+
+    assert Image.open.__module__.startswith("PIL")
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(tmp_path / "x.png")
+
+
+def test_converted_stock_model_round_trips(tmp_path):
+    """What the .pt refusal tells users to run: a model built the way ultralytics builds its
+    stock ones (from 'yolov8n.yaml', fp16 weights, dataset names) saved with save_detector,
+    then loaded as the count reward, gives the same head outputs."""
+    pytest.importorskip("ultralytics")
+    from alignkit.rewards.count import import_ultralytics, save_detector
+
+    DetectionModel, _ = import_ultralytics()
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    model.names = {0: "apple", 1: "person"}
+    model.half()  # stock checkpoints hold fp16 weights
+    save_detector(model, tmp_path)
+    reward = load_reward("count", detector=str(tmp_path))
+    assert reward.names == {0: "apple", 1: "person"}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.float()(x)[0]
+        got = reward.head_outputs(x)[0]
+    torch.testing.assert_close(got, expected)
+
+
+def test_yaml_ultralytics_cannot_build_is_one_line(detector_dir, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((detector_dir / "model.yaml").read_text())
+    cfg["backbone"][0][2] = "NoSuchModule"
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "model.safetensors").write_bytes((detector_dir / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="ultralytics cannot build") as info:
+        load_reward("count", detector=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_import_writes_nothing_in_home_and_keeps_stdout_clean(detector_dir, tmp_path):
+    """In a fresh process with neither YOLO variable set: ultralytics gets YOLO_OFFLINE=1 and a
+    private config dir, writes nothing under $HOME, and prints nothing on stdout."""
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "XDG_"))}
+    env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+    code = ("import os; from alignkit.rewards import load_reward; load_reward('count', detector=%r); "
+            "print(os.environ['YOLO_OFFLINE'], os.environ['YOLO_CONFIG_DIR'])" % str(detector_dir))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    offline, config_dir = result.stdout.split()  # the only stdout is ours
+    assert offline == "1" and not config_dir.startswith(str(home))
+    assert list(home.iterdir()) == []
