@@ -100,6 +100,35 @@ def _dark(device=None, dtype=None):
     return DarkFraction()
 
 
+class TinyClipReward(Reward):
+    """A reward with a (random, tiny) transformers CLIP inside, as the clip family has."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import CLIPConfig, CLIPModel
+
+        torch.manual_seed(0)
+        self.model = CLIPModel(CLIPConfig(
+            text_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
+                         "num_hidden_layers": 1, "vocab_size": 50},
+            vision_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
+                           "num_hidden_layers": 1, "image_size": 16, "patch_size": 8},
+            projection_dim=6))
+
+    def score(self, images, prompts):
+        x = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear")
+        return self.model.get_image_features(pixel_values=x).pooler_output[:, 0]
+
+
+CLIP_BUILDS = {"n": 0}
+
+
+@register("eval_tinyclip", "test: a reward with a CLIP image tower inside")
+def _tinyclip(device=None, dtype=None):
+    CLIP_BUILDS["n"] += 1
+    return TinyClipReward()
+
+
 @register("eval_needs_weights", "test: a reward whose weights are not here",
           weights=(("alignkit-test/absent", "absent.safetensors"),))
 def _absent(device=None, dtype=None):  # pragma: no cover - never built: its weights are absent
@@ -324,6 +353,21 @@ def test_planted_overoptimisation_is_flagged_and_pick_follows_heldout(world, eva
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pick"]["condition"] == rest[-1]
     assert {f["condition"] for f in summary["flags"]} == set(top2)
+
+
+def test_clip_embeddings_for_diversity_and_drift(world, evaluated, tmp_path):
+    out = copy_of(evaluated, tmp_path)
+    result = evaluate(world, out, heldout="eval_tinyclip+eval_dark")
+    assert result.pipeline_calls == 0
+    assert result.embedder == "reward:eval_tinyclip"
+    assert "diversity/embed" in [w.metric for w in result.watches]
+    drift = {c: s["drift/embed"].mean for c, s in result.stats.items()}
+    assert drift["base"] < 1e-6 and drift["final@0"] < 1e-6 < drift["final@1"]
+    assert all(s["diversity/embed"].n == len(PROMPTS) for s in result.stats.values())
+    # A re-run reads the cached embeddings and scores: the CLIP is not even built.
+    builds = CLIP_BUILDS["n"]
+    again = evaluate(world, out, heldout="eval_tinyclip+eval_dark")
+    assert CLIP_BUILDS["n"] == builds and again.stats == result.stats
 
 
 def test_bare_lora_folder_with_model_and_reward(world, tmp_path):

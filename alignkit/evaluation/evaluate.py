@@ -292,5 +292,5 @@ def _watches(kinds, trained: Scorer, heldout: list[Scorer], stats) -> list[Watch
     watches += [Watch(name, directions[name], kind) for name, kind in kinds.items()
                 if kind == "true target" and name in directions]
     has_embed = any("diversity/embed" in s for s in stats.values())
-    watches.append(Watch("diversity/embed" if has_embed else "diversity/pixel", +1, "diversity"))
+    watches.append(Watch("diversity/embed" if has_embed else "diversity/pixel", +1, "diversity", rule="relative"))
     return watches

@@ -4,9 +4,14 @@ A candidate (a checkpoint, or the final LoRA at a scale) is FLAGGED when its tra
 above the base model's while a watched metric (a held-out reward, a true target, or the
 diversity across seeds) is worse than the base model's by more than
 
-    tolerance x (the base model's std of that metric)     (default 0.5 std), or
-    rel_tolerance x |the base model's mean|               (default 5%) where the base std is 0
-                                                          (one prompt, one seed, a constant).
+    tolerance x (the base model's std of that metric over its images)   (default 0.5 std)
+
+for held-out rewards and true targets, and by more than
+
+    rel_tolerance x |the base model's mean|                             (default 5%)
+
+for diversity (one value per prompt: its spread across a handful of prompts says nothing about
+noise) and for any metric whose base std is 0 (one image, a constant such as a 0/1 target).
 
 The pick: among the candidates not flagged, the best mean trained reward; a tie (within
 0.05 base std of the trained reward) goes to the smaller drift from the base images. When the
@@ -34,6 +39,8 @@ class Watch:
     direction: int
     # "held-out reward", "true target" or "diversity", for messages.
     kind: str
+    # "std": tolerance in base stds; "relative": a fraction of the base mean.
+    rule: str = "std"
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,18 @@ class Flag:
     drop: float
     unit: str
     reward_gain: float
+    direction: int = 1
 
     @property
     def message(self) -> str:
         amount = f"{self.drop:.2f} base std" if self.unit == "std" else f"{100 * self.drop:.1f}%"
-        verb = "rose" if self.value > self.base else "fell"
-        return (f"{self.condition}: {self.kind} {self.metric} {verb} the wrong way by {amount} "
+        return (f"{self.condition}: {self.kind} '{self.metric}' {self.verb} {amount} "
                 f"({self.base:.4g} -> {self.value:.4g}) while the trained reward rose {self.reward_gain:+.4g}")
+
+    @property
+    def verb(self) -> str:
+        # Worse means lower for most metrics, higher for e.g. the JPEG size under `compress`.
+        return "fell" if self.direction > 0 else "rose"
 
     def as_dict(self) -> dict:
         return {**asdict(self), "message": self.message}
@@ -84,12 +96,13 @@ def find_flags(stats: dict[str, dict[str, Stat]], candidates: list[str], watches
             if ref is None or cur is None:
                 continue
             worse = watch.direction * (ref.mean - cur.mean)
-            if ref.std > 0:
+            if watch.rule == "std" and ref.std > 0:
                 drop, unit, limit = worse / ref.std, "std", tolerance
             else:
                 drop, unit, limit = worse / max(abs(ref.mean), 1e-12), "rel", rel_tolerance
             if drop > limit:
-                flags.append(Flag(label, watch.metric, watch.kind, ref.mean, cur.mean, drop, unit, gain))
+                flags.append(Flag(label, watch.metric, watch.kind, ref.mean, cur.mean, drop, unit, gain,
+                                  watch.direction))
     return flags
 
 
@@ -128,5 +141,5 @@ def pick_candidate(stats: dict[str, dict[str, Stat]], candidates: list[str], fla
     if top in flagged and stats[top][TRAINED].mean > mean:
         first = next(f for f in flags if f.condition == top)
         reason += (f"; {top} scores higher ({stats[top][TRAINED].mean:.4g}) but its {first.kind} "
-                   f"{first.metric} went the wrong way, so the held-out side wins")
+                   f"'{first.metric}' {first.verb} beyond tolerance, so the held-out side wins")
     return Pick(best, step, scale, reason)

@@ -33,7 +33,7 @@ def plot_grid(result: EvalResult, path: Path) -> None:
     prompts, seeds = result.prompts[:GRID_PROMPTS], result.seeds[:GRID_SEEDS]
     images = {(r.condition.label, r.prompt, r.seed): r.image for r in result.records}
     cols = 2 * len(seeds)
-    fig, axes = plt.subplots(len(prompts), cols, figsize=(1.6 * cols, 1.8 * len(prompts)), squeeze=False)
+    fig, axes = plt.subplots(len(prompts), cols, figsize=(1.6 * cols, 2.0 * len(prompts)), squeeze=False)
     for row, prompt in enumerate(prompts):
         for col in range(cols):
             label = "base" if col < len(seeds) else tuned
@@ -80,8 +80,11 @@ def plot_curves(result: EvalResult, path: Path) -> None:
                 log = [(row_["step"], row_["reward"]) for row_ in result.source.train_log
                        if isinstance(row_.get("step"), (int, float)) and isinstance(row_.get("reward"), (int, float))]
                 if log:
-                    ax.plot(*zip(*log), color="gray", alpha=0.4, linewidth=1, label="training log")
-                    ax.legend(fontsize=6)
+                    # Its own axis: training prompts and batches, not the held-out eval prompts.
+                    twin = ax.twinx()
+                    twin.plot(*zip(*log), color="gray", alpha=0.4, linewidth=1)
+                    twin.set_ylabel("training log reward", fontsize=6, color="gray")
+                    twin.tick_params(labelsize=6, colors="gray")
             ax.set_title(f"{name} ({result.kinds[name]})", fontsize=8)
             ax.set_xlabel("training step" if axis_name == "step" else "LoRA scale (final)", fontsize=7)
             ax.tick_params(labelsize=7)
