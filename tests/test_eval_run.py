@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -370,6 +371,30 @@ def test_clip_embeddings_for_diversity_and_drift(world, evaluated, tmp_path):
     assert CLIP_BUILDS["n"] == builds and again.stats == result.stats
 
 
+def test_lpips_diversity_when_the_package_is_there(world, evaluated, tmp_path, monkeypatch):
+    import types
+
+    class FakeLPIPS(torch.nn.Module):
+        """Stands in for lpips.LPIPS: [-1,1] inputs, one distance per pair, shaped (B,1,1,1)."""
+
+        def __init__(self, net, verbose):
+            super().__init__()
+            assert net == "alex"
+
+        def forward(self, a, b):
+            assert a.min() >= -1 and a.max() <= 1
+            return (a - b).abs().mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
+
+    module = types.ModuleType("lpips")
+    module.LPIPS = FakeLPIPS
+    module.__spec__ = types.SimpleNamespace(name="lpips")
+    monkeypatch.setitem(sys.modules, "lpips", module)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: module.__spec__ if name == "lpips" else find_spec(name, *a))
+    result = evaluate(world, copy_of(evaluated, tmp_path))
+    assert result.stats["base"]["diversity/lpips"].mean > 0 and result.kinds["diversity/lpips"] == "diversity"
+    assert "diversity/lpips" not in [w.metric for w in result.watches]
+
+
 def test_bare_lora_folder_with_model_and_reward(world, tmp_path):
     lora = world["run"] / "checkpoint-4"
     result = run(EvalConfig(path=lora, model=str(world["base"]), reward="eval_brightness", prompt="a cat",
@@ -378,6 +403,27 @@ def test_bare_lora_folder_with_model_and_reward(world, tmp_path):
     assert [c.label for c in result.conditions] == ["base", "final@0", "final@1", "final@2"]
     assert result.settings.guidance_scale == 7.5  # diffusers' default, with no run config
     assert (tmp_path / "bare" / "summary.json").is_file()
+
+
+def test_base_model_from_the_hub_cache(world, evaluated, tmp_path, monkeypatch):
+    """`--model ORG/NAME` resolves through huggingface_hub's cache, offline, like a real model."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--alignkit-test--tiny-sd" / "snapshots" / ("a" * 40)
+    shutil.copytree(world["base"], snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = run(EvalConfig(path=world["run"] / "checkpoint-2", model="alignkit-test/tiny-sd", reward="eval_dark",
+                            prompt="a cat", seeds=1, num_inference_steps=2, resolution=32, heldout="eval_brightness",
+                            output_dir=tmp_path / "out", device="cpu", scales=(1.0,)))
+    assert result.pipeline_calls == 2 and result.source.model == "alignkit-test/tiny-sd"
+    with pytest.raises(AlignkitError, match="alignkit-test/absent-sd/model_index.json is not in the Hugging Face cache"):
+        run(EvalConfig(path=world["run"] / "checkpoint-2", model="alignkit-test/absent-sd", reward="eval_dark",
+                       prompt="a cat", seeds=1, output_dir=tmp_path / "out2", device="cpu"))
 
 
 def test_unavailable_default_heldout_is_skipped_with_a_note(world, evaluated, tmp_path, monkeypatch):

@@ -102,8 +102,12 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     embedder = _image_metrics(records, [*heldout, trained], store, device, notes, log)
     store.flush()
 
+    lpips, note = M.lpips_metric(device)
+    if note:
+        notes.append(note)
+        log(note)
     kinds = _kinds(records, trained, heldout)
-    stats = _stats(records, conditions, prompts)
+    stats = _stats(records, conditions, prompts, lpips)
     watches = _watches(kinds, trained, heldout, stats)
     candidates = [c.label for c in conditions if c.checkpoint is not None and c.scale > 0]
     flags = find_flags(stats, candidates, watches, config.tolerance, config.rel_tolerance)
@@ -232,7 +236,8 @@ def _embeddings(records, scorers: list[Scorer], store: Store, notes) -> tuple[M.
     return None, None
 
 
-def _stats(records: list[ImageRecord], conditions: list[Condition], prompts: list[str]) -> dict[str, dict[str, M.Stat]]:
+def _stats(records: list[ImageRecord], conditions: list[Condition], prompts: list[str],
+           lpips=None) -> dict[str, dict[str, M.Stat]]:
     """Mean, std and n of every per-image score, plus the diversity across seeds, per condition."""
     from alignkit.evaluation.metrics import diversity, pixel_embedder
 
@@ -250,8 +255,11 @@ def _stats(records: list[ImageRecord], conditions: list[Condition], prompts: lis
         for prompt in prompts:
             group = [r for r in rows if r.prompt == prompt]
             images = torch.stack([r.as_float() for r in group])
-            for name, value in (("diversity/pixel", diversity(pixel(images), "rms")),
-                                ("diversity/embed", _embed_diversity(group))):
+            measures = [("diversity/pixel", diversity(pixel(images), "rms")),
+                        ("diversity/embed", _embed_diversity(group))]
+            if lpips is not None:
+                measures.append(("diversity/lpips", M.lpips_diversity(images, lpips)))
+            for name, value in measures:
                 if value is not None:
                     per_prompt[name].append(value)
         stats[condition.label].update({name: M.Stat.of(v) for name, v in per_prompt.items()})
@@ -278,7 +286,7 @@ def _kinds(records, trained: Scorer, heldout: list[Scorer]) -> dict[str, str]:
             kinds[name] = "drift"
         else:
             kinds[name] = "true target"
-    kinds["diversity/embed"] = kinds["diversity/pixel"] = "diversity"
+    kinds["diversity/embed"] = kinds["diversity/pixel"] = kinds["diversity/lpips"] = "diversity"
     return kinds
 
 

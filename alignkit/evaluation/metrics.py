@@ -7,7 +7,8 @@ Distances live in an embedding space when one is at hand, in this order:
    CLIP's preprocessing: distance = 1 - cosine of the image embeddings;
 3. otherwise pixels: images area-downsampled to 64x64, distance = root-mean-square
    difference in [0,1] units (cheap, model-free, but blind to semantics).
-LPIPS (`lpips` package, AlexNet) is added as a second diversity measure when importable.
+LPIPS (`lpips` package, AlexNet) is added as `diversity/lpips`, reported but not watched,
+when the package is importable and its weights load.
 
 Diversity of a condition = for each prompt, the mean pairwise distance between the images of
 its seeds, then the mean over prompts. Drift of an image = its distance to the base image of
