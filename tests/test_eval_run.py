@@ -448,7 +448,8 @@ def cli(argv, capsys) -> tuple[int, str]:
     return info.value.code, err
 
 
-@pytest.mark.parametrize("case", ["no_lora", "other_base", "zero_seeds", "unknown_heldout", "output_is_file"])
+@pytest.mark.parametrize("case", ["no_lora", "other_base", "zero_seeds", "unknown_heldout", "output_is_file",
+                                  "option_for_unused_reward"])
 def test_bad_input_is_one_line(world, tmp_path, capsys, case):
     args = ["eval", str(world["run"]), "--prompts", str(world["prompts"]), "--seeds", "2",
             "--output-dir", str(tmp_path / "out")]
@@ -458,6 +459,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
         "zero_seeds": "--seeds must be at least 1",
         "unknown_heldout": "unknown reward 'eval_drak'; did you mean 'eval_dark'",
         "output_is_file": "is a file",
+        "option_for_unused_reward": "'eval_drak' is not in the reward spec",
     }[case]
     if case == "no_lora":
         (tmp_path / "empty").mkdir()
@@ -468,6 +470,8 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
         args[args.index("--seeds") + 1] = "0"
     elif case == "unknown_heldout":
         args += ["--rewards", "eval_drak"]
+    elif case == "option_for_unused_reward":
+        args += ["--rewards", "eval_dark", "--reward-option", "eval_drak.x=1"]
     else:
         (tmp_path / "out").write_text("precious")
     code, err = cli(args, capsys)
@@ -475,6 +479,8 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
     assert expected in err and len(err.splitlines()) == 1, err
     if case == "output_is_file":
         assert (tmp_path / "out").read_text() == "precious"  # nothing on disk is lost
+    elif case != "other_base":
+        assert not (tmp_path / "out").exists()  # rejected before anything is written
 
 
 def test_toy_model_absent_is_one_line(world, tmp_path):

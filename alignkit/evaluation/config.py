@@ -123,11 +123,12 @@ def resolve_settings(config: EvalConfig, source: EvalSource) -> Settings:
         return flag if flag is not None else run.get(key) if run.get(key) is not None else default
 
     # The defaults for a bare LoRA are diffusers' own (50 DDIM steps, guidance 7.5).
+    resolution = pick(config.resolution, "resolution", None)
     settings = Settings(
         num_inference_steps=int(pick(config.num_inference_steps, "num_inference_steps", 50)),
         guidance_scale=float(pick(config.guidance_scale, "guidance_scale", 7.5)),
         eta=float(pick(config.eta, "eta", 0.0)),
-        resolution=(lambda r: int(r) if r is not None else None)(pick(config.resolution, "resolution", None)),
+        resolution=None if resolution is None else int(resolution),
     )
     if settings.num_inference_steps < 1:
         raise AlignkitError(f"--num-inference-steps must be at least 1, got {settings.num_inference_steps}")

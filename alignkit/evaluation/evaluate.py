@@ -20,7 +20,7 @@ from alignkit.evaluation import metrics as M
 from alignkit.evaluation.config import (Condition, EvalConfig, Settings, plan_conditions, resolve_prompts,
                                         resolve_seeds, resolve_settings)
 from alignkit.evaluation.generate import Sampler
-from alignkit.evaluation.heldout import Scorer, heldout_scorers, trained_scorer
+from alignkit.evaluation.heldout import Scorer, default_heldout, heldout_scorers, trained_scorer
 from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, pick_candidate
 from alignkit.evaluation.source import EvalSource, open_source
 from alignkit.evaluation.store import Store
@@ -74,7 +74,6 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     """Run the whole evaluation; `log` receives one-line progress notes."""
     config.validate()
     source = open_source(config.path, config.model)
-    store = Store(Path(config.output_dir) if config.output_dir else source.root / "eval")
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = resolve_settings(config, source)
     prompts = resolve_prompts(config, source)
@@ -86,10 +85,13 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
         raise AlignkitError(f"{source.root} has no config.yaml naming its reward; pass --reward SPEC (the reward it was tuned on)")
     options = _reward_options(config, source, str(spec))
     trained = trained_scorer(str(spec), options, device)
+    # Notes (skipped rewards, fallbacks) go into the report, printed once at the end.
     heldout, notes = heldout_scorers(config.heldout, trained.names, source.model == "toy", options, device)
-    for note in notes:
-        log(note)
+    # Only now, with every input checked, does anything get written.
+    store = Store(Path(config.output_dir) if config.output_dir else source.root / "eval")
 
+    if len(seeds) < 2:
+        notes.append("one seed per prompt: diversity needs at least 2 (--seeds 2 or more)")
     conditions = plan_conditions(source, config.scales)
     sampler = Sampler(source.model, device, config.batch_size)
     if any(not store.has_image(store.image_key(source.model, c, p, s, settings))
@@ -105,7 +107,6 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     lpips, note = M.lpips_metric(device)
     if note:
         notes.append(note)
-        log(note)
     kinds = _kinds(records, trained, heldout)
     stats = _stats(records, conditions, prompts, lpips)
     watches = _watches(kinds, trained, heldout, stats)
@@ -130,15 +131,16 @@ def _reward_options(config: EvalConfig, source: EvalSource, spec: str) -> dict:
         raise AlignkitError(f"{source.root}/config.yaml: reward_options must map reward names to options")
     for name, values in run_options.items():
         merged[name] = dict(values or {})
-    # Options may name any reward evaluation uses, so accept the held-out names too.
     names = [n for n, _ in parse_spec(spec)]
-    if config.heldout:
-        names += [n for n, _ in parse_spec(config.heldout) if n not in names]
-    for item in config.reward_options:
-        name = item.partition("=")[0].rpartition(".")[0]
-        if name and name not in names:
-            names.append(name)  # a default held-out reward, e.g. clip.model=...
-    for name, values in parse_reward_options(config.reward_options, "+".join(names)).items():
+    items = list(config.reward_options)
+    if len(names) == 1:
+        # As for `alignkit train`, a single trained reward's options need no `name.` prefix.
+        items = [i if "." in i.partition("=")[0] else f"{names[0]}.{i}" for i in items]
+    # Options may name any reward evaluation uses: the trained ones and the held-out ones.
+    watched = ([n for n, _ in parse_spec(config.heldout)] if config.heldout
+               else default_heldout(names, source.model == "toy"))
+    names += [n for n in watched if n not in names]
+    for name, values in parse_reward_options(items, "+".join(names)).items():
         merged.setdefault(name, {}).update(values)
     return merged
 
@@ -180,9 +182,7 @@ def _score(records, scorers: list[Scorer], store: Store, batch_size: int, notes,
             if scorer.role == "trained":
                 raise
             # A held-out reward that cannot load is a note, never a failed evaluation.
-            note = f"skipped held-out reward '{scorer.spec}': {exc}"
-            notes.append(note)
-            log(note)
+            notes.append(f"skipped held-out reward '{scorer.spec}': {exc}")
             continue
         if todo:
             log(f"scored {len(todo)} image(s) with {scorer.role} reward '{scorer.spec}'")

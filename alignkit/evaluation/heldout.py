@@ -106,7 +106,8 @@ def trained_scorer(spec: str, options: dict, device: str) -> Scorer:
     for name in names:
         entry = get_entry(name)
         ok, why = entry.status()
-        if not ok and not options.get(name) and not (len(names) == 1 and options):
+        # Options may point it at local weights that the registry's cache check cannot see.
+        if not ok and not options.get(name):
             raise AlignkitError(f"trained reward '{name}' is not available here ({why}); "
                                 f"install it or point it at local weights with --reward-option {name}.OPTION=PATH")
     if len(names) == 1:

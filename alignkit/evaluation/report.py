@@ -80,18 +80,18 @@ def print_table(result: EvalResult, console: Console | None = None) -> None:
     names = metric_order(result)
     flagged = {f.condition for f in result.flags}
     table = Table(title=f"alignkit eval: {result.source.root} (reward {result.reward_spec})")
-    table.add_column("condition")
+    # Labels stay whole on a narrow terminal; the numbers fold instead.
+    table.add_column("condition", no_wrap=True)
     table.add_column("step", justify="right")
     table.add_column("scale", justify="right")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", overflow="fold")
     table.add_column("flag")
     for c in result.conditions:
         stats = result.stats[c.label]
         cells = [f"{stats[n].mean:.4g}±{stats[n].std:.2g}" if n in stats else "-" for n in names]
+        # The pick is never a flagged candidate (see overopt.py).
         mark = "[red]over-opt[/]" if c.label in flagged else ("[green]pick[/]" if c.label == result.pick.condition else "")
-        if c.label == result.pick.condition and c.label in flagged:  # pragma: no cover - a pick is never flagged
-            mark = "[red]pick?[/]"
         table.add_row(c.label, "-" if c.step is None else str(c.step), f"{c.scale:g}", *cells, mark)
     console.print(table)
     for flag in result.flags:
