@@ -483,6 +483,21 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
         assert not (tmp_path / "out").exists()  # rejected before anything is written
 
 
+def test_cli_success_prints_table_and_pick(world, evaluated, tmp_path, capsys):
+    from alignkit.cli import main
+
+    out = copy_of(evaluated, tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(world["run"]), "--prompts", str(world["prompts"]), "--seeds", "2",
+              "--rewards", "eval_dark", "--output-dir", str(out)])
+    assert info.value.code in (0, None)
+    printed = capsys.readouterr()
+    assert "final@0.75" in printed.out and "keep " in printed.out
+    assert "0 image(s) generated" in printed.err  # progress on stderr, all from the cache
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"].startswith("alignkit ")
+
+
 def test_toy_model_absent_is_one_line(world, tmp_path):
     # The toy world lands later; until then "toy" must say so in one line.
     try:

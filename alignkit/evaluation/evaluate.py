@@ -101,7 +101,7 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
             sampler.load_lora(checkpoint)
     records = _generate(conditions, prompts, seeds, settings, source.model, sampler, store, log)
     heldout = _score(records, [trained, *heldout], store, config.batch_size, notes, log)
-    embedder = _image_metrics(records, [*heldout, trained], store, device, notes, log)
+    embedder = _image_metrics(records, [*heldout, trained], store, notes, config.batch_size)
     store.flush()
 
     lpips, note = M.lpips_metric(device)
@@ -193,10 +193,10 @@ def _score(records, scorers: list[Scorer], store: Store, batch_size: int, notes,
     return working
 
 
-def _image_metrics(records: list[ImageRecord], scorers: list[Scorer], store: Store, device: str,
-                   notes: list[str], log) -> str:
+def _image_metrics(records: list[ImageRecord], scorers: list[Scorer], store: Store, notes: list[str],
+                   batch_size: int) -> str:
     """Per-image drift and per-image embeddings; returns the embedder's name."""
-    embedder, embeddings = _embeddings(records, scorers, store, notes)
+    embedder, embeddings = _embeddings(records, scorers, store, notes, batch_size)
     base = {(r.prompt, r.seed): r for r in records if r.condition.checkpoint is None}
     for r in records:
         r.embedding = embeddings[r.key] if embeddings is not None else None
@@ -208,7 +208,8 @@ def _image_metrics(records: list[ImageRecord], scorers: list[Scorer], store: Sto
     return embedder.name if embedder else "pixel"
 
 
-def _embeddings(records, scorers: list[Scorer], store: Store, notes) -> tuple[M.Embedder | None, dict | None]:
+def _embeddings(records, scorers: list[Scorer], store: Store, notes,
+                batch_size: int) -> tuple[M.Embedder | None, dict | None]:
     """Embeddings of every record from the first reward that carries a CLIP, cached by name."""
     ordered = sorted(scorers, key=lambda s: EMBED_PREFERENCE.index(s.spec) if s.spec in EMBED_PREFERENCE else len(EMBED_PREFERENCE))
     for scorer in ordered:
@@ -227,10 +228,13 @@ def _embeddings(records, scorers: list[Scorer], store: Store, notes) -> tuple[M.
             store.mark()
             continue
         embedder = M.Embedder(name, found.embed, found.distance)
-        for r in records:
-            if cached[r.key] is None:
-                cached[r.key] = embedder(r.as_float()[None].to(scorer.reward.device))[0]
-                store.set_embedding(r.key, name, cached[r.key])
+        todo = [r for r in records if cached[r.key] is None]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            features = embedder(torch.stack([r.as_float() for r in chunk]).to(scorer.reward.device))
+            for r, feature in zip(chunk, features):
+                cached[r.key] = feature
+                store.set_embedding(r.key, name, feature)
         return embedder, cached
     notes.append("no loaded reward carries a CLIP image encoder: diversity is measured in pixel space only")
     return None, None

@@ -79,17 +79,23 @@ def print_table(result: EvalResult, console: Console | None = None) -> None:
     console = console or Console()
     names = metric_order(result)
     flagged = {f.condition for f in result.flags}
-    table = Table(title=f"alignkit eval: {result.source.root} (reward {result.reward_spec})")
+    n = len(result.prompts) * len(result.seeds)
+    table = Table(title=f"alignkit eval: {result.source.root} (reward {result.reward_spec})",
+                  caption=f"means over {n} images ({len(result.prompts)} prompts x {len(result.seeds)} seeds); "
+                          "std and n in summary.json")
     # Labels stay whole on a narrow terminal; the numbers fold instead.
-    table.add_column("condition", no_wrap=True)
+    table.add_column("condition", no_wrap=True, min_width=max(len(c.label) for c in result.conditions))
     table.add_column("step", justify="right")
     table.add_column("scale", justify="right")
     for name in names:
-        table.add_column(name, justify="right", overflow="fold")
+        # Numbers never break; a long header folds instead (min_width = the widest number).
+        widest = max(len(f"{result.stats[c][name].mean:.4g}") for c in result.stats if name in result.stats[c])
+        table.add_column(name, justify="right", overflow="fold", min_width=widest)
     table.add_column("flag")
     for c in result.conditions:
         stats = result.stats[c.label]
-        cells = [f"{stats[n].mean:.4g}±{stats[n].std:.2g}" if n in stats else "-" for n in names]
+        # Means only, so that a column a metric fits a terminal; the spread is in summary.json.
+        cells = [f"{stats[name].mean:.4g}" if name in stats else "-" for name in names]
         # The pick is never a flagged candidate (see overopt.py).
         mark = "[red]over-opt[/]" if c.label in flagged else ("[green]pick[/]" if c.label == result.pick.condition else "")
         table.add_row(c.label, "-" if c.step is None else str(c.step), f"{c.scale:g}", *cells, mark)

@@ -85,7 +85,8 @@ class Store:
         return self.embeddings.get(f"{embedder}/{key}")
 
     def set_embedding(self, key: str, embedder: str, value: Tensor) -> None:
-        self.embeddings[f"{embedder}/{key}"] = value.detach().float().cpu().contiguous()
+        # A copy: a row of a batch shares its storage, which safetensors refuses to save.
+        self.embeddings[f"{embedder}/{key}"] = value.detach().float().cpu().clone()
         self._dirty = True
 
     def mark(self) -> None:
