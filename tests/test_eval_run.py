@@ -401,6 +401,9 @@ def test_bare_lora_folder_with_model_and_reward(world, tmp_path):
                             seeds=2, num_inference_steps=2, resolution=32, heldout="eval_dark",
                             output_dir=tmp_path / "bare", device="cpu", scales=(0.0, 1.0, 2.0)))
     assert [c.label for c in result.conditions] == ["base", "final@0", "final@1", "final@2"]
+    # set_adapters honours 0 (the base images) and extrapolates above 1.
+    drift = {c: s["drift/mse"].mean for c, s in result.stats.items()}
+    assert drift["final@0"] < 1e-5 < drift["final@1"] < drift["final@2"]
     assert result.settings.guidance_scale == 7.5  # diffusers' default, with no run config
     assert (tmp_path / "bare" / "summary.json").is_file()
 
@@ -449,7 +452,7 @@ def cli(argv, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", ["no_lora", "other_base", "zero_seeds", "unknown_heldout", "output_is_file",
-                                  "option_for_unused_reward"])
+                                  "option_for_unused_reward", "corrupted_lora"])
 def test_bad_input_is_one_line(world, tmp_path, capsys, case):
     args = ["eval", str(world["run"]), "--prompts", str(world["prompts"]), "--seeds", "2",
             "--output-dir", str(tmp_path / "out")]
@@ -460,6 +463,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
         "unknown_heldout": "unknown reward 'eval_drak'; did you mean 'eval_dark'",
         "output_is_file": "is a file",
         "option_for_unused_reward": "'eval_drak' is not in the reward spec",
+        "corrupted_lora": "is not a readable safetensors file",
     }[case]
     if case == "no_lora":
         (tmp_path / "empty").mkdir()
@@ -470,6 +474,10 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
         args[args.index("--seeds") + 1] = "0"
     elif case == "unknown_heldout":
         args += ["--rewards", "eval_drak"]
+    elif case == "corrupted_lora":
+        (tmp_path / "broken").mkdir()
+        (tmp_path / "broken" / "pytorch_lora_weights.safetensors").write_bytes(b"not a tensor file")
+        args[1:2] = [str(tmp_path / "broken"), "--model", str(world["base"]), "--reward", "eval_brightness"]
     elif case == "option_for_unused_reward":
         args += ["--rewards", "eval_dark", "--reward-option", "eval_drak.x=1"]
     else:
@@ -479,7 +487,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
     assert expected in err and len(err.splitlines()) == 1, err
     if case == "output_is_file":
         assert (tmp_path / "out").read_text() == "precious"  # nothing on disk is lost
-    elif case != "other_base":
+    else:
         assert not (tmp_path / "out").exists()  # rejected before anything is written
 
 

@@ -26,6 +26,7 @@ def run(config: EvalConfig, console: Console | None = None) -> EvalResult:
     progress = Console(stderr=True)
     result = evaluate(config, log=lambda line: progress.print(line, style="dim", highlight=False, soft_wrap=True))
     out = result.output_dir
+    out.mkdir(parents=True, exist_ok=True)
     write_scores(result, out / "scores.jsonl")
     write_summary(result, out / "summary.json")
     plot_grid(result, out / "grid.png")

@@ -28,11 +28,12 @@ class Store:
         self.root = root
         if root.exists() and not root.is_dir():
             raise AlignkitError(f"output folder {root} is a file; pass --output-dir FOLDER")
-        try:
-            (root / "cache").mkdir(parents=True, exist_ok=True)
-            (root / "images").mkdir(exist_ok=True)
-        except OSError as exc:
-            raise AlignkitError(f"cannot create output folder {root}: {exc.strerror}; pass another --output-dir") from None
+        # Nothing is created until the first image is written, so a run that fails on its
+        # inputs (a LoRA that does not fit) leaves no empty folders behind; but an output
+        # folder that could never be written is refused now, not after minutes of sampling.
+        parent = next(p for p in (root, *root.parents) if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise AlignkitError(f"cannot create output folder {root}: {parent} is not a writable folder; pass another --output-dir")
         self.index: dict[str, dict] = self._read_index()
         # Facts about rewards learnt once, e.g. which carry no image encoder (never an image key: those are hex).
         self.meta: dict = self.index.setdefault("__meta__", {"no_embedder": []})
@@ -97,6 +98,7 @@ class Store:
         if not self._dirty:
             return
         index = self.root / INDEX_FILE
+        index.parent.mkdir(parents=True, exist_ok=True)
         tmp = index.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.index))
         os.replace(tmp, index)
