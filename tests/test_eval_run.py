@@ -130,6 +130,13 @@ def _tinyclip(device=None, dtype=None):
     return TinyClipReward()
 
 
+@register("eval_broken", "test: a reward whose checkpoint fails to load")
+def _broken(device=None, dtype=None):
+    from alignkit.errors import CheckpointError
+
+    raise CheckpointError("eval_broken: /nowhere/head.pth is corrupted or not a checkpoint (EOFError)")
+
+
 @register("eval_needs_weights", "test: a reward whose weights are not here",
           weights=(("alignkit-test/absent", "absent.safetensors"),))
 def _absent(device=None, dtype=None):  # pragma: no cover - never built: its weights are absent
@@ -438,6 +445,10 @@ def test_unavailable_default_heldout_is_skipped_with_a_note(world, evaluated, tm
     assert [w.metric for w in result.watches if w.kind == "held-out reward"] == ["eval_dark"]
     assert any("eval_needs_weights" in n and "not in HF cache" in n for n in result.notes)
     assert any("eval_unregistered" in n for n in result.notes)
+    # One that looks available but fails to load is a note too, never a crash.
+    result = evaluate(world, copy_of(evaluated, tmp_path / "again"), heldout="eval_broken+eval_dark", scales=(1.0,))
+    assert [w.metric for w in result.watches if w.kind == "held-out reward"] == ["eval_dark"]
+    assert any(n.startswith("skipped held-out reward 'eval_broken': eval_broken: /nowhere/head.pth") for n in result.notes)
 
 
 # -- bad input: one line, non-zero exit ----------------------------------------------------------

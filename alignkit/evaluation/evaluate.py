@@ -22,7 +22,7 @@ from alignkit.evaluation.config import (Condition, EvalConfig, Settings, plan_co
 from alignkit.evaluation.generate import Sampler
 from alignkit.evaluation.heldout import Scorer, default_heldout, heldout_scorers, trained_scorer
 from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, pick_candidate
-from alignkit.evaluation.source import EvalSource, open_source
+from alignkit.evaluation.source import EvalSource, is_toy, open_source
 from alignkit.evaluation.store import Store
 
 # Rewards whose backbone is the best embedding for diversity and drift, in order.
@@ -86,7 +86,7 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     options = _reward_options(config, source, str(spec))
     trained = trained_scorer(str(spec), options, device)
     # Notes (skipped rewards, fallbacks) go into the report, printed once at the end.
-    heldout, notes = heldout_scorers(config.heldout, trained.names, source.model == "toy", options, device)
+    heldout, notes = heldout_scorers(config.heldout, trained.names, is_toy(source.model), options, device)
     # Only now, with every input checked, does anything get written.
     store = Store(Path(config.output_dir) if config.output_dir else source.root / "eval")
 
@@ -138,7 +138,7 @@ def _reward_options(config: EvalConfig, source: EvalSource, spec: str) -> dict:
         items = [i if "." in i.partition("=")[0] else f"{names[0]}.{i}" for i in items]
     # Options may name any reward evaluation uses: the trained ones and the held-out ones.
     watched = ([n for n, _ in parse_spec(config.heldout)] if config.heldout
-               else default_heldout(names, source.model == "toy"))
+               else default_heldout(names, is_toy(source.model)))
     names += [n for n in watched if n not in names]
     for name, values in parse_reward_options(items, "+".join(names)).items():
         merged.setdefault(name, {}).update(values)

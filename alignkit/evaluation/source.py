@@ -101,6 +101,17 @@ def resolve_model(model: str) -> str:
     return resolve_pretrained(model, what=f"base model '{model}'", probe="model_index.json")
 
 
+def is_toy(model: str) -> bool:
+    """Whether `model` is the embedded toy world, by name or by its installed path."""
+    if model == "toy":
+        return True
+    try:
+        from alignkit.toy import pipeline_path
+    except ImportError:
+        return False
+    return Path(model).expanduser().resolve() == Path(pipeline_path()).resolve()
+
+
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         return {}
