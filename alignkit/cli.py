@@ -55,6 +55,38 @@ def parse_reward_options(options: list[str], spec: str) -> dict:
     return overrides
 
 
+@app.command("eval")
+def eval_(
+    path: Path = typer.Argument(..., help="A run folder from `alignkit train`, or a diffusers LoRA folder."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model (hub id, folder, or 'toy'); default: the run's."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="The reward it was tuned on (spec); default: the run's."),
+    heldout: Optional[str] = typer.Option(None, "--rewards", help="Held-out rewards (spec); default: from the held-out table."),
+    reward_option: list[str] = typer.Option([], help="NAME.OPTION=VALUE for any reward factory (repeatable)."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt set (its held-out eval split) or file; default: the run's."),
+    prompt: Optional[str] = typer.Option(None, help="Evaluate on this one prompt."),
+    num_prompts: Optional[int] = typer.Option(None, help="Keep only the first N prompts."),
+    seeds: int = typer.Option(4, help="Seeds per prompt (shared by base and tuned images)."),
+    num_inference_steps: Optional[int] = typer.Option(None, help="Denoising steps; default: the run's."),
+    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance; default: the run's."),
+    eta: Optional[float] = typer.Option(None, help="DDIM eta; default: the run's."),
+    resolution: Optional[int] = typer.Option(None, help="Image side in pixels; default: the run's."),
+    scales: str = typer.Option("0,0.25,0.5,0.75,1", help="LoRA scales for the final LoRA, e.g. 0,0.5,1,1.5."),
+    tolerance: float = typer.Option(0.5, help="Flag a watched metric that falls more than this many base stds."),
+    output_dir: Optional[Path] = typer.Option(None, help="Where to write the report (default: PATH/eval)."),
+    device: Optional[str] = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+    batch_size: int = typer.Option(8, help="Images per pipeline call and per reward forward."),
+) -> None:
+    """Evaluate a tuned LoRA against its base model: reward gains, held-out rewards, over-optimisation."""
+    from alignkit.evaluation import EvalConfig, parse_scales, run
+
+    run(EvalConfig(path=path, model=model, reward=reward, heldout=heldout, reward_options=reward_option,
+                   prompts=prompts, prompt=prompt, num_prompts=num_prompts, seeds=seeds,
+                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+                   resolution=resolution, scales=parse_scales(scales), tolerance=tolerance,
+                   output_dir=output_dir, device=device, batch_size=batch_size,
+                   command=" ".join(["alignkit", *sys.argv[1:]])))
+
+
 @app.command()
 def rewards() -> None:
     """List every reward, what it needs, and whether it is available here now."""

@@ -1,0 +1,143 @@
+"""Generation for evaluation: the plain diffusers pipeline, the base model and its LoRAs.
+
+Each LoRA checkpoint is loaded once as its own adapter; a condition switches adapters and
+their scale (`set_adapters`), or turns LoRA off for the base model, so no weights are ever
+merged or reloaded between conditions. Noise comes from one CPU `torch.Generator` per image,
+seeded from the image's seed alone: base and tuned images of a (prompt, seed) start from the
+same latents on any device and in any batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import torch
+from torch import Tensor
+
+from alignkit.errors import AlignkitError, CheckpointError
+from alignkit.evaluation.config import Condition, Settings
+from alignkit.evaluation.source import LoraCheckpoint, resolve_model
+
+
+@contextlib.contextmanager
+def _quiet():
+    """diffusers logs multi-line errors and warnings around LoRA loading; we raise one line instead."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.CRITICAL)
+    # Loading bars of tiny components are noise on stderr, and would split an error line.
+    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (dlogging, tlogging)]
+    for lib, _ in bars:
+        lib.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlogging.set_verbosity(level)
+        for lib, enabled in bars:
+            if enabled:
+                lib.enable_progress_bar()
+
+
+class Sampler:
+    """A diffusers pipeline loaded on first use, with every LoRA as a named adapter."""
+
+    def __init__(self, model: str, device: str, batch_size: int = 8):
+        self.model = model
+        self.device = torch.device(device)
+        # Half precision on accelerators (as users sample), full precision on CPU.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.batch_size = batch_size
+        self._pipe = None
+        self._loaded: set[str] = set()
+        # How many times the pipeline ran: re-runs on a cached folder must not add to it.
+        self.calls = 0
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            self._pipe = self._load_pipeline()
+        return self._pipe
+
+    def _load_pipeline(self):
+        from diffusers import DiffusionPipeline
+
+        source = resolve_model(self.model)
+        try:
+            with _quiet():
+                # Evaluation needs the raw images: no safety checker (it blacks out images).
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=self.dtype, safety_checker=None)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({_first_line(exc)})") from None
+        if not hasattr(pipe, "load_lora_weights"):
+            raise AlignkitError(f"base model '{self.model}' ({type(pipe).__name__}) does not support LoRA adapters")
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
+
+    def load_lora(self, checkpoint: LoraCheckpoint) -> None:
+        """Load one LoRA file as its own adapter, through alignkit's safe loader."""
+        if checkpoint.adapter_name in self._loaded:
+            return
+        from alignkit.hub import load_state_dict
+
+        state = load_state_dict(checkpoint.path, what=f"LoRA {checkpoint.path}")
+        try:
+            with _quiet():
+                self.pipe.load_lora_weights(state, adapter_name=checkpoint.adapter_name)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"LoRA {checkpoint.path} does not fit the base model '{self.model}' ({_mismatch(exc)}); "
+                "pass the --model it was trained on"
+            ) from None
+        adapters = {name for names in self.pipe.get_list_adapters().values() for name in names}
+        if checkpoint.adapter_name not in adapters:
+            raise CheckpointError(f"LoRA {checkpoint.path} holds no weights that match the base model '{self.model}'; "
+                                  "pass the --model it was trained on")
+        self._loaded.add(checkpoint.adapter_name)
+
+    def activate(self, condition: Condition) -> None:
+        pipe = self.pipe
+        if condition.checkpoint is None:
+            if self._loaded:
+                pipe.disable_lora()
+            return
+        self.load_lora(condition.checkpoint)
+        pipe.enable_lora()
+        # One adapter at a time; the scale multiplies its update (0 = base, >1 extrapolates).
+        pipe.set_adapters([condition.checkpoint.adapter_name], adapter_weights=[condition.scale])
+
+    @torch.no_grad()
+    def generate(self, condition: Condition, prompt: str, seeds: list[int], settings: Settings) -> Tensor:
+        """uint8 images (len(seeds),3,H,W) for one prompt, one per seed."""
+        self.activate(condition)
+        size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
+        chunks = []
+        for start in range(0, len(seeds), self.batch_size):
+            chunk = seeds[start:start + self.batch_size]
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in chunk]
+            self.calls += 1
+            out = self.pipe(prompt=prompt, num_images_per_prompt=len(chunk), generator=generators,
+                            num_inference_steps=settings.num_inference_steps,
+                            guidance_scale=settings.guidance_scale, eta=settings.eta,
+                            output_type="pt", **size)
+            # Quantise as the saved PNGs will be, so fresh and cached images score the same.
+            chunks.append(out.images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+        return torch.cat(chunks)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _mismatch(exc: BaseException) -> str:
+    # torch lists every mismatched tensor; the first one says enough.
+    for line in str(exc).splitlines():
+        if "size mismatch" in line:
+            return line.strip().rstrip(".")[:240]
+    return _first_line(exc)

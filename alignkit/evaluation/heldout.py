@@ -1,0 +1,152 @@
+"""The rewards evaluation scores with: the trained one and held-out ones it was not tuned on.
+
+A model tuned on one reward can learn to please that reward alone (reward hacking). Rewards
+it never saw, and the true quantities behind a proxy, tell whether the gain is real:
+
+| trained on             | held-out rewards watched            | true targets watched          |
+|------------------------|-------------------------------------|-------------------------------|
+| aesthetic              | hps, pickscore, clip                |                               |
+| hps                    | aesthetic, pickscore, clip          |                               |
+| pickscore              | hps, aesthetic, clip                |                               |
+| clip                   | hps, pickscore, aesthetic           |                               |
+| count                  | clip                                | count_correct (detector + NMS)|
+| compress / incompress  | clip                                | jpeg_kb (PIL JPEG, quality 95)|
+
+On the embedded toy world `clip` means `toy_clip`, the CLIP trained on that world. A default
+held-out reward whose package or weights are absent is skipped with a note; one named with
+`--rewards` must at least exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from alignkit.errors import AlignkitError
+from alignkit.rewards import Reward, get_entry, load_reward, parse_spec
+
+HELDOUT: dict[str, tuple[str, ...]] = {
+    "aesthetic": ("hps", "pickscore", "clip"),
+    "hps": ("aesthetic", "pickscore", "clip"),
+    "pickscore": ("hps", "aesthetic", "clip"),
+    "clip": ("hps", "pickscore", "aesthetic"),
+    "count": ("clip",),
+    "compress": ("clip",),
+    "incompress": ("clip",),
+}
+# The toy world's own reward that stands in for a real one on its images.
+TOY_SUBSTITUTES: dict[str, str] = {"clip": "toy_clip"}
+
+# Which way is better for each true target, by the reward that reports it (+1: higher).
+# Targets not listed (e.g. the raw detector count) are reported but never flag anything.
+TARGET_DIRECTIONS: dict[str, dict[str, int]] = {
+    "compress": {"jpeg_kb": -1},
+    "incompress": {"jpeg_kb": +1},
+    "count": {"count_correct": +1},
+}
+
+
+@dataclass
+class Scorer:
+    """One reward used by evaluation, built on first use and cached by `scorer_id`."""
+
+    # "trained" (columns `reward`, `reward/<part>`) or "heldout" (a column named after it).
+    role: str
+    spec: str
+    # load_reward keyword overrides (for a combination, one dict per name).
+    options: dict = field(default_factory=dict)
+    device: str = "cpu"
+    _reward: Reward | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in parse_spec(self.spec)]
+
+    @property
+    def scorer_id(self) -> str:
+        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}"
+
+    @property
+    def reward(self) -> Reward:
+        if self._reward is None:
+            self._reward = load_reward(self.spec, device=self.device, **self.options)
+        return self._reward
+
+    def loaded(self) -> Reward | None:
+        return self._reward
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        """Every column this reward yields for a batch of float images in [0,1]."""
+        reward = self.reward
+        images = images.to(reward.device, reward.dtype)
+        total, parts = reward.with_parts(images, prompts)
+        if self.role == "trained":
+            columns = {"reward": total}
+            if len(parts) > 1:
+                columns.update({f"reward/{name}": value for name, value in parts.items()})
+        else:
+            columns = {self.spec: total}
+        columns.update(reward.targets(images, prompts))
+        return {name: value.detach().float().cpu() for name, value in columns.items()}
+
+    def target_directions(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in self.names:
+            out.update(TARGET_DIRECTIONS.get(name, {}))
+        return out
+
+
+def trained_scorer(spec: str, options: dict, device: str) -> Scorer:
+    """The trained reward; it must be available, since every verdict is relative to it."""
+    names = [name for name, _ in parse_spec(spec)]
+    for name in names:
+        entry = get_entry(name)
+        ok, why = entry.status()
+        # Options may point it at local weights that the registry's cache check cannot see.
+        if not ok and not options.get(name):
+            raise AlignkitError(f"trained reward '{name}' is not available here ({why}); "
+                                f"install it or point it at local weights with --reward-option {name}.OPTION=PATH")
+    if len(names) == 1:
+        # A single reward takes its options as plain keywords.
+        options = options.get(names[0], {})
+    return Scorer("trained", spec, options, device)
+
+
+def heldout_scorers(spec: str | None, trained: list[str], toy: bool, options: dict,
+                    device: str) -> tuple[list[Scorer], list[str]]:
+    """The held-out rewards to score with, and a one-line note for each one skipped."""
+    explicit = spec is not None
+    if explicit:
+        names = [name for name, _ in parse_spec(spec)]
+    else:
+        names = default_heldout(trained, toy)
+    scorers, notes = [], []
+    for name in names:
+        try:
+            entry = get_entry(name)
+        except AlignkitError as exc:
+            if explicit:
+                raise AlignkitError(f"--rewards: {exc}") from None
+            notes.append(f"skipped held-out reward '{name}': not registered here")
+            continue
+        ok, why = entry.status()
+        if not ok and not options.get(name):
+            notes.append(f"skipped held-out reward '{name}': {why}")
+            continue
+        scorers.append(Scorer("heldout", name, options.get(name, {}), device))
+    return scorers, notes
+
+
+def default_heldout(trained: list[str], toy: bool) -> list[str]:
+    """The HELDOUT table's rewards for every trained part, minus the trained ones."""
+    names: list[str] = []
+    for part in trained:
+        for name in HELDOUT.get(part, ()):
+            name = TOY_SUBSTITUTES.get(name, name) if toy else name
+            if name not in trained and name not in names:
+                names.append(name)
+    return names

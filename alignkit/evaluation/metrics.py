@@ -1,0 +1,165 @@
+"""Image-set metrics for over-optimisation: diversity across seeds and drift from the base.
+
+Distances live in an embedding space when one is at hand, in this order:
+1. a reward that exposes `embed_images(images) -> (B, D)`;
+2. the CLIP image tower inside a loaded reward (a transformers `CLIPModel` /
+   `CLIPVisionModelWithProjection`, or an open_clip model with `encode_image`), fed with
+   CLIP's preprocessing: distance = 1 - cosine of the image embeddings;
+3. otherwise pixels: images area-downsampled to 64x64, distance = root-mean-square
+   difference in [0,1] units (cheap, model-free, but blind to semantics).
+LPIPS (`lpips` package, AlexNet) is added as `diversity/lpips`, reported but not watched,
+when the package is importable and its weights load.
+
+Diversity of a condition = for each prompt, the mean pairwise distance between the images of
+its seeds, then the mean over prompts. Drift of an image = its distance to the base image of
+the same prompt and seed (same initial noise), in the embedding and as pixel MSE.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alignkit.rewards.base import normalize, resize_shortest_crop
+
+PIXEL_SIDE = 64
+
+
+@dataclass
+class Embedder:
+    """Images (B,3,H,W) in [0,1] -> features (B,D); `name` keys the embedding cache."""
+
+    name: str
+    embed: Callable[[Tensor], Tensor]
+    # "cosine" for learned embeddings, "rms" for raw pixels.
+    distance: str = "cosine"
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.embed(images).float().flatten(1).cpu()
+
+
+def pixel_embedder() -> Embedder:
+    def embed(images: Tensor) -> Tensor:
+        return F.interpolate(images.float(), size=(PIXEL_SIDE, PIXEL_SIDE), mode="area")
+
+    return Embedder("pixel", embed, distance="rms")
+
+
+def find_embedder(rewards: dict[str, nn.Module]) -> Embedder | None:
+    """The first CLIP-like image encoder among loaded rewards (see the module docstring)."""
+    for label, reward in rewards.items():
+        # A combination holds its parts as submodules: look inside it too.
+        for module in reward.modules():
+            hook = getattr(module, "embed_images", None)
+            if callable(hook):
+                return Embedder(f"{label}:embed_images", hook)
+    for label, reward in rewards.items():
+        for module in reward.modules():
+            embed = _clip_tower(module)
+            if embed is not None:
+                return Embedder(f"{label}:{type(module).__name__}", embed)
+    return None
+
+
+def _clip_tower(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """A preprocessing + image-feature function for a transformers or open_clip CLIP."""
+    config = getattr(module, "config", None)
+    if hasattr(module, "get_image_features") and config is not None:
+        side = getattr(getattr(config, "vision_config", config), "image_size", 224)
+
+        def embed(images: Tensor) -> Tensor:
+            x = normalize(resize_shortest_crop(images, side)).to(_dtype(module))
+            out = module.get_image_features(pixel_values=x)
+            # transformers >= 5 returns an output object whose pooler_output is projected.
+            return getattr(out, "pooler_output", out)
+
+        return embed
+    if type(module).__name__ == "CLIPVisionModelWithProjection":
+        side = module.config.image_size
+        return lambda images: module(pixel_values=normalize(resize_shortest_crop(images, side)).to(_dtype(module))).image_embeds
+    if hasattr(module, "encode_image") and hasattr(module, "visual"):
+        size = getattr(module.visual, "image_size", 224)
+        side = size[0] if isinstance(size, (tuple, list)) else int(size)
+        return lambda images: module.encode_image(normalize(resize_shortest_crop(images, side)).to(_dtype(module)))
+    return None
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    for tensor in module.parameters():
+        return tensor.dtype
+    return torch.float32
+
+
+def lpips_metric(device: str) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, str | None]:
+    """LPIPS(a, b) -> (B,) when the `lpips` package and its AlexNet weights are here."""
+    import importlib.util
+
+    if importlib.util.find_spec("lpips") is None:
+        return None, None
+    try:
+        import lpips
+
+        net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+    except Exception as exc:  # its AlexNet backbone downloads weights: offline, that fails
+        return None, f"LPIPS skipped: its AlexNet weights could not be loaded ({type(exc).__name__})"
+
+    @torch.no_grad()
+    def distance(a: Tensor, b: Tensor) -> Tensor:
+        # LPIPS takes [-1,1] images.
+        return net(a.to(device) * 2 - 1, b.to(device) * 2 - 1).flatten().float().cpu()
+
+    return distance, None
+
+
+def pairwise_distance(a: Tensor, b: Tensor, kind: str) -> Tensor:
+    """Row-wise distance between feature batches a and b, (B,)."""
+    if kind == "cosine":
+        return 1 - F.cosine_similarity(a, b, dim=-1)
+    return (a - b).pow(2).mean(dim=-1).sqrt()
+
+
+def diversity(features: Tensor, kind: str) -> float | None:
+    """Mean pairwise distance among the features of one prompt's seeds (None below 2)."""
+    n = features.shape[0]
+    if n < 2:
+        return None
+    pairs = list(itertools.combinations(range(n), 2))
+    i, j = (torch.tensor(idx) for idx in zip(*pairs))
+    return float(pairwise_distance(features[i], features[j], kind).mean())
+
+
+def lpips_diversity(images: Tensor, metric: Callable[[Tensor, Tensor], Tensor]) -> float | None:
+    n = images.shape[0]
+    if n < 2:
+        return None
+    pairs = list(itertools.combinations(range(n), 2))
+    i, j = (torch.tensor(idx) for idx in zip(*pairs))
+    return float(metric(images[i], images[j]).mean())
+
+
+def pixel_mse(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image mean squared error in [0,1] units, (B,)."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stat":
+        t = torch.tensor(values, dtype=torch.float64)
+        # Sample std (n-1); a single value has no spread to speak of.
+        std = float(t.std()) if len(values) > 1 else 0.0
+        return cls(float(t.mean()), std, len(values))
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "n": self.n}

@@ -1,0 +1,167 @@
+"""What `alignkit eval` evaluates: a training run folder or a bare diffusers LoRA folder.
+
+A run folder follows the aligner's contract:
+
+    RUN/config.yaml                                     the resolved training config
+    RUN/pytorch_lora_weights.safetensors                the final LoRA (diffusers format)
+    RUN/metrics.jsonl                                   one JSON line per optimizer step
+    RUN/checkpoint-<step>/pytorch_lora_weights.safetensors
+
+A bare LoRA folder holds only `pytorch_lora_weights.safetensors`; the base model and the
+reward it was tuned on then come from `--model` and `--reward`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)\Z")
+
+
+@dataclass(frozen=True)
+class LoraCheckpoint:
+    """One saved LoRA: a `checkpoint-<step>` folder or the run's final weights."""
+
+    # "checkpoint-200" or "final"; also the adapter name the pipeline loads it under.
+    label: str
+    # The optimizer step it was saved at (None when unknown, e.g. a bare LoRA folder).
+    step: int | None
+    # The safetensors file.
+    path: Path
+    # sha256 of the file's bytes: the cache key of every image generated with it.
+    sha256: str
+
+    @property
+    def adapter_name(self) -> str:
+        # peft adapter names become module attribute names: no dashes.
+        return self.label.replace("-", "_")
+
+
+@dataclass
+class EvalSource:
+    """A run or a LoRA folder, resolved: the model, its LoRAs, and the run's settings."""
+
+    root: Path
+    # The base model as given (a hub id, a local folder, or "toy").
+    model: str
+    # Every LoRA to evaluate, by step; the last one is the final LoRA the scale sweep uses.
+    checkpoints: list[LoraCheckpoint]
+    # The run's config.yaml (empty for a bare LoRA folder).
+    config: dict = field(default_factory=dict)
+    # The run's training log, one dict per optimizer step.
+    train_log: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self) -> LoraCheckpoint:
+        return self.checkpoints[-1]
+
+    @property
+    def is_run(self) -> bool:
+        return bool(self.config)
+
+
+def open_source(path: str | Path, model: str | None = None) -> EvalSource:
+    """Resolve RUN_DIR or LORA_DIR; one clear line when it is neither."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise AlignkitError(f"no folder at {root}; pass a run folder written by `alignkit train` or a diffusers LoRA folder")
+    if not root.is_dir():
+        raise AlignkitError(f"{root} is a file; pass the folder that holds {LORA_FILE}")
+    config = _read_config(root / "config.yaml")
+    train_log = _read_metrics(root / "metrics.jsonl")
+    checkpoints = _find_checkpoints(root, train_log)
+    if not checkpoints:
+        raise AlignkitError(
+            f"{root} holds no LoRA ({LORA_FILE} or checkpoint-*/{LORA_FILE}); "
+            "pass a run folder written by `alignkit train` or a diffusers LoRA folder"
+        )
+    base = model or config.get("pretrained_model_name_or_path")
+    if not base:
+        raise AlignkitError(f"{root} has no config.yaml naming its base model; pass --model MODEL (the model the LoRA was trained on)")
+    return EvalSource(root=root, model=str(base), checkpoints=checkpoints, config=config, train_log=train_log)
+
+
+def resolve_model(model: str) -> str:
+    """A `from_pretrained` source for `model`: "toy" is the embedded toy pipeline."""
+    from alignkit.hub import resolve_pretrained
+
+    if model == "toy":
+        try:
+            from alignkit.toy import pipeline_path
+        except ImportError:
+            raise AlignkitError("the embedded toy model is not installed; pass --model MODEL (a diffusers pipeline)") from None
+        return str(pipeline_path())
+    return resolve_pretrained(model, what=f"base model '{model}'", probe="model_index.json")
+
+
+def is_toy(model: str) -> bool:
+    """Whether `model` is the embedded toy world, by name or by its installed path."""
+    if model == "toy":
+        return True
+    try:
+        from alignkit.toy import pipeline_path
+    except ImportError:
+        return False
+    return Path(model).expanduser().resolve() == Path(pipeline_path()).resolve()
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AlignkitError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
+    if not isinstance(config, dict):
+        raise AlignkitError(f"{path} must be a YAML mapping of config keys, got {type(config).__name__}")
+    return config
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        # A run killed mid-write leaves a torn last line: keep what parses.
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _find_checkpoints(root: Path, train_log: list[dict]) -> list[LoraCheckpoint]:
+    found: list[LoraCheckpoint] = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_DIR.match(child.name)
+        if match and (child / LORA_FILE).is_file():
+            found.append(_checkpoint(child.name, int(match.group(1)), child / LORA_FILE))
+    found.sort(key=lambda c: c.step)
+    final_file = root / LORA_FILE
+    if final_file.is_file():
+        steps = [row["step"] for row in train_log if isinstance(row.get("step"), int)]
+        final_step = max(steps) if steps else (found[-1].step if found else None)
+        final = _checkpoint("final", final_step, final_file)
+        # A checkpoint saved at the last step holds the same weights: evaluate them once.
+        found = [c for c in found if c.sha256 != final.sha256]
+        found.append(final)
+    return found
+
+
+def _checkpoint(label: str, step: int | None, path: Path) -> LoraCheckpoint:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return LoraCheckpoint(label=label, step=step, path=path, sha256=digest.hexdigest())

@@ -1,0 +1,153 @@
+"""The over-optimisation rule, the held-out table, and the image metrics, on exact numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignkit.errors import AlignkitError
+from alignkit.evaluation.config import parse_scales
+from alignkit.evaluation.heldout import default_heldout
+from alignkit.evaluation.metrics import Stat, diversity, find_embedder, pixel_embedder
+from alignkit.evaluation.overopt import Watch, find_flags, pick_candidate
+
+
+def stats_of(**conditions):
+    """{'a': {'reward': (mean, std), ...}} -> condition -> metric -> Stat."""
+    return {label: {name: Stat(m, s, 8) for name, (m, s) in metrics.items()}
+            for label, metrics in conditions.items()}
+
+
+WHERE = {"ck@1": (100, 1.0), "final@0.5": (200, 0.5), "final@1": (200, 1.0), "base": (0, 0.0)}
+WATCH = [Watch("hps", +1, "held-out reward"), Watch("jpeg_kb", -1, "true target"),
+         Watch("diversity/embed", +1, "diversity", rule="relative")]
+
+
+def test_reward_up_heldout_down_is_flagged_and_pick_follows_heldout():
+    stats = stats_of(
+        base={"reward": (1.0, 0.2), "hps": (0.25, 0.01), "jpeg_kb": (50, 10), "diversity/embed": (0.3, 0.05), "drift/embed": (0, 0)},
+        **{"ck@1": {"reward": (1.2, 0.2), "hps": (0.252, 0.01), "jpeg_kb": (52, 10), "diversity/embed": (0.29, 0.05), "drift/embed": (0.1, 0)},
+           "final@0.5": {"reward": (1.3, 0.2), "hps": (0.249, 0.01), "jpeg_kb": (50, 10), "diversity/embed": (0.3, 0.05), "drift/embed": (0.2, 0)},
+           "final@1": {"reward": (1.9, 0.2), "hps": (0.23, 0.01), "jpeg_kb": (49, 10), "diversity/embed": (0.3, 0.05), "drift/embed": (0.5, 0)}})
+    flags = find_flags(stats, ["ck@1", "final@0.5", "final@1"], WATCH, tolerance=0.5, rel_tolerance=0.05)
+    # hps fell 2 base stds at final@1; 0.1 std at final@0.5 is within tolerance.
+    assert [(f.condition, f.metric) for f in flags] == [("final@1", "hps")]
+    assert flags[0].drop == pytest.approx(2.0) and flags[0].unit == "std"
+    assert "fell 2.00 base std" in flags[0].message
+    pick = pick_candidate(stats, ["ck@1", "final@0.5", "final@1"], flags, WHERE, "drift/embed")
+    assert pick.condition == "final@0.5" and pick.scale == 0.5 and pick.step == 200
+    assert "final@1 scores higher" in pick.reason and "held-out side wins" in pick.reason
+    assert "\n" not in pick.reason
+
+
+def test_true_target_direction_and_relative_rule_for_diversity():
+    stats = stats_of(
+        base={"reward": (1.0, 0.2), "jpeg_kb": (50, 10), "diversity/embed": (0.30, 0.0)},
+        a={"reward": (1.5, 0.2), "jpeg_kb": (56, 10), "diversity/embed": (0.30, 0.0)},   # JPEG grew 0.6 std
+        b={"reward": (1.5, 0.2), "jpeg_kb": (44, 10), "diversity/embed": (0.27, 0.0)},   # diversity -10%
+        c={"reward": (1.5, 0.2), "jpeg_kb": (50, 10), "diversity/embed": (0.29, 0.0)})   # -3.3%: within 5%
+    flags = find_flags(stats, ["a", "b", "c"], WATCH, tolerance=0.5, rel_tolerance=0.05)
+    assert {(f.condition, f.metric) for f in flags} == {("a", "jpeg_kb"), ("b", "diversity/embed")}
+    jpeg = next(f for f in flags if f.metric == "jpeg_kb")
+    assert "rose 0.60 base std" in jpeg.message  # lower is better under `compress`
+    div = next(f for f in flags if f.metric == "diversity/embed")
+    assert div.unit == "rel" and div.drop == pytest.approx(0.1)
+
+
+def test_no_reward_gain_no_flag_and_base_kept():
+    stats = stats_of(base={"reward": (1.0, 0.2), "hps": (0.25, 0.01)},
+                     a={"reward": (0.9, 0.2), "hps": (0.1, 0.01)})
+    flags = find_flags(stats, ["a"], WATCH, 0.5, 0.05)
+    assert flags == []  # the reward did not rise: a worse model, but not a hacked one
+    pick = pick_candidate(stats, ["a"], flags, {"a": (1, 1.0)}, None)
+    assert pick.condition == "base" and "beats the base" in pick.reason
+
+
+def test_everything_flagged_keeps_base():
+    stats = stats_of(base={"reward": (1.0, 0.2), "hps": (0.25, 0.01)},
+                     a={"reward": (2.0, 0.2), "hps": (0.2, 0.01)})
+    flags = find_flags(stats, ["a"], WATCH, 0.5, 0.05)
+    pick = pick_candidate(stats, ["a"], flags, {"a": (1, 1.0)}, None)
+    assert pick.condition == "base" and "every tuned candidate is flagged" in pick.reason
+
+
+def test_ties_go_to_smaller_drift():
+    stats = stats_of(base={"reward": (1.0, 0.2), "drift/mse": (0, 0)},
+                     a={"reward": (1.5, 0.2), "drift/mse": (0.30, 0)},
+                     b={"reward": (1.495, 0.2), "drift/mse": (0.10, 0)},  # within 0.05 base std
+                     c={"reward": (1.3, 0.2), "drift/mse": (0.01, 0)})
+    pick = pick_candidate(stats, ["a", "b", "c"], [], {"a": (1, 1.0), "b": (2, 0.5), "c": (3, 0.25)}, "drift/mse")
+    assert pick.condition == "b" and "drifts least" in pick.reason
+
+
+def test_heldout_table():
+    assert default_heldout(["aesthetic"], toy=False) == ["hps", "pickscore", "clip"]
+    assert default_heldout(["hps"], toy=False) == ["aesthetic", "pickscore", "clip"]
+    assert default_heldout(["count"], toy=True) == ["toy_clip"]
+    assert default_heldout(["count"], toy=False) == ["clip"]
+    assert default_heldout(["compress"], toy=False) == ["clip"]
+    # A combination watches the union, never one of its own parts.
+    assert default_heldout(["hps", "aesthetic"], toy=False) == ["pickscore", "clip"]
+
+
+def test_parse_scales():
+    assert parse_scales("1,0.5,0, 1.5") == (0.0, 0.5, 1.0, 1.5)
+    with pytest.raises(AlignkitError, match="comma-separated"):
+        parse_scales("0,half")
+
+
+def test_diversity_and_pixel_fallback():
+    same = torch.rand(1, 3, 16, 16).repeat(3, 1, 1, 1)
+    assert diversity(pixel_embedder()(same), "rms") == 0
+    varied = torch.rand(3, 3, 16, 16)
+    assert diversity(pixel_embedder()(varied), "rms") > 0.1
+    assert diversity(pixel_embedder()(varied[:1]), "rms") is None  # one seed has no spread
+
+
+def tiny_clip():
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 50},
+        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1,
+                       "image_size": 16, "patch_size": 8},
+        projection_dim=6)
+    return CLIPModel(config).eval()
+
+
+def test_embedder_found_inside_a_reward():
+    from alignkit.rewards import Reward
+
+    class WithClip(Reward):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_clip()
+
+        def score(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
+
+    reward = WithClip().freeze()
+    embedder = find_embedder({"withclip": reward})
+    assert embedder is not None and embedder.distance == "cosine" and "CLIPModel" in embedder.name
+    images = torch.rand(3, 3, 40, 24)  # any size: resized and cropped to the tower's 16 px
+    features = embedder(images)
+    assert features.shape == (3, 6)
+    with torch.no_grad():
+        expected = reward.model.get_image_features(
+            pixel_values=(torch.nn.functional.interpolate(images, size=(27, 16), mode="bicubic", antialias=True)[:, :, 5:21]
+                          - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1))
+            / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)).pooler_output
+    torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
+    assert find_embedder({"plain": Reward()}) is None
+
+
+def test_embed_images_hook_wins():
+    from alignkit.rewards import Reward
+
+    class Hooked(Reward):
+        def embed_images(self, images):
+            return images.flatten(1)[:, :5]
+
+    embedder = find_embedder({"hooked": Hooked()})
+    assert embedder.name == "hooked:embed_images" and embedder(torch.rand(2, 3, 4, 4)).shape == (2, 5)
