@@ -10,3 +10,5 @@ for _family in FAMILIES:
     except ModuleNotFoundError as exc:  # a family not written yet must not break the others
         if exc.name != f"alignkit.rewards.{_family}":
             raise
+
+importlib.import_module("alignkit.toy.rewards")  # the toy world's rewards, weights bundled
