@@ -17,17 +17,28 @@ def record(folder: Path, part: str, entry: dict) -> None:
     (folder / "TRAINING.md").write_text(render(log))
 
 
+def rerender(folder: Path) -> None:
+    """Re-render TRAINING.md from the JSON log (after editing its notes by hand)."""
+    (folder / "TRAINING.md").write_text(render(json.loads((folder / "training_log.json").read_text())))
+
+
 def render(log: dict) -> str:
     lines = [
         "# Training record of the toy world's weights",
         "",
         "Written by `python -m alignkit.toy.train`; the JSON twin `training_log.json` holds the",
         "same figures. Quality is measured on fresh scenes that training never saw (other seeds).",
-        "Budgets are wall-clock on a shared 2-core CPU: a rerun with the same `--steps` repeats",
-        "the same updates; a rerun with `--minutes` does as many steps as the machine allows.",
+        "A run is defined by `--steps`; `--minutes` caps it by wall-clock time (alone, it is the",
+        "budget), so a capped run stops at whatever step the machine reached, which is logged.",
         "",
     ]
-    for part in [p for p in ORDER if p in log] + [p for p in log if p not in ORDER]:
+    # Free-form notes (how and where the shipped weights were made) live under "_notes".
+    for note in log.get("_notes", []):
+        lines.append(f"- {note}")
+    if log.get("_notes"):
+        lines.append("")
+    parts = [p for p in log if not p.startswith("_")]
+    for part in [p for p in ORDER if p in parts] + [p for p in parts if p not in ORDER]:
         e = log[part]
         lines += [f"## {part}", "", f"- command: `{e['command']}`", f"- date: {e['date']}; {e['machine']}; torch {e['torch']}"]
         steps = f"{e['steps']} steps at batch {e['batch_size']}" if "steps" in e else f"{e.get('epochs')} epochs on {e.get('train_images')} images"
@@ -39,7 +50,12 @@ def render(log: dict) -> str:
         for key in ("scaling_factor", "cache_size", "cache_seconds"):
             if key in e:
                 lines.append(f"- {key}: {e[key]}")
+        if e.get("note"):
+            lines.append(f"- note: {e['note']}")
         lines.append("- quality:")
         lines += [f"  - {k}: {v}" for k, v in e["quality"].items()]
+        for step, quality in e.get("snapshots", {}).items():
+            lines.append(f"- EMA snapshot at step {step} (not shipped):")
+            lines += [f"  - {k}: {v}" for k, v in quality.items()]
         lines.append("")
     return "\n".join(lines)

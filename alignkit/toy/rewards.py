@@ -51,6 +51,6 @@ def toy_clip(device=None, dtype=None, path: str | None = None) -> ToyCLIPReward:
 
     folder = resolve_pretrained(str(path), "toy_clip") if path is not None else str(clip_path())
     # The weights are stored in fp16; compute in float32 unless asked otherwise (CPU has no fast fp16).
-    model = CLIPModel.from_pretrained(folder, torch_dtype=dtype or torch.float32)
+    model = CLIPModel.from_pretrained(folder, dtype=dtype or torch.float32)
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     return ToyCLIPReward(model.to(device or "cpu"), tokenizer)

@@ -23,7 +23,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,8 @@ class RunConfig:
     snapshots: tuple[int, ...] = ()
     # Fresh scenes drawn for the final quality figures.
     eval_samples: int = 512
-    extra: dict = field(default_factory=dict)
+    # UNet only: scenes pre-encoded to latents and reused across steps.
+    cache_size: int = 65536
 
 
 class Budget:
@@ -124,7 +125,7 @@ def train_vae(cfg: RunConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     vae = models.build_vae().to(cfg.device)
-    batch_size, kl_weight, base_lr = cfg.batch_size or 32, 1e-6, 2e-3
+    batch_size, kl_weight, base_lr = cfg.batch_size or 32, 1e-6, 1e-3
     opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, weight_decay=0.0)
     scenes = world.scene_stream(batch_size, cfg.seed, cfg.workers)
     budget, losses, last = Budget(cfg.minutes, cfg.steps), [], [0.0]
@@ -137,6 +138,7 @@ def train_vae(cfg: RunConfig) -> dict:
         loss = mse + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         losses.append(mse.item())
         budget.step += 1
@@ -185,13 +187,14 @@ def train_clip(cfg: RunConfig) -> dict:
         loss = (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
         budget.step += 1
         _log_every(budget, last, losses)
     train_seconds = budget.elapsed
     model.eval()
-    quality = clip_retrieval(model, tokenizer, trials=cfg.eval_samples // 32, seed=cfg.seed + 2000)
+    quality = clip_retrieval(model, tokenizer, trials=max(1, cfg.eval_samples // 32), seed=cfg.seed + 2000)
     model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     # The processor records the preprocessing the reward applies: 64 px, CLIP mean/std.
     size = world.IMAGE_SIZE
@@ -261,7 +264,7 @@ def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int
     from alignkit.toy import detector
     from alignkit.toy.quality import pipeline_quality
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipeline_quality(pipe, n=n, seed=seed, net=detector.load_detector(detector_dir, device=device))
 
@@ -276,17 +279,17 @@ def train_unet(cfg: RunConfig) -> dict:
     torch.manual_seed(cfg.seed)
     device = cfg.device
     pipe_dir, clip_dir = cfg.output_dir / "pipeline", cfg.output_dir / "clip"
-    vae = AutoencoderKL.from_pretrained(pipe_dir / "vae", torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(pipe_dir / "vae", dtype=torch.float32).to(device).eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
     # Start from the contrastively trained text tower: it already separates the world's words.
     # (transformers ≥ 5 keeps it as a whole CLIPTextModel inside CLIPModel).
-    text_encoder = CLIPModel.from_pretrained(clip_dir, torch_dtype=torch.float32).text_model.to(device)
+    text_encoder = CLIPModel.from_pretrained(clip_dir, dtype=torch.float32).text_model.to(device)
     unet = models.build_unet().to(device)
     # The training twin of the shipped DDIM scheduler (from_config drops the DDIM-only keys).
     noise_scheduler = DDPMScheduler.from_config(scheduler_config())
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
 
-    cache_size = cfg.extra.get("cache_size", 65536)
+    cache_size = cfg.cache_size
     t0 = time.monotonic()
     means, stds, prompts = encode_latent_cache(vae, cache_size, cfg.seed + 1, cfg.workers, device)
     cache_seconds = time.monotonic() - t0
@@ -373,7 +376,7 @@ def train_detector(cfg: RunConfig) -> dict:
         tmp = Path(tmp)
         os.environ.setdefault("YOLO_OFFLINE", "1")
         os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "config"))
-        n_train, n_val = cfg.extra.get("n_train", 6000), cfg.extra.get("n_val", 500)
+        n_train, n_val = 6000, 500
         data_yaml = detector.write_yolo_dataset(tmp / "data", n_train, n_val, seed=cfg.seed)
         t0 = time.monotonic()
         net, info = detector.fit(data_yaml, tmp / "runs", minutes=cfg.minutes, epochs=cfg.steps, seed=cfg.seed,
@@ -410,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--workers", type=int, default=0, help="processes rendering scenes")
     parser.add_argument("--batch-size", type=int, default=None, help="default per part")
+    parser.add_argument("--cache-size", type=int, default=65536, help="unet: scenes pre-encoded to latents")
     parser.add_argument("--snapshots", default="", help="unet: comma-separated steps to save and measure")
     parser.add_argument("--eval-samples", type=int, default=512)
     args = parser.parse_args(argv)
@@ -423,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
                         seed=args.seed if args.seed is not None else seed, output_dir=args.output_dir,
                         steps=args.steps, threads=args.threads, eval_samples=args.eval_samples,
                         device=args.device, workers=args.workers, batch_size=args.batch_size,
-                        snapshots=tuple(int(x) for x in args.snapshots.split(",") if x))
+                        snapshots=tuple(int(x) for x in args.snapshots.split(",") if x), cache_size=args.cache_size)
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         print(f"[{part}] training for {cfg.steps} steps / {cfg.minutes} min, seed {cfg.seed}, on {cfg.device}",
               flush=True)
