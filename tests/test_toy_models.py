@@ -119,3 +119,14 @@ def test_missing_bundle_is_one_clear_line(monkeypatch, tmp_path):
             getter()
         assert "\n" not in str(info.value) and "python -m alignkit.toy.train" in str(info.value)
     assert clip_path  # the real paths are exercised above
+
+
+def test_plain_from_pretrained_samples_without_a_dtype():
+    """No dtype argument, as a user would first try: every component agrees on float32."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_path())
+    pipe.set_progress_bar_config(disable=True)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    images = pipe(["two red circles on a white background"], num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 64, 64)

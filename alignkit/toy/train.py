@@ -196,6 +196,7 @@ def train_clip(cfg: RunConfig) -> dict:
     model.eval()
     quality = clip_retrieval(model, tokenizer, trials=max(1, cfg.eval_samples // 32), seed=cfg.seed + 2000)
     model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    declare_float32(folder / "config.json")
     # The processor records the preprocessing the reward applies: 64 px, CLIP mean/std.
     size = world.IMAGE_SIZE
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
@@ -245,6 +246,19 @@ class EMA:
         torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in module.parameters()], 1 - decay)
 
 
+def declare_float32(config_json: Path) -> None:
+    """Mark a transformers config as float32 while its weights stay fp16 on disk.
+
+    transformers ≥ 5 loads a model in the dtype its config names, diffusers loads in float32:
+    an fp16 text encoder then meets a float32 UNet, and a plain `from_pretrained(path)` fails.
+    """
+    import json
+
+    config = json.loads(config_json.read_text())
+    config["dtype"] = "float32"
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet):
     """A plain diffusers Stable Diffusion folder in fp16; the models passed in are not changed."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -255,6 +269,7 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet):
         feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     )
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    declare_float32(folder / "text_encoder" / "config.json")
 
 
 def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int) -> dict:
