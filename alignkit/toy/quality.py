@@ -149,3 +149,38 @@ def pipeline_quality(pipe, n: int = 256, seed: int = 0, steps: int = 20, guidanc
         metrics["sampling_seconds_per_64"] = round(seconds * 64 / n, 2)
         result[f"ddim{steps}_cfg{scale:g}"] = metrics
     return result
+
+
+def measure_bundled(n: int = 512, seed: int = 4242, device: str = "cpu") -> dict:
+    """Every figure above for the weights that ship with alignkit, loaded by their public paths."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from alignkit.toy import clip_path, detector, pipeline_path
+
+    net = detector.load_detector(device=device)
+    clip = CLIPModel.from_pretrained(clip_path(), dtype=torch.float32).to(device).eval()
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return {
+        "detector": detector.count_accuracy(net, n=n, seed=seed),
+        "clip": clip_retrieval(clip, CLIPTokenizer.from_pretrained(clip_path()), trials=max(1, n // 32), seed=seed),
+        "pipeline": pipeline_quality(pipe, n=n, seed=seed, net=net),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m alignkit.toy.quality",
+                                     description="Measure the bundled toy models on fresh scenes.")
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure_bundled(args.samples, args.seed, args.device), indent=2))
+
+
+if __name__ == "__main__":
+    main()
