@@ -1,16 +1,22 @@
 """Train the toy world's models from their seeds: `python -m alignkit.toy.train PART`.
 
-    python -m alignkit.toy.train vae --minutes 6 --seed 0
-    python -m alignkit.toy.train clip --minutes 5 --seed 1
-    python -m alignkit.toy.train unet --minutes 28 --seed 2      # needs vae and clip
-    python -m alignkit.toy.train detector --minutes 10 --seed 3
+    python -m alignkit.toy.train vae --minutes 6              # CPU budgets of a 2-core machine
+    python -m alignkit.toy.train clip --minutes 5
+    python -m alignkit.toy.train detector --minutes 10        # ultralytics
+    python -m alignkit.toy.train unet --minutes 28            # needs vae, clip and detector
     python -m alignkit.toy.train all
 
-Each part trains on fresh scenes from `alignkit.toy.world` for a wall-clock budget (or an
-exact number of steps with `--steps`, which is how a logged run is reproduced bit for bit on
-the same machine), measures its quality on fresh scenes, saves fp16 safetensors under
+    # what made the shipped weights (TRAINING.md): the detector on CPU, the rest on a GPU
+    python -m alignkit.toy.train detector --seed 3 --minutes 12
+    python -m alignkit.toy.train vae --seed 0 --steps 3000 --minutes 0.8 --device cuda --workers 12 --batch-size 64
+    python -m alignkit.toy.train clip --seed 1 --steps 3000 --minutes 0.8 --device cuda --workers 12
+    python -m alignkit.toy.train unet --seed 2 --steps 2012 --device cuda --workers 12
+
+Each part trains on fresh scenes from `alignkit.toy.world` for a number of steps and/or a
+wall-clock budget, measures its quality on fresh scenes, saves fp16 safetensors under
 `--output-dir` (default: the package's `weights/`), and records command, steps, time, losses
-and quality in `training_log.json` and `TRAINING.md` there.
+and quality in `training_log.json` and `TRAINING.md` there. The UNet waits for the detector
+because its quality (count, shape) is read by it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignkit.errors import AlignkitError, MissingWeightsError, debug_enabled
 from alignkit.toy import WEIGHTS_DIR
 from alignkit.toy import log as train_log
 from alignkit.toy import models, world
@@ -294,6 +301,11 @@ def train_unet(cfg: RunConfig) -> dict:
     torch.manual_seed(cfg.seed)
     device = cfg.device
     pipe_dir, clip_dir = cfg.output_dir / "pipeline", cfg.output_dir / "clip"
+    for needed, part in ((pipe_dir / "vae" / "config.json", "vae"), (clip_dir / "config.json", "clip"),
+                         (cfg.output_dir / "detector" / "model.yaml", "detector")):
+        if not needed.is_file():
+            raise MissingWeightsError(f"unet training needs the {part} first: no {needed}; run "
+                                      f"`python -m alignkit.toy.train {part} --output-dir {cfg.output_dir}`")
     vae = AutoencoderKL.from_pretrained(pipe_dir / "vae", dtype=torch.float32).to(device).eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
     # Start from the contrastively trained text tower: it already separates the world's words.
@@ -432,6 +444,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshots", default="", help="unet: comma-separated steps to save and measure")
     parser.add_argument("--eval-samples", type=int, default=512)
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except AlignkitError as exc:
+        if debug_enabled():
+            raise
+        sys.exit(f"error: {exc}")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise AlignkitError(f"--device {args.device}: no CUDA device is visible here; use --device cpu")
+    if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
+        raise AlignkitError("--steps and --minutes must be positive")
     torch.set_num_threads(args.threads)
     parts = list(TRAINERS) if args.part == "all" else [args.part]
     for part in parts:
