@@ -413,6 +413,12 @@ def train_detector(cfg: RunConfig) -> dict:
     # Reload through the public path: the figures below are those of the shipped files.
     reloaded = detector.load_detector(folder)
     quality = detector.count_accuracy(reloaded, n=cfg.eval_samples, seed=cfg.seed + 2000)
+    # The exported fp16 files must find what the trained model found.
+    scenes = world.generate(128, seed=cfg.seed + 3000).tensor()
+    before = detector.detect(net.float().cpu().eval(), scenes)
+    after = detector.detect(reloaded, scenes)
+    quality["reload_same_detections"] = float(np.mean([
+        sorted(a["classes"].tolist()) == sorted(b["classes"].tolist()) for a, b in zip(before, after)]))
     return dict(epochs=info["epochs"], train_images=n_train, train_seconds=round(train_seconds),
                 params=models.n_params(reloaded), quality=quality, saved=str(folder))
 
