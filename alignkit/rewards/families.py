@@ -6,7 +6,11 @@ models, ultralytics) live inside the factories, so listing rewards stays cheap.
 
 import importlib
 
-FAMILIES = ("aesthetic", "hps", "pickscore", "clip", "compress", "count")
+FAMILIES = (
+    "alignkit.rewards.aesthetic", "alignkit.rewards.hps", "alignkit.rewards.pickscore",
+    "alignkit.rewards.clip", "alignkit.rewards.compress", "alignkit.rewards.count",
+    "alignkit.toy.rewards",  # the toy world's rewards, weights bundled
+)
 
 for _family in FAMILIES:
-    importlib.import_module(f"alignkit.rewards.{_family}")
+    importlib.import_module(_family)

@@ -1,0 +1,181 @@
+"""The toy world's YOLO detector: dataset, training (ultralytics), export, loading, detection.
+
+The exported folder is the `count` reward's contract for any YOLO detector:
+`model.yaml` (the ultralytics model YAML, with `nc` and `names`) and `model.safetensors` (the
+`DetectionModel` state_dict in fp16). Loading rebuilds `DetectionModel(cfg=yaml_dict)` and
+loads the tensors through `alignkit.hub.load_state_dict`: no pickle is ever read.
+
+ultralytics is AGPL-3.0 and an optional extra; it is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from alignkit.errors import require
+from alignkit.hub import load_into, load_state_dict
+from alignkit.toy import world
+
+# YOLOv8's layout at depth 0.33 and width 1/8 (channels 8-128): ~0.3M parameters. Objects are
+# 10-20 px in a 64 px image, so the P3 (stride 8) head carries most of the work.
+MODEL_YAML: dict = {
+    "nc": len(world.SHAPES),
+    "names": list(world.SHAPES),
+    "depth_multiple": 0.33,
+    "width_multiple": 0.125,
+    "max_channels": 1024,
+    "backbone": [
+        [-1, 1, "Conv", [64, 3, 2]],
+        [-1, 1, "Conv", [128, 3, 2]],
+        [-1, 3, "C2f", [128, True]],
+        [-1, 1, "Conv", [256, 3, 2]],
+        [-1, 6, "C2f", [256, True]],
+        [-1, 1, "Conv", [512, 3, 2]],
+        [-1, 6, "C2f", [512, True]],
+        [-1, 1, "Conv", [1024, 3, 2]],
+        [-1, 3, "C2f", [1024, True]],
+        [-1, 1, "SPPF", [1024, 5]],
+    ],
+    "head": [
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+        [[-1, 6], 1, "Concat", [1]],
+        [-1, 3, "C2f", [512]],
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+        [[-1, 4], 1, "Concat", [1]],
+        [-1, 3, "C2f", [256]],
+        [-1, 1, "Conv", [256, 3, 2]],
+        [[-1, 12], 1, "Concat", [1]],
+        [-1, 3, "C2f", [512]],
+        [-1, 1, "Conv", [512, 3, 2]],
+        [[-1, 9], 1, "Concat", [1]],
+        [-1, 3, "C2f", [1024]],
+        [[15, 18, 21], 1, "Detect", ["nc"]],
+    ],
+}
+# Strides of the P3-P5 heads: input sides must be multiples of the largest.
+MAX_STRIDE = 32
+
+
+def _ultralytics():
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    return require("ultralytics", extra="count", purpose="the toy detector")
+
+
+def write_yolo_dataset(folder: Path, n_train: int, n_val: int, seed: int) -> Path:
+    """Scenes as PNGs with YOLO labels (class cx cy w h, normalised); returns data.yaml."""
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (folder / "images" / split).mkdir(parents=True, exist_ok=True)
+        (folder / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for start in range(0, n, 256):
+            batch = world.generate(min(256, n - start), rng=rng)
+            for j, (img, boxes, classes) in enumerate(zip(batch.images, batch.boxes, batch.classes)):
+                name = f"{start + j:06d}"
+                Image.fromarray(img).save(folder / "images" / split / f"{name}.png")
+                size = world.IMAGE_SIZE
+                cxcy = (boxes[:, :2] + boxes[:, 2:]) / 2 / size
+                wh = (boxes[:, 2:] - boxes[:, :2]) / size
+                rows = [f"{c} {x:.5f} {y:.5f} {w:.5f} {h:.5f}" for c, (x, y), (w, h) in zip(classes, cxcy, wh)]
+                (folder / "labels" / split / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    data = {"path": str(folder), "train": "images/train", "val": "images/val",
+            "names": dict(enumerate(world.SHAPES))}
+    (folder / "data.yaml").write_text(yaml.safe_dump(data))
+    return folder / "data.yaml"
+
+
+def fit(data_yaml: Path, runs_dir: Path, minutes: float | None, epochs: int | None, seed: int,
+        threads: int = 2, device: str = "cpu"):
+    """Train with ultralytics at 64 px for `epochs` and/or `minutes`; returns (DetectionModel, info)."""
+    import yaml
+
+    ultralytics = _ultralytics()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    model_yaml = runs_dir / "toy-yolo.yaml"
+    model_yaml.write_text(yaml.safe_dump(MODEL_YAML, sort_keys=False))
+    yolo = ultralytics.YOLO(str(model_yaml), task="detect")
+    budget = {"epochs": epochs or 1000}
+    if minutes is not None:
+        budget["time"] = minutes / 60  # ultralytics stops (and re-plans its LR schedule) by hours
+    yolo.train(
+        data=str(data_yaml), imgsz=world.IMAGE_SIZE, batch=64, device="0" if device.startswith("cuda") else "cpu",
+        workers=threads,
+        project=str(runs_dir), name="train", exist_ok=True, seed=seed, deterministic=True,
+        # Mosaic would shrink 64 px scenes to unreadable quarters; keep scenes whole. Colour
+        # jitter is harmless (class = shape) and flips keep every shape's class.
+        mosaic=0.0, close_mosaic=0, scale=0.2, translate=0.1, fliplr=0.5, plots=False, amp=False,
+        patience=1000, verbose=False, **budget,
+    )
+    info = {"epochs": int(yolo.trainer.epoch) + 1}
+    return yolo.model.float().eval(), info
+
+
+def export(net: torch.nn.Module, folder: Path) -> None:
+    """Write the contract folder: model.yaml + fp16 model.safetensors."""
+    import yaml
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = dict(MODEL_YAML)
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # Clone to own storage: safetensors refuses tensors that share memory.
+    state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().clone()
+             for k, v in net.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", "names": ",".join(world.SHAPES)})
+
+
+def load_detector(path: str | Path | None = None, device=None) -> torch.nn.Module:
+    """A `DetectionModel` rebuilt from `model.yaml` with the fp16 weights, in float32 eval mode."""
+    import yaml
+
+    from alignkit.toy import detector_path
+
+    folder = Path(path) if path is not None else detector_path()
+    tasks = require("ultralytics.nn.tasks", extra="count", purpose="the toy detector")
+    spec = yaml.safe_load((folder / "model.yaml").read_text())
+    net = tasks.DetectionModel(cfg=spec, verbose=False)
+    state = load_state_dict(folder / "model.safetensors", what="toy detector")
+    load_into(net, {k: v.float() for k, v in state.items()}, what="toy detector")
+    return net.float().eval().requires_grad_(False).to(device or "cpu")
+
+
+def pad_to_stride(images: Tensor) -> Tensor:
+    h, w = images.shape[-2:]
+    ph, pw = -h % MAX_STRIDE, -w % MAX_STRIDE
+    return F.pad(images, (0, pw, 0, ph), value=0.5) if ph or pw else images
+
+
+@torch.no_grad()
+def detect(net: torch.nn.Module, images: Tensor, conf: float = 0.5, iou: float = 0.5) -> list[dict]:
+    """Boxes (pixels), scores and classes per image after NMS, for float images in [0,1]."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    device = next(net.parameters()).device
+    preds = net(pad_to_stride(images.float()).to(device))
+    preds = preds[0] if isinstance(preds, (tuple, list)) else preds
+    out = []
+    for det in non_max_suppression(preds, conf_thres=conf, iou_thres=iou):
+        det = det.cpu().numpy()
+        out.append({"boxes": det[:, :4], "scores": det[:, 4], "classes": det[:, 5].astype(np.int64)})
+    return out
+
+
+def count_accuracy(net: torch.nn.Module, n: int = 512, seed: int = 0, conf: float = 0.5) -> dict:
+    """On fresh scenes: exact count accuracy with NMS, and the class of every detection."""
+    rng = np.random.default_rng(seed)
+    count_ok, class_ok = [], []
+    for start in range(0, n, 128):
+        batch = world.generate(min(128, n - start), rng=rng)
+        for det, spec in zip(detect(net, batch.tensor(), conf=conf), batch.specs):
+            count_ok.append(len(det["classes"]) == spec.count)
+            class_ok.append(len(det["classes"]) > 0 and bool(np.all(det["classes"] == spec.shape_id)))
+    return {"count_accuracy_nms": round(float(np.mean(count_ok)), 4),
+            "all_classes_right": round(float(np.mean(class_ok)), 4), "conf": conf, "scenes": n}

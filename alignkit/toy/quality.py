@@ -1,0 +1,186 @@
+"""Quality of the toy world's models, measured against the world's ground truth.
+
+- `vae_reconstruction`: MSE of the autoencoder on fresh scenes.
+- `clip_retrieval`: how often the toy CLIP picks an image's own prompt among 32.
+- `scene_metrics`: what a generated image shows, read by the detector (count with NMS, shape)
+  and by pixel colours (object colour, background), compared with its prompt.
+- `pipeline_quality`: `scene_metrics` over samples of a pipeline: the base model's figures,
+  and the same function scores an aligned model in evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from alignkit.rewards.base import normalize, resize_shortest_crop
+from alignkit.toy import world
+
+# Pixels farther than this (RGB, 0-255) from the background colour count as object pixels.
+_OBJECT_DISTANCE = 60.0
+
+
+def clip_pixels(images: Tensor) -> Tensor:
+    """The toy CLIP's preprocessing, differentiable: 64 px, then CLIP's mean and std."""
+    return normalize(resize_shortest_crop(images, world.IMAGE_SIZE))
+
+
+@torch.no_grad()
+def vae_reconstruction(vae, n: int = 512, seed: int = 0, batch_size: int = 64) -> dict:
+    rng = np.random.default_rng(seed)
+    device = next(vae.parameters()).device
+    errors = []
+    for start in range(0, n, batch_size):
+        x = world.generate(min(batch_size, n - start), rng=rng).tensor().to(device).mul(2).sub(1)
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        errors.append(((recon - x) ** 2).mean(dim=(1, 2, 3)))
+    mse = torch.cat(errors)
+    return {"recon_mse_[-1,1]": round(mse.mean().item(), 5), "samples": n}
+
+
+@torch.no_grad()
+def clip_retrieval(model, tokenizer, trials: int = 16, candidates: int = 32, seed: int = 0) -> dict:
+    """Top-1 retrieval of the right prompt among `candidates` distinct prompts, both ways."""
+    rng = np.random.default_rng(seed)
+    specs = world.all_specs()
+    hits_i2t = hits_t2i = total = 0
+    for _ in range(trials):
+        chosen = [specs[i] for i in rng.choice(len(specs), candidates, replace=False)]
+        batch = world.render(chosen, rng)
+        ids = tokenizer(batch.prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        param = next(model.parameters())
+        pixels = clip_pixels(batch.tensor().to(param.device)).to(param.dtype)
+        logits = model(input_ids=ids.to(param.device), pixel_values=pixels).logits_per_image.cpu()
+        target = torch.arange(candidates)
+        hits_i2t += (logits.argmax(dim=1) == target).sum().item()
+        hits_t2i += (logits.argmax(dim=0) == target).sum().item()
+        total += candidates
+    return {"top1_image_to_prompt_among_32": round(hits_i2t / total, 4),
+            "top1_prompt_to_image_among_32": round(hits_t2i / total, 4), "images": total}
+
+
+def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
+    names = list(palette)
+    table = np.array([palette[k] for k in names], dtype=np.float64)
+    return names[int(np.argmin(((table - rgb) ** 2).sum(axis=1)))]
+
+
+def read_colours(image: np.ndarray) -> tuple[str, str | None]:
+    """(background, object colour) of a uint8 (H,W,3) image, by nearest palette colour.
+
+    The background is the median of the border pixels; the object colour is the median of
+    the pixels far from it (None when the image shows no object at all).
+    """
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
+    bg_rgb = np.median(border, axis=0)
+    far = np.sqrt(((image.astype(np.float64) - bg_rgb) ** 2).sum(axis=-1)) > _OBJECT_DISTANCE
+    colour = _nearest(np.median(image[far].astype(np.float64), axis=0), world.COLOURS) if far.sum() >= 4 else None
+    return _nearest(bg_rgb, world.BACKGROUNDS), colour
+
+
+def scene_metrics(images: Tensor, prompts: list[str], net=None, conf: float = 0.5) -> dict:
+    """Compare what images (B,3,H,W in [0,1]) show with what their toy prompts ask for."""
+    from alignkit.toy import detector
+
+    net = net if net is not None else detector.load_detector(device=images.device)
+    specs = [world.parse_prompt(p) for p in prompts]
+    detections = detector.detect(net, images, conf=conf)
+    pixels = images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    count_ok, shape_ok, colour_ok, bg_ok, errors = [], [], [], [], []
+    by_count: dict[int, list[bool]] = {}
+    for spec, det, img in zip(specs, detections, pixels):
+        n = len(det["classes"])
+        count_ok.append(n == spec.count)
+        errors.append(n - spec.count)
+        by_count.setdefault(spec.count, []).append(n == spec.count)
+        # The shape is the detector's majority class; no detection is a wrong shape.
+        shape_ok.append(n > 0 and np.bincount(det["classes"], minlength=3).argmax() == spec.shape_id)
+        background, colour = read_colours(img)
+        colour_ok.append(colour == spec.colour)
+        bg_ok.append(background == spec.background)
+    errors = np.array(errors)
+    return {
+        "count_accuracy": round(float(np.mean(count_ok)), 4),
+        "count_mean_abs_error": round(float(np.abs(errors).mean()), 4),
+        "count_error_histogram": {int(k): int(v) for k, v in zip(*np.unique(errors, return_counts=True))},
+        "count_accuracy_by_prompted_count": {k: round(float(np.mean(v)), 3) for k, v in sorted(by_count.items())},
+        "shape_accuracy": round(float(np.mean(shape_ok)), 4),
+        "colour_accuracy": round(float(np.mean(colour_ok)), 4),
+        "background_accuracy": round(float(np.mean(bg_ok)), 4),
+        "images": len(prompts),
+    }
+
+
+def balanced_prompts(n: int, seed: int = 0) -> list[str]:
+    """n prompts cycling through every (count, shape, colour, background), shuffled by seed."""
+    specs = world.all_specs()
+    order = np.random.default_rng(seed).permutation(len(specs))
+    return [specs[order[i % len(specs)]].prompt for i in range(n)]
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance_scale: float = 7.5,
+           batch_size: int = 64) -> Tensor:
+    """Images (B,3,64,64) in [0,1] from a pipeline, batch by batch, each batch seeded."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        gen = torch.Generator().manual_seed(seed + start)
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
+                      output_type="pt").images
+        out.append(images.float().clamp(0, 1))
+    return torch.cat(out)
+
+
+def pipeline_quality(pipe, n: int = 256, seed: int = 0, steps: int = 20, guidance_scales=(7.5, 3.0),
+                     net=None) -> dict:
+    """The pipeline's count, shape, colour and background accuracy on balanced prompts."""
+    import time
+
+    prompts = balanced_prompts(n, seed)
+    result = {}
+    for scale in guidance_scales:
+        start = time.monotonic()
+        images = sample(pipe, prompts, seed=seed, steps=steps, guidance_scale=scale)
+        seconds = time.monotonic() - start
+        metrics = scene_metrics(images, prompts, net=net)
+        metrics["sampling_seconds_per_64"] = round(seconds * 64 / n, 2)
+        result[f"ddim{steps}_cfg{scale:g}"] = metrics
+    return result
+
+
+def measure_bundled(n: int = 512, seed: int = 4242, device: str = "cpu") -> dict:
+    """Every figure above for the weights that ship with alignkit, loaded by their public paths."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from alignkit.toy import clip_path, detector, pipeline_path
+
+    net = detector.load_detector(device=device)
+    clip = CLIPModel.from_pretrained(clip_path(), dtype=torch.float32).to(device).eval()
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return {
+        "detector": detector.count_accuracy(net, n=n, seed=seed),
+        "clip": clip_retrieval(clip, CLIPTokenizer.from_pretrained(clip_path()), trials=max(1, n // 32), seed=seed),
+        "pipeline": pipeline_quality(pipe, n=n, seed=seed, net=net),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m alignkit.toy.quality",
+                                     description="Measure the bundled toy models on fresh scenes.")
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure_bundled(args.samples, args.seed, args.device), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+"""Train the toy world's models from their seeds: `python -m alignkit.toy.train PART`.
+
+    python -m alignkit.toy.train vae --minutes 6              # CPU budgets of a 2-core machine
+    python -m alignkit.toy.train clip --minutes 5
+    python -m alignkit.toy.train detector --minutes 10        # ultralytics
+    python -m alignkit.toy.train unet --minutes 28            # needs vae, clip and detector
+    python -m alignkit.toy.train all
+
+    # what made the shipped weights (TRAINING.md): the detector on CPU, the rest on a GPU
+    python -m alignkit.toy.train detector --seed 3 --minutes 12
+    python -m alignkit.toy.train vae --seed 0 --steps 3000 --minutes 0.8 --device cuda --workers 12 --batch-size 64
+    python -m alignkit.toy.train clip --seed 1 --steps 3000 --minutes 0.8 --device cuda --workers 12
+    python -m alignkit.toy.train unet --seed 2 --steps 2012 --device cuda --workers 12
+
+Each part trains on fresh scenes from `alignkit.toy.world` for a number of steps and/or a
+wall-clock budget, measures its quality on fresh scenes, saves fp16 safetensors under
+`--output-dir` (default: the package's `weights/`), and records command, steps, time, losses
+and quality in `training_log.json` and `TRAINING.md` there. The UNet waits for the detector
+because its quality (count, shape) is read by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alignkit.errors import AlignkitError, MissingWeightsError, debug_enabled
+from alignkit.toy import WEIGHTS_DIR
+from alignkit.toy import log as train_log
+from alignkit.toy import models, world
+from alignkit.toy.tokenizer import build_tokenizer
+
+
+@dataclass
+class RunConfig:
+    # Which part to train: vae, clip, unet or detector.
+    part: str
+    # Wall-clock training budget in minutes (with `steps`: a cap; None: no cap).
+    minutes: float | None
+    # Seed of the model initialisation and of the scene stream.
+    seed: int
+    # Where the weights and the log go.
+    output_dir: Path = WEIGHTS_DIR
+    # Exact number of optimisation steps (epochs for the detector).
+    steps: int | None = None
+    # CPU threads for torch (the machines this runs on are shared).
+    threads: int = 2
+    # Where to train: "cpu" or "cuda". Scenes are rendered on the CPU either way.
+    device: str = "cpu"
+    # DataLoader processes rendering scenes (0: in the training process).
+    workers: int = 0
+    # Training batch size (default per part).
+    batch_size: int | None = None
+    # UNet only: also save and measure the EMA pipeline at these steps (a constant learning
+    # rate makes the run up to step N identical to a run with `--steps N`).
+    snapshots: tuple[int, ...] = ()
+    # Fresh scenes drawn for the final quality figures.
+    eval_samples: int = 512
+    # UNet only: scenes pre-encoded to latents and reused across steps.
+    cache_size: int = 65536
+
+
+class Budget:
+    """Stop after `steps` steps or once `minutes` have passed, whichever comes first (either may
+    be None); `fraction` of the budget spent drives the LR schedule."""
+
+    def __init__(self, minutes: float | None, steps: int | None):
+        if minutes is None and steps is None:
+            raise ValueError("give a time budget, a number of steps, or both")
+        self.seconds = minutes * 60 if minutes is not None else math.inf
+        self.steps, self.start, self.step = steps, time.monotonic(), 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    @property
+    def fraction(self) -> float:
+        if self.steps is not None:
+            return self.step / self.steps
+        return min(1.0, self.elapsed / self.seconds)
+
+    def running(self) -> bool:
+        return (self.steps is None or self.step < self.steps) and self.elapsed < self.seconds
+
+
+def cosine_lr(optimizer, base: float, fraction: float, warmup: float = 0.03) -> None:
+    """Linear warm-up, then cosine decay to 5% over the run's budget."""
+    scale = fraction / warmup if fraction < warmup else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * fraction))
+    for group in optimizer.param_groups:
+        group["lr"] = base * scale
+
+
+def to_model_range(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 scenes (B,3,H,W) as the float [-1, 1] tensors the VAE reads, on `device`."""
+    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1)
+
+
+def _log_every(budget: Budget, last: list[float], losses: list[float], every_s: float = 30.0) -> None:
+    if budget.elapsed - last[0] >= every_s:
+        last[0] = budget.elapsed
+        recent = float(np.mean(losses[-50:]))
+        print(f"  step {budget.step:6d}  {budget.elapsed / 60:5.1f} min  loss {recent:.5f}", flush=True)
+
+
+def _loss_curve(losses: list[float], points: int = 8) -> list[list[float]]:
+    """A few (step, mean loss) points for the log, smoothed over windows."""
+    if not losses:
+        return []
+    edges = np.linspace(0, len(losses), points + 1).astype(int)
+    return [[int(b), round(float(np.mean(losses[a:b])), 6)] for a, b in zip(edges, edges[1:]) if b > a]
+
+
+# ---------------------------------------------------------------------------------- VAE
+
+
+def train_vae(cfg: RunConfig) -> dict:
+    """A KL autoencoder: MSE reconstruction plus a tiny KL term, as in latent diffusion."""
+    from alignkit.toy.quality import vae_reconstruction
+
+    torch.manual_seed(cfg.seed)
+    vae = models.build_vae().to(cfg.device)
+    batch_size, kl_weight, base_lr = cfg.batch_size or 32, 1e-6, 1e-3
+    opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, weight_decay=0.0)
+    scenes = world.scene_stream(batch_size, cfg.seed, cfg.workers)
+    budget, losses, last = Budget(cfg.minutes, cfg.steps), [], [0.0]
+    while budget.running():
+        cosine_lr(opt, base_lr, budget.fraction)
+        x = to_model_range(next(scenes)[0], cfg.device)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(mse.item())
+        budget.step += 1
+        _log_every(budget, last, losses)
+    train_seconds = budget.elapsed
+    vae.eval()
+    # Latent diffusion scales latents to unit variance; measure this VAE's factor.
+    with torch.no_grad():
+        images = torch.from_numpy(world.generate(512, seed=cfg.seed + 1000).images).permute(0, 3, 1, 2)
+        std = vae.encode(to_model_range(images, cfg.device)).latent_dist.sample().std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+    folder = cfg.output_dir / "pipeline" / "vae"
+    vae.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    quality = vae_reconstruction(vae.float(), n=cfg.eval_samples, seed=cfg.seed + 2000)
+    return dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
+                params=models.n_params(vae), scaling_factor=vae.config.scaling_factor,
+                loss_curve=_loss_curve(losses), quality=quality, saved=str(folder))
+
+
+# --------------------------------------------------------------------------------- CLIP
+
+
+def train_clip(cfg: RunConfig) -> dict:
+    """Contrastive training; each batch holds distinct prompts, so in-batch negatives are true."""
+    from alignkit.toy.quality import clip_retrieval
+    from transformers import CLIPImageProcessor
+
+    from alignkit.toy.quality import clip_pixels
+
+    torch.manual_seed(cfg.seed)
+    folder = cfg.output_dir / "clip"
+    tokenizer = build_tokenizer(folder)
+    model = models.build_clip(tokenizer).to(cfg.device)
+    batch_size, base_lr = cfg.batch_size or 128, 1e-3
+    opt = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=0.05)
+    scenes = world.scene_stream(batch_size, cfg.seed, cfg.workers, distinct=True)
+    budget, losses, last = Budget(cfg.minutes, cfg.steps), [], [0.0]
+    labels = torch.arange(batch_size, device=cfg.device)
+    while budget.running():
+        cosine_lr(opt, base_lr, budget.fraction)
+        images, prompts = next(scenes)
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(cfg.device)
+        pixels = clip_pixels(images.to(cfg.device).float().div_(255))
+        out = model(input_ids=ids, pixel_values=pixels)
+        loss = (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        budget.step += 1
+        _log_every(budget, last, losses)
+    train_seconds = budget.elapsed
+    model.eval()
+    quality = clip_retrieval(model, tokenizer, trials=max(1, cfg.eval_samples // 32), seed=cfg.seed + 2000)
+    model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    declare_float32(folder / "config.json")
+    # The processor records the preprocessing the reward applies: 64 px, CLIP mean/std.
+    size = world.IMAGE_SIZE
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
+    return dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
+                params=models.n_params(model), loss_curve=_loss_curve(losses), quality=quality,
+                saved=str(folder))
+
+
+# --------------------------------------------------------------------------------- UNet
+
+
+def scheduler_config() -> dict:
+    """Stable Diffusion 1.x's noise schedule, so that the toy model samples like SD."""
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+                timestep_spacing="leading")
+
+
+@torch.no_grad()
+def encode_latent_cache(vae, n: int, seed: int, workers: int, device, batch_size: int = 256):
+    """Pre-encode n scenes: the posterior's mean and std (fp16), and their prompts.
+
+    Encoding fresh batches through the VAE cost a quarter of each UNet step; the cache is
+    made once and a fresh posterior sample is drawn from it at every step.
+    """
+    scenes = world.scene_stream(batch_size, seed, workers)
+    means, stds, prompts = [], [], []
+    for _ in range(math.ceil(n / batch_size)):
+        images, batch_prompts = next(scenes)
+        dist = vae.encode(to_model_range(images, device)).latent_dist
+        means.append(dist.mean.half())
+        stds.append(dist.std.half())
+        prompts += batch_prompts
+    return torch.cat(means)[:n], torch.cat(stds)[:n], prompts[:n]
+
+
+class EMA:
+    """Exponential moving average of a module's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay = copy.deepcopy(module).eval().requires_grad_(False), decay
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        # One fused call over all tensors: on a GPU a per-tensor loop costs more than the step.
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in module.parameters()], 1 - decay)
+
+
+def declare_float32(config_json: Path) -> None:
+    """Mark a transformers config as float32 while its weights stay fp16 on disk.
+
+    transformers ≥ 5 loads a model in the dtype its config names, diffusers loads in float32:
+    an fp16 text encoder then meets a float32 UNet, and a plain `from_pretrained(path)` fails.
+    """
+    import json
+
+    config = json.loads(config_json.read_text())
+    config["dtype"] = "float32"
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet):
+    """A plain diffusers Stable Diffusion folder in fp16; the models passed in are not changed."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae), text_encoder=copy.deepcopy(text_encoder), tokenizer=tokenizer,
+        unet=copy.deepcopy(unet), scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
+        feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    )
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    declare_float32(folder / "text_encoder" / "config.json")
+
+
+def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int) -> dict:
+    """Reload a saved pipeline as a user would, and measure what it draws."""
+    from diffusers import StableDiffusionPipeline
+
+    from alignkit.toy import detector
+    from alignkit.toy.quality import pipeline_quality
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipeline_quality(pipe, n=n, seed=seed, net=detector.load_detector(detector_dir, device=device))
+
+
+def train_unet(cfg: RunConfig) -> dict:
+    """The denoiser and its text encoder (initialised from the toy CLIP's), trained jointly with
+    epsilon prediction, min-SNR weighting, and 10% empty prompts for classifier-free guidance.
+    The shipped pipeline carries the EMA weights (better on count than the raw ones)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(cfg.seed)
+    device = cfg.device
+    pipe_dir, clip_dir = cfg.output_dir / "pipeline", cfg.output_dir / "clip"
+    for needed, part in ((pipe_dir / "vae" / "config.json", "vae"), (clip_dir / "config.json", "clip"),
+                         (cfg.output_dir / "detector" / "model.yaml", "detector")):
+        if not needed.is_file():
+            raise MissingWeightsError(f"unet training needs the {part} first: no {needed}; run "
+                                      f"`python -m alignkit.toy.train {part} --output-dir {cfg.output_dir}`")
+    vae = AutoencoderKL.from_pretrained(pipe_dir / "vae", dtype=torch.float32).to(device).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    # Start from the contrastively trained text tower: it already separates the world's words.
+    # (transformers ≥ 5 keeps it as a whole CLIPTextModel inside CLIPModel).
+    text_encoder = CLIPModel.from_pretrained(clip_dir, dtype=torch.float32).text_model.to(device)
+    unet = models.build_unet().to(device)
+    # The training twin of the shipped DDIM scheduler (from_config drops the DDIM-only keys).
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config())
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+
+    cache_size = cfg.cache_size
+    t0 = time.monotonic()
+    means, stds, prompts = encode_latent_cache(vae, cache_size, cfg.seed + 1, cfg.workers, device)
+    cache_seconds = time.monotonic() - t0
+    print(f"  encoded {cache_size} scenes in {cache_seconds:.0f} s", flush=True)
+    # Tokenise each distinct prompt once; 10% of each batch gets the empty prompt instead.
+    ids_of = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
+                                     truncation=True, return_tensors="pt").input_ids.to(device)
+    empty = ids_of([""])
+    distinct = sorted(set(prompts))
+    table = ids_of(distinct)
+    index = {p: i for i, p in enumerate(distinct)}
+    prompt_ids = torch.tensor([index[p] for p in prompts], device=device)
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    batch_size, base_lr, drop, snr_gamma = cfg.batch_size or 64, 1e-3, 0.1, 5.0
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=1e-2)
+    ema_unet, ema_text = EMA(unet, 0.998), EMA(text_encoder, 0.998)
+    scale = vae.config.scaling_factor
+    # All randomness of the loop comes from this generator, drawn on the CPU so that a run
+    # draws the same noise, timesteps and batches on any device.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    warmup = 200
+    budget, losses, last, snapshots = Budget(cfg.minutes, cfg.steps), [], [0.0], {}
+    unet.train()
+    text_encoder.train()
+    while budget.running():
+        # Constant learning rate after a warm-up: a snapshot at step N equals a run of N steps.
+        for group in opt.param_groups:
+            group["lr"] = base_lr * min(1.0, (budget.step + 1) / warmup)
+        idx = torch.randint(0, cache_size, (batch_size,), generator=gen).to(device)
+        eps_latent = torch.randn(batch_size, *means.shape[1:], generator=gen).to(device)
+        latents = (means[idx].float() + stds[idx].float() * eps_latent) * scale
+        dropped = (torch.rand(batch_size, generator=gen) < drop).to(device)
+        ids = torch.where(dropped[:, None], empty, table[prompt_ids[idx]])
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        # Min-SNR-γ weighting (Hang et al. 2023) for epsilon prediction: min(SNR, γ) / SNR.
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        weight = torch.clamp(snr, max=snr_gamma) / snr
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(unet, budget.step)
+        ema_text.update(text_encoder, budget.step)
+        losses.append(loss.item())
+        budget.step += 1
+        _log_every(budget, last, losses)
+        if budget.step in cfg.snapshots:
+            folder = cfg.output_dir / "snapshots" / f"unet-step{budget.step}"
+            save_pipeline(folder, vae, ema_text.module, tokenizer, ema_unet.module)
+            paused = time.monotonic()
+            snapshots[budget.step] = measure_pipeline(folder, cfg.output_dir / "detector", device, cfg.eval_samples,
+                                                   cfg.seed + 2000)
+            print(f"  snapshot {budget.step}: {snapshots[budget.step]}", flush=True)
+            # Measuring is not training: keep it out of the time budget.
+            budget.start += time.monotonic() - paused
+    train_seconds = budget.elapsed
+
+    save_pipeline(pipe_dir, vae, ema_text.module, tokenizer, ema_unet.module)
+    quality = measure_pipeline(pipe_dir, cfg.output_dir / "detector", device, cfg.eval_samples, cfg.seed + 2000)
+    result = dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
+                  cache_seconds=round(cache_seconds), cache_size=cache_size,
+                  params=dict(unet=models.n_params(unet), text_encoder=models.n_params(text_encoder)),
+                  loss_curve=_loss_curve(losses), quality=quality, saved=str(pipe_dir))
+    if snapshots:
+        result["snapshots"] = snapshots
+    return result
+
+
+# ----------------------------------------------------------------------------- detector
+
+
+def train_detector(cfg: RunConfig) -> dict:
+    """An ultralytics YOLO trained on a YOLO-format dataset of scenes, exported to the count
+    reward's contract: `detector/model.yaml` + `detector/model.safetensors` (fp16)."""
+    from alignkit.toy import detector
+
+    folder = cfg.output_dir / "detector"
+    with tempfile.TemporaryDirectory(prefix="alignkit-toy-yolo-") as tmp:
+        tmp = Path(tmp)
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "config"))
+        n_train, n_val = 6000, 500
+        data_yaml = detector.write_yolo_dataset(tmp / "data", n_train, n_val, seed=cfg.seed)
+        t0 = time.monotonic()
+        net, info = detector.fit(data_yaml, tmp / "runs", minutes=cfg.minutes, epochs=cfg.steps, seed=cfg.seed,
+                                 threads=cfg.threads, device=cfg.device)
+        train_seconds = time.monotonic() - t0
+        detector.export(net, folder)
+    # Reload through the public path: the figures below are those of the shipped files.
+    reloaded = detector.load_detector(folder)
+    quality = detector.count_accuracy(reloaded, n=cfg.eval_samples, seed=cfg.seed + 2000)
+    # The exported fp16 files must find what the trained model found.
+    scenes = world.generate(128, seed=cfg.seed + 3000).tensor()
+    before = detector.detect(net.float().cpu().eval(), scenes)
+    after = detector.detect(reloaded, scenes)
+    quality["reload_same_detections"] = float(np.mean([
+        sorted(a["classes"].tolist()) == sorted(b["classes"].tolist()) for a, b in zip(before, after)]))
+    return dict(epochs=info["epochs"], train_images=n_train, train_seconds=round(train_seconds),
+                params=models.n_params(reloaded), quality=quality, saved=str(folder))
+
+
+# In dependency order: the UNet reads the VAE and the CLIP text tower, and is scored by the detector.
+TRAINERS = {"vae": train_vae, "clip": train_clip, "detector": train_detector, "unet": train_unet}
+# Default budgets (minutes) and seeds, as used for the shipped weights.
+DEFAULTS = {"vae": (6.0, 0), "clip": (5.0, 1), "detector": (10.0, 3), "unet": (28.0, 2)}
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores (shared)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m alignkit.toy.train", description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=[*TRAINERS, "all"])
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default per part)")
+    parser.add_argument("--steps", type=int, default=None, help="exact steps (detector: epochs); --minutes then only caps the run")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default per part)")
+    parser.add_argument("--output-dir", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--workers", type=int, default=0, help="processes rendering scenes")
+    parser.add_argument("--batch-size", type=int, default=None, help="default per part")
+    parser.add_argument("--cache-size", type=int, default=65536, help="unet: scenes pre-encoded to latents")
+    parser.add_argument("--snapshots", default="", help="unet: comma-separated steps to save and measure")
+    parser.add_argument("--eval-samples", type=int, default=512)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except AlignkitError as exc:
+        if debug_enabled():
+            raise
+        sys.exit(f"error: {exc}")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise AlignkitError(f"--device {args.device}: no CUDA device is visible here; use --device cpu")
+    if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
+        raise AlignkitError("--steps and --minutes must be positive")
+    torch.set_num_threads(args.threads)
+    parts = list(TRAINERS) if args.part == "all" else [args.part]
+    for part in parts:
+        minutes, seed = DEFAULTS[part]
+        # With --steps the run is defined by its steps; --minutes then only caps it.
+        cap = args.minutes if args.minutes is not None else (None if args.steps else minutes)
+        cfg = RunConfig(part=part, minutes=cap,
+                        seed=args.seed if args.seed is not None else seed, output_dir=args.output_dir,
+                        steps=args.steps, threads=args.threads, eval_samples=args.eval_samples,
+                        device=args.device, workers=args.workers, batch_size=args.batch_size,
+                        snapshots=tuple(int(x) for x in args.snapshots.split(",") if x), cache_size=args.cache_size)
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[{part}] training for {cfg.steps} steps / {cfg.minutes} min, seed {cfg.seed}, on {cfg.device}",
+              flush=True)
+        start = time.monotonic()
+        result = TRAINERS[part](cfg)
+        result["total_seconds"] = round(time.monotonic() - start)
+        command = f"python -m alignkit.toy.train {part} --seed {cfg.seed}" + (
+            f" --steps {cfg.steps}" if cfg.steps else "") + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "") + (
+            f" --device {cfg.device} --workers {cfg.workers}") + (f" --batch-size {cfg.batch_size}" if cfg.batch_size else "")
+        entry = dict(command=command, config={k: (str(v) if isinstance(v, Path) else v)
+                                              for k, v in asdict(cfg).items()},
+                     machine=_machine(cfg.device), torch=torch.__version__,
+                     date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result)
+        train_log.record(cfg.output_dir, part, entry)
+        print(f"[{part}] done in {result['total_seconds']} s: {result['quality']}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
