@@ -113,6 +113,61 @@ def save_tiny_pipeline(kind: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# ---- shared test helpers: fixtures, test rewards, an in-process CLI ------------------------------
+
+import pytest  # noqa: E402
+
+from alignkit.rewards import Reward  # noqa: E402
+from alignkit.rewards.registry import REGISTRY, register  # noqa: E402
+
+
+class Brightness(Reward):
+    """Mean pixel value: a simple differentiable reward a tiny model can learn to raise."""
+
+    def score(self, images, prompts):
+        return images.float().mean(dim=(1, 2, 3))
+
+
+class Thresholded(Brightness):
+    differentiable = False
+
+
+def register_test_rewards() -> None:
+    """`brightness` (differentiable) and `nondiff` (declared non-differentiable), for tests only."""
+    register("brightness", "mean pixel value (tests)")(lambda device=None, dtype=None: Brightness().to(device))
+    register("nondiff", "a non-differentiable reward (tests)", differentiable=False)(
+        lambda device=None, dtype=None: Thresholded().to(device))
+
+
+@pytest.fixture(scope="session")
+def test_rewards():
+    register_test_rewards()
+    yield
+    for name in ("brightness", "nondiff"):
+        REGISTRY.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    return save_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny") / "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny") / "sdxl")
+
+
+def run_cli(args: list[str]) -> int:
+    """`alignkit ARGS` in this process (so test rewards are registered); the exit code."""
+    from alignkit.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
 if __name__ == "__main__":  # build both into a folder, for the benchmark and by hand
     import sys
 
