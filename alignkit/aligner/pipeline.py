@@ -9,6 +9,7 @@ step counter and history that a recompute would corrupt.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -66,7 +67,8 @@ def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.d
     # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
     extra = {} if SUPPORTED[class_name] else {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype, **extra)
+        with _quiet_loading():
+            pipe = DiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"model '{name_or_path}' could not be loaded: {first}") from None
@@ -86,6 +88,21 @@ def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.d
     return LoadedPipeline(pipe=pipe, is_sdxl=SUPPORTED[class_name], vae_scale_factor=vae_factor,
                           size_multiple=vae_factor * unet_factor,
                           native_resolution=int(pipe.vae.config.sample_size))
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No per-component loading bars from diffusers and transformers: the run has its own."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
 
 
 def check_resolution(resolution: int, loaded: LoadedPipeline) -> None:
