@@ -33,7 +33,7 @@ class LoadedPipeline:
     pipe: object
     # True for SDXL (pooled text embeddings and add_time_ids).
     is_sdxl: bool
-    # Pixels per latent cell (8 for SD) and the smallest side step the UNet accepts, in pixels.
+    # Pixels per latent cell (8 for SD), and the step every image side must be a multiple of.
     vae_scale_factor: int
     size_multiple: int
     # The pipeline's native image side in pixels.
@@ -56,8 +56,8 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedPipeline:
-    """Load, swap in DDIM, freeze every weight, and report the sizes the sampler needs."""
-    from diffusers import DDIMScheduler, DiffusionPipeline
+    """Load a supported pipeline in `dtype` and prepare it for the sampler (`prepare_pipeline`)."""
+    from diffusers import DiffusionPipeline
 
     source = resolve_model(name_or_path)
     # Read the class from model_index.json first: an unsupported pipeline fails before any weight loads.
@@ -72,21 +72,33 @@ def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.d
     except (OSError, ValueError, EnvironmentError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"model '{name_or_path}' could not be loaded: {first}") from None
+    return prepare_pipeline(pipe, name_or_path)
+
+
+def prepare_pipeline(pipe, name: str = "model") -> LoadedPipeline:
+    """Swap in DDIM, freeze every weight, and report the sizes the sampler needs."""
+    from diffusers import DDIMScheduler
+
+    class_name = type(pipe).__name__
+    if class_name not in SUPPORTED:
+        raise PipelineError(f"model '{name}' is a {class_name}; the aligner supports {' and '.join(SUPPORTED)}")
     if not isinstance(pipe.scheduler, DDIMScheduler):
         logger.info("sampling with DDIM on the noise schedule of %s (the aligner's sampler is DDIM)",
                     type(pipe.scheduler).__name__)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if pipe.scheduler.config.thresholding:
-        raise PipelineError(f"model '{name_or_path}': DDIM dynamic thresholding is not supported by the aligner")
+        raise PipelineError(f"model '{name}': DDIM dynamic thresholding is not supported by the aligner")
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
 
+    # The VAE maps each latent cell to vae_factor pixels, so the side must divide by it (as
+    # diffusers' own pipelines check); the UNet takes any latent size (it passes explicit
+    # upsample sizes when the latent side is not a multiple of its own downsampling).
     vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    unet_factor = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     return LoadedPipeline(pipe=pipe, is_sdxl=SUPPORTED[class_name], vae_scale_factor=vae_factor,
-                          size_multiple=vae_factor * unet_factor,
+                          size_multiple=vae_factor,
                           native_resolution=int(pipe.vae.config.sample_size))
 
 
@@ -106,9 +118,9 @@ def _quiet_loading():
 
 
 def check_resolution(resolution: int, loaded: LoadedPipeline) -> None:
-    """The VAE halves the side per block and the UNet again per down block: the side must divide."""
+    """The VAE halves the side per block: the image side must be a multiple of its factor."""
     m = loaded.size_multiple
     if resolution <= 0 or resolution % m:
         below, above = max(m, resolution // m * m), (resolution // m + 1) * m
-        raise PipelineError(f"--resolution {resolution} is not a multiple of {m} (the VAE x UNet downsampling "
+        raise PipelineError(f"--resolution {resolution} is not a multiple of {m} (the VAE downsampling "
                             f"factor of this model); use {below} or {above}")
