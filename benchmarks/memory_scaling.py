@@ -1,12 +1,12 @@
 """Peak memory and time per training step against T (denoising steps) and K (steps with
 gradients), with and without per-step gradient checkpointing, against the compute floor.
 
-    python benchmarks/memory_scaling.py          # CPU quick mode: a small SD pipeline, 64 and 128 px
+    python benchmarks/memory_scaling.py          # CPU quick mode: a small SD pipeline, 32 and 64 px
     python benchmarks/memory_scaling.py --gpu    # SD 1.5's architecture (random weights), 512 px, bf16
 
 Each configuration runs in a fresh subprocess, so one configuration's allocations never
 count towards another's. Memory: on CPU the peak RSS above the RSS just before the timed
-steps (sampled every 2 ms by a thread); on GPU `torch.cuda.max_memory_allocated` (absolute,
+steps (sampled every 5 ms by a thread); on GPU `torch.cuda.max_memory_allocated` (absolute,
 weights included, and above the pre-step allocation). The compute floor is what the step
 implies at the same batch, timed in the same process with eager forwards: T UNet forwards
 at the CFG batch without gradients, plus K forwards with gradients (~3x a forward: forward
@@ -36,8 +36,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 # configs dir, image sides, weight dtype, batch, timed steps, and the grid of (T, K, checkpointing).
-CPU_PLAN = dict(configs="small", resolutions=[64, 128], dtype="float32", batch=2, steps=2,
-                grid=[(10, 1, True), (10, 10, True), (10, 1, False), (10, 10, False)])
+CPU_PLAN = dict(configs="small", resolutions=[32, 64], dtype="float32", batch=2, steps=1,
+                grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False), (4, 4, True)])
 GPU_PLAN = dict(configs="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
 GUIDANCE = 7.5
@@ -48,7 +48,7 @@ GUIDANCE = 7.5
 class RSSPeak:
     """Peak resident set size (MiB) sampled by a thread, relative to a baseline."""
 
-    def __init__(self, every: float = 0.002):
+    def __init__(self, every: float = 0.005):
         self.every, self.peak, self._stop = every, 0.0, threading.Event()
 
     @staticmethod
@@ -170,7 +170,7 @@ def worker(spec: dict) -> dict:
         sync()
         return (time.perf_counter() - start) / n
 
-    t_unet, t_decode = timed(unet_forward, 5), timed(decode_reward, 3)
+    t_unet, t_decode = timed(unet_forward, 4), timed(decode_reward, 2)
     # Forwards the step implies: T sampling forwards (the last K of them with autograd), the
     # backward of those K (~2 forwards each), and one recompute each when checkpointing.
     unet_forwards = T + (3 if spec["ckpt"] else 2) * K
