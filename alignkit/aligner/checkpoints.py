@@ -56,9 +56,15 @@ def temporary_path(output_dir: str | Path, step: int) -> Path:
 def publish(tmp: Path, limit: int | None) -> Path:
     """Rename a complete temporary checkpoint into place, then drop the oldest beyond `limit`."""
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
-    if final.exists():  # the same step saved again (a resumed run): replace it
-        shutil.rmtree(final)
+    stale = None
+    if final.exists():  # the same step saved again (a run resumed from an earlier checkpoint)
+        # Move the old one aside first, so that some complete checkpoint-<step> exists at every instant.
+        stale = final.with_name(final.name + ".old")
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(final, stale)
     os.replace(tmp, final)
+    if stale is not None:
+        shutil.rmtree(stale, ignore_errors=True)
     if limit is not None and limit > 0:
         for old in checkpoint_dirs(final.parent)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)

@@ -274,11 +274,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every process has written its RNG state
-    final = checkpoints.temporary_path(output_dir, step).with_name(f"checkpoint-{step}")
     if accelerator.is_main_process:
-        final = checkpoints.publish(tmp, limit)
+        checkpoints.publish(tmp, limit)
     accelerator.wait_for_everyone()
-    return final
+    return output_dir / f"checkpoint-{step}"
 
 
 def _register_lora_hooks(accelerator, pipeline_cls) -> None:
