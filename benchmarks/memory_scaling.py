@@ -12,6 +12,9 @@ implies at the same batch, timed in the same process with eager forwards: T UNet
 at the CFG batch without gradients, plus K forwards with gradients (~3x a forward: forward
 and backward; +1 forward for the recompute when checkpointing), plus decode + reward three
 times (forward, backward ~2x). Step time / floor near 1 means no overhead beyond the work.
+Beside it, a measured floor times the backward passes instead of assuming them (T - K
+forwards, K forward+backward, K recompute forwards when checkpointing, decode+reward
+forward+backward): step time over it is the aligner's own overhead.
 
 Results: a rich table, and JSON in benchmarks/results/memory_scaling.json (machine,
 versions, date). Targets: peak memory at K=T=50 <= 1.25x that at K=1 (checkpointing on);
@@ -40,6 +43,9 @@ CPU_PLAN = dict(configs="small", resolutions=[32, 64], dtype="float32", batch=2,
                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False), (4, 4, True)])
 GPU_PLAN = dict(configs="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
+if os.environ.get("ALIGNKIT_BENCH_GRID"):  # e.g. "50,1,1;50,50,1": a subset, to fit a short device lease
+    GPU_PLAN["grid"] = CPU_PLAN["grid"] = [tuple(int(v) for v in item.split(",")[:2]) + (item.split(",")[2] == "1",)
+                                           for item in os.environ["ALIGNKIT_BENCH_GRID"].split(";")]
 GUIDANCE = 7.5
 
 
@@ -170,14 +176,32 @@ def worker(spec: dict) -> dict:
         sync()
         return (time.perf_counter() - start) / n
 
+    def unet_forward_backward():
+        with autocast:
+            out = unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)[0]
+        out.float().square().mean().backward()
+
+    def decode_reward_backward():
+        x = latents.detach().requires_grad_(True)
+        with autocast:
+            value = reward(sampler.decode(x)).sum()
+        value.backward()
+
     t_unet, t_decode = timed(unet_forward, 4), timed(decode_reward, 2)
+    t_unet_fb, t_decode_fb = timed(unet_forward_backward, 3), timed(decode_reward_backward, 2)
+    optimizer.zero_grad(set_to_none=True)
     # Forwards the step implies: T sampling forwards (the last K of them with autograd), the
     # backward of those K (~2 forwards each), and one recompute each when checkpointing.
     unet_forwards = T + (3 if spec["ckpt"] else 2) * K
     floor = unet_forwards * t_unet + 3 * t_decode
+    # The same work with backward passes timed rather than assumed to cost two forwards:
+    # T - K plain forwards, K forward+backward (+ K forwards recomputed), decode+reward fwd+bwd.
+    measured = (T - K) * t_unet + K * t_unet_fb + (K * t_unet if spec["ckpt"] else 0.0) + t_decode_fb
     step = sorted(times)[len(times) // 2]
     return {**spec, **memory, "step_s": step, "floor_s": floor, "over_floor": step / floor,
-            "unet_forward_s": t_unet, "decode_reward_s": t_decode, "unet_forwards": unet_forwards}
+            "floor_measured_s": measured, "over_measured_floor": step / measured,
+            "unet_forward_s": t_unet, "unet_forward_backward_s": t_unet_fb, "decode_reward_s": t_decode,
+            "decode_reward_backward_s": t_decode_fb, "unet_forwards": unet_forwards}
 
 
 # ---- the driver ------------------------------------------------------------------------------------
@@ -261,16 +285,17 @@ def main() -> None:
                         rows[-1].get("error", ""))
 
     table = Table(title=f"memory and time per step ({device}, {plan['configs']}, batch {plan['batch']}, CFG)")
-    for column in ("px", "T", "K", "ckpt", "peak MB", "Δ peak MB", "s/step", "floor s", "step/floor"):
+    for column in ("px", "T", "K", "ckpt", "peak MB", "Δ peak MB", "s/step", "floor s", "step/floor",
+                   "step/measured floor"):
         table.add_column(column, justify="right")
     for r in rows:
         if "error" in r:
             table.add_row(str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no",
-                          f"[red]{r['error'][:40]}[/]", "", "", "", "")
+                          f"[red]{r['error'][:40]}[/]", "", "", "", "", "")
             continue
         table.add_row(str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no",
                       f"{r['peak_mb']:.0f}", f"{r['peak_delta_mb']:.0f}", f"{r['step_s']:.3f}",
-                      f"{r['floor_s']:.3f}", f"{r['over_floor']:.2f}")
+                      f"{r['floor_s']:.3f}", f"{r['over_floor']:.2f}", f"{r['over_measured_floor']:.2f}")
     console.print(table)
     summary = summarize(rows)
     console.print_json(data=summary)
