@@ -230,8 +230,9 @@ def versions() -> dict:
 
 
 def machine(gpu: bool) -> dict:
+    # The load average says whether CPU timings were taken on a shared, busy machine.
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
+            "cpu_count": os.cpu_count(), "loadavg_1_5_15": os.getloadavg()}
     if gpu:
         import torch
 
