@@ -105,6 +105,45 @@ def rewards() -> None:
 
 
 @app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."),
+    pretrained_model_name_or_path: Optional[str] = typer.Option(None, "--pretrained-model-name-or-path", "--model", help="Diffusers folder or hub id (SD 1.x/2.x, SDXL), or 'toy'."),
+    reward: Optional[str] = typer.Option(None, help="Reward spec, e.g. 'hps+aesthetic:0.5' (default: count)."),
+    reward_option: list[str] = typer.Option([], help="NAME.OPTION=VALUE for a reward factory (repeatable)."),
+    prompts: Optional[str] = typer.Option(None, help="Built-in prompt set or a file, one prompt a line."),
+    prompt: Optional[str] = typer.Option(None, help="One prompt for every sample (instead of --prompts)."),
+    resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's native size)."),
+    num_inference_steps: Optional[int] = typer.Option(None, help="DDIM steps T."),
+    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
+    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 deterministic, 1 DDPM-like)."),
+    truncation: Optional[str] = typer.Option(None, help="full | last:K | uniform:LO-HI | gaussian:MEAN,STD | draft-lv:N."),
+    train_batch_size: Optional[int] = typer.Option(None, help="Samples per process per micro-batch."),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    learning_rate: Optional[float] = typer.Option(None, help="AdamW learning rate."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (scale alpha/rank)."),
+    max_train_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16."),
+    output_dir: Optional[str] = typer.Option(None, help="Run folder: config.yaml, metrics.jsonl, LoRA, checkpoints."),
+    seed: Optional[int] = typer.Option(None, help="Seed of init, prompts, noise and truncation draws."),
+    checkpointing_steps: Optional[int] = typer.Option(None, help="Save a checkpoint every N steps (0: never)."),
+    checkpoints_total_limit: Optional[int] = typer.Option(None, help="Keep at most N checkpoints."),
+    resume_from_checkpoint: Optional[str] = typer.Option(None, help="'latest' or a checkpoint-<step> folder."),
+    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | all | none."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Checkpoint each denoising step (default on)."),
+    checkpoint_vae: Optional[bool] = typer.Option(None, "--checkpoint-vae/--no-checkpoint-vae", help="Also checkpoint the VAE decode."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a previous run in --output-dir."),
+) -> None:
+    """Align a diffusion model to a reward (AlignProp): LoRA, truncated backprop, checkpointing."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "reward_option")}  # unset flags are None
+    from alignkit.aligner import load_config, train as run_training
+
+    if reward_option:
+        flags["reward_options"] = parse_reward_options(reward_option, reward or load_config(config).reward)
+    run_training(load_config(config, flags))
+
+
+@app.command()
 def score(
     images: list[Path] = typer.Argument(..., help="Image files to score."),
     reward: str = typer.Option(..., "--reward", "-r", help="Reward spec, e.g. 'hps+aesthetic:0.5'."),

@@ -1,0 +1,187 @@
+"""`TrainConfig`: every knob of a training run, typed and documented.
+
+Resolution order: the dataclass defaults, then `--config FILE` (YAML or TOML, a flat
+mapping of field names), then command-line flags. The resolved config is written to
+`OUTPUT_DIR/config.yaml` as a flat mapping with exactly these field names (the evaluation
+reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from alignkit.errors import AlignkitError
+
+
+class ConfigError(AlignkitError, ValueError):
+    """A config file or value that does not fit `TrainConfig`."""
+
+
+@dataclass
+class TrainConfig:
+    # Model: a diffusers folder or hub id (SD 1.x/2.x or SDXL), or "toy" for the embedded toy model.
+    pretrained_model_name_or_path: str = "toy"
+    # Hub revision of the model (branch, tag or commit); None = main.
+    revision: Optional[str] = None
+    # Reward spec, `name[:weight](+name[:weight])*`, e.g. "hps+aesthetic:0.5".
+    reward: str = "count"
+    # Options for the reward factories: {reward name: {option: value}}.
+    reward_options: dict = field(default_factory=dict)
+    # Prompt source: a built-in set name or a file with one prompt a line (its `train` split is used).
+    prompts: str = "toy_counting"
+    # A single prompt for every sample; overrides `prompts` when set.
+    prompt: Optional[str] = None
+    # Negative prompt for the unconditional half of classifier-free guidance ("" = empty prompt).
+    negative_prompt: str = ""
+    # Image side in pixels; None = the pipeline's native size (vae sample_size).
+    resolution: Optional[int] = None
+    # Number of DDIM denoising steps T per sample.
+    num_inference_steps: int = 50
+    # Classifier-free guidance scale; <= 1 disables guidance (one UNet batch instead of two).
+    guidance_scale: float = 7.5
+    # DDIM eta: 0 = deterministic DDIM, 1 = DDPM-like noise at every step.
+    eta: float = 1.0
+    # Truncated backprop policy: full, last:K, uniform:LO-HI, gaussian:MEAN,STD, draft-lv:N.
+    truncation: str = "gaussian:42,5"
+    # Checkpoint each denoising step with gradients (recompute in backward): memory flat in K.
+    gradient_checkpointing: bool = True
+    # Also checkpoint the VAE decode (saves its activations, costs one more decode in backward).
+    checkpoint_vae: bool = False
+    # Samples per process per micro-batch.
+    train_batch_size: int = 2
+    # Micro-batches accumulated per optimizer step (global batch = train_batch_size x processes x this).
+    gradient_accumulation_steps: int = 1
+    # AdamW learning rate (constant after warm-up).
+    learning_rate: float = 1e-3
+    # Linear warm-up of the learning rate, in optimizer steps.
+    lr_warmup_steps: int = 0
+    # AdamW betas, weight decay and epsilon.
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    # Clip the global gradient norm to this before each optimizer step; <= 0 disables clipping.
+    max_grad_norm: float = 1.0
+    # LoRA rank r and alpha (the update is scaled by alpha / r).
+    rank: int = 4
+    lora_alpha: float = 4.0
+    # UNet module names LoRA wraps (peft `target_modules`).
+    lora_target_modules: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # Number of optimizer steps to train.
+    max_train_steps: int = 100
+    # no, fp16 or bf16: autocast for the forward pass; frozen weights are stored in that dtype, LoRA in fp32.
+    mixed_precision: str = "no"
+    # Where the run writes config.yaml, metrics.jsonl, the LoRA, checkpoints and logs.
+    output_dir: str = "alignkit-run"
+    # Seed of the weights' init, the prompts, the noise and the truncation draws.
+    seed: int = 0
+    # Save a checkpoint every N optimizer steps (0 = only the final LoRA).
+    checkpointing_steps: int = 50
+    # Keep at most this many checkpoints (oldest removed first); None = keep all.
+    checkpoints_total_limit: Optional[int] = None
+    # Resume from "latest" (in output_dir) or a checkpoint folder path.
+    resume_from_checkpoint: Optional[str] = None
+    # Trackers: tensorboard, wandb, all or none.
+    report_to: str = "tensorboard"
+    # Log sample images of fixed prompts and seeds every N optimizer steps (0 = never).
+    sample_every: int = 25
+    # Number of fixed sample images logged each time.
+    num_samples: int = 4
+    # Replace a previous run in output_dir (its config, metrics, LoRA and checkpoints).
+    overwrite: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Aliases accepted in config files (diffusers' and our flag spellings).
+ALIASES = {"model": "pretrained_model_name_or_path"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a value from a file or flag against the field's annotation, converting int->float."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config: '{name}' cannot be empty")
+    origin = typing.get_origin(base) or base
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is bool and not isinstance(value, bool) or origin is not bool and isinstance(value, bool) \
+            or not isinstance(value, origin):
+        raise ConfigError(f"config: '{name}' must be {origin.__name__}, got {value!r}")
+    return value
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A flat mapping of TrainConfig fields from a YAML (.yaml/.yml) or TOML (.toml) file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # yaml and tomllib raise their own error types
+        raise ConfigError(f"--config {path} does not parse ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of TrainConfig fields")
+    return data
+
+
+def load_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults, then the file, then `overrides` (flags; None values mean "not given")."""
+    values: dict[str, Any] = {}
+    layers = [read_config_file(config_file) if config_file else {}, overrides or {}]
+    for layer in layers:
+        for key, value in layer.items():
+            name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+            if name not in FIELDS:
+                import difflib
+
+                close = difflib.get_close_matches(name, FIELDS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"config: unknown field '{key}'{hint}")
+            if layer is overrides and value is None:
+                continue
+            if name == "reward_options" and isinstance(value, dict):
+                # Flags add to the file's options per reward instead of replacing them.
+                merged = {k: dict(v) for k, v in values.get(name, {}).items()}
+                for reward, opts in value.items():
+                    merged.setdefault(reward, {}).update(opts)
+                value = merged
+            values[name] = _coerce(name, value)
+    return TrainConfig(**values)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# Fields that may change when a run resumes: they do not alter its trajectory.
+RESUMABLE_CHANGES = {"max_train_steps", "resume_from_checkpoint", "overwrite", "report_to", "checkpointing_steps",
+                     "checkpoints_total_limit", "sample_every", "num_samples", "output_dir"}
+
+
+def changed_fields(saved: dict, config: TrainConfig) -> list[str]:
+    """Fields whose value differs from a saved config.yaml, ignoring the resumable ones."""
+    current = config.to_dict()
+    return sorted(k for k in current if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k])

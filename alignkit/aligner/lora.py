@@ -1,0 +1,70 @@
+"""LoRA on the UNet through peft, saved and loaded in diffusers' format.
+
+Only the LoRA matrices train; every base weight keeps `requires_grad=False`. The file is
+`pytorch_lora_weights.safetensors` with `unet.`-prefixed keys and the adapter's LoraConfig
+as metadata (so `pipe.load_lora_weights(dir)` in plain diffusers restores rank and alpha).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from alignkit.errors import CheckpointError
+from alignkit.hub import load_state_dict
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze the UNet, add a gaussian-initialised LoRA adapter, return its (fp32) parameters."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules))
+    try:
+        unet.add_adapter(config)
+    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+        raise CheckpointError(f"--lora-target-modules {target_modules}: {str(exc).splitlines()[0][:200]}") from None
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        # Frozen weights may be fp16/bf16; the trained ones stay fp32 so AdamW's updates are not lost.
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def lora_state_dict(unet, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights in diffusers' key layout (without the `unet.` prefix)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+
+
+def save_lora(pipeline_cls, unet, directory: str | Path) -> Path:
+    """Write `pytorch_lora_weights.safetensors` (+ adapter metadata) with the pipeline's own saver."""
+    metadata = unet.peft_config["default"].to_dict()
+    # LoraConfig holds sets (target_modules); the metadata is JSON.
+    metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in metadata.items()}
+    pipeline_cls.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
+                                   unet_lora_adapter_metadata=metadata, safe_serialization=True)
+    return Path(directory) / LORA_FILE
+
+
+def load_lora(unet, path: str | Path) -> None:
+    """Load a saved LoRA file (or a folder holding one) into a UNet that already has the adapter."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_FILE
+    state = load_state_dict(path, what="LoRA weights")
+    state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected or not state:
+        raise CheckpointError(f"LoRA weights {path} do not fit this UNet (unexpected keys {unexpected[:3]}); "
+                              "was it trained with another model or --lora-target-modules?")

@@ -1,0 +1,228 @@
+"""A differentiable DDIM sampler over a diffusers SD / SDXL pipeline.
+
+The pipeline's `__call__` runs under `no_grad`, so sampling is re-written here: prompts are
+encoded once with the pipeline's own `encode_prompt`, classifier-free guidance is one UNet
+call on the stacked [unconditional; conditional] batch, the DDIM update is written out from
+`alphas_cumprod` (a pure function of its inputs, so a checkpointed step recomputes exactly),
+and the VAE decode stays in the graph. The reward receives `(x / 2 + 0.5).clamp(0, 1)`.
+
+All randomness (initial latents, DDIM eta noise, DRaFT-LV re-noising) is drawn up front
+from one CPU `torch.Generator` into a `Trajectory`, so that a recomputed step sees the same
+noise, and a run is reproducible across devices, process counts and resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from alignkit.aligner.pipeline import LoadedPipeline
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of one batch, [unconditional; conditional] stacked when guidance is on."""
+
+    embeds: Tensor
+    # SDXL only: {"text_embeds": pooled embeddings, "time_ids": size conditioning}.
+    added: dict | None = None
+
+
+@dataclass
+class Trajectory:
+    """Everything random about a batch of trajectories, drawn before sampling."""
+
+    # (B, C, h, w) initial latents x_T.
+    latents: Tensor
+    # (T, B, C, h, w) DDIM eta noise per step; None when eta = 0.
+    step_noise: Tensor | None
+    # (N, B, C, h, w) DRaFT-LV re-noising draws; None for the other policies.
+    renoise: Tensor | None
+    # Number of final steps that carry gradients.
+    k: int
+
+    def slice(self, start: int, stop: int) -> "Trajectory":
+        """This process's share of a global batch."""
+        pick = lambda t, dim: None if t is None else t.narrow(dim, start, stop - start)  # noqa: E731
+        return Trajectory(pick(self.latents, 0), pick(self.step_noise, 1), pick(self.renoise, 1), self.k)
+
+
+@dataclass
+class SampleOutput:
+    # (R*B, 3, H, W) images in [0, 1]; R = DRaFT-LV copies (1 otherwise), copy-major.
+    images: Tensor
+    # How many copies of each prompt the images hold (repeat the prompts this many times).
+    repeats: int
+    # The final latents (R*B, C, h, w).
+    latents: Tensor
+
+
+class DDIMSampler:
+    """DDIM with eta, CFG in one batch, truncated backprop and per-step checkpointing."""
+
+    def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int,
+                 guidance_scale: float = 7.5, eta: float = 1.0, gradient_checkpointing: bool = True,
+                 checkpoint_vae: bool = False, negative_prompt: str = ""):
+        self.pipe, self.is_sdxl = loaded.pipe, loaded.is_sdxl
+        self.resolution = resolution
+        self.latent_size = resolution // loaded.vae_scale_factor
+        self.num_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.eta = eta
+        self.gradient_checkpointing = gradient_checkpointing
+        self.checkpoint_vae = checkpoint_vae
+        self.negative_prompt = negative_prompt
+
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(num_inference_steps)
+        config = scheduler.config
+        self.timesteps = [int(t) for t in scheduler.timesteps]
+        self.prediction_type = config.prediction_type
+        self.clip_range = float(config.clip_sample_range) if config.clip_sample else None
+        # The same schedule arithmetic as DDIMScheduler.step: prev = t - train_steps // T, and
+        # alpha_cumprod of a negative timestep is `final_alpha_cumprod` (1 or alphas_cumprod[0]).
+        alphas = scheduler.alphas_cumprod.double()
+        final = float(scheduler.final_alpha_cumprod)
+        stride = config.num_train_timesteps // num_inference_steps
+        self.alpha = [float(alphas[t]) for t in self.timesteps]
+        self.alpha_prev = [float(alphas[t - stride]) if t - stride >= 0 else final for t in self.timesteps]
+
+    # ---- randomness -------------------------------------------------------------------------
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.unet.config.in_channels
+
+    def draw(self, generator: torch.Generator, batch: int, k: int, renoise: int = 0) -> Trajectory:
+        """Draw a batch's initial latents and noises from a CPU generator (device-independent)."""
+        shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
+        latents = torch.randn(shape, generator=generator)
+        step_noise = torch.randn((self.num_steps, *shape), generator=generator) if self.eta > 0 else None
+        renoise_noise = torch.randn((renoise, *shape), generator=generator) if renoise else None
+        return Trajectory(latents, step_noise, renoise_noise, k)
+
+    # ---- conditioning ------------------------------------------------------------------------
+    @property
+    def do_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], device: torch.device) -> Conditioning:
+        """Text embeddings through the pipeline's own `encode_prompt` (frozen encoders)."""
+        negative = [self.negative_prompt] * len(prompts)
+        if not self.is_sdxl:
+            cond, uncond = self.pipe.encode_prompt(prompts, device, 1, self.do_cfg, negative_prompt=negative)
+            return Conditioning(torch.cat([uncond, cond]) if self.do_cfg else cond)
+        cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+            prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=self.do_cfg,
+            negative_prompt=negative)
+        # SDXL's micro-conditioning: (original size, crop top-left, target size), no crop.
+        size = (self.resolution, self.resolution)
+        time_ids = torch.tensor([[*size, 0, 0, *size]], device=device, dtype=cond.dtype).repeat(len(prompts), 1)
+        if self.do_cfg:
+            cond, pooled = torch.cat([uncond, cond]), torch.cat([uncond_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        return Conditioning(cond, {"text_embeds": pooled, "time_ids": time_ids})
+
+    # ---- one denoising step ------------------------------------------------------------------
+    def step(self, unet, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None) -> Tensor:
+        """x_{t_i} -> x_{t_{i+1}}: one (batched-CFG) UNet call and the DDIM update, a pure function."""
+        t = self.timesteps[i]
+        model_in = torch.cat([latents, latents]) if self.do_cfg else latents
+        out = unet(model_in, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added,
+                   return_dict=False)[0].float()
+        if self.do_cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + self.guidance_scale * (text - uncond)
+        return self.ddim_update(out, latents, i, noise)
+
+    def ddim_update(self, model_out: Tensor, latents: Tensor, i: int, noise: Tensor | None) -> Tensor:
+        """DDIM (Song et al., eq. 12) as DDIMScheduler.step computes it, without its state."""
+        a_t, a_prev = self.alpha[i], self.alpha_prev[i]
+        b_t = 1.0 - a_t
+        if self.prediction_type == "epsilon":
+            eps = model_out
+            x0 = (latents - b_t ** 0.5 * eps) / a_t ** 0.5
+        elif self.prediction_type == "v_prediction":
+            x0 = a_t ** 0.5 * latents - b_t ** 0.5 * model_out
+            eps = a_t ** 0.5 * model_out + b_t ** 0.5 * latents
+        else:  # "sample"
+            x0 = model_out
+            eps = (latents - a_t ** 0.5 * x0) / b_t ** 0.5
+        if self.clip_range is not None:
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        std = self.eta * variance ** 0.5
+        prev = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps
+        if std > 0 and noise is not None:
+            prev = prev + std * noise
+        return prev
+
+    def _grad_step(self, unet, latents, i, cond, noise):
+        if self.gradient_checkpointing:
+            # Non-reentrant: works with inputs that do not require grad (the first step after
+            # the cut) and with LoRA weights reached through the closure; recompute is exact
+            # because the step is pure and its noise is an input.
+            return checkpoint(self.step, unet, latents, i, cond, noise, use_reentrant=False)
+        return self.step(unet, latents, i, cond, noise)
+
+    # ---- decode -----------------------------------------------------------------------------
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images in [0,1], in the graph (checkpointed if `checkpoint_vae`)."""
+        if self.checkpoint_vae and torch.is_grad_enabled():
+            return checkpoint(self._decode, latents, use_reentrant=False)
+        return self._decode(latents)
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        vae = self.pipe.vae
+        config = vae.config
+        if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+            mean = torch.tensor(config.latents_mean, device=latents.device).view(1, -1, 1, 1)
+            std = torch.tensor(config.latents_std, device=latents.device).view(1, -1, 1, 1)
+            latents = latents * std / config.scaling_factor + mean
+        else:
+            latents = latents / config.scaling_factor
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    # ---- the whole chain --------------------------------------------------------------------
+    def sample(self, unet, cond: Conditioning, traj: Trajectory) -> SampleOutput:
+        """Run the T steps; only the last `traj.k` carry gradients (none before DRaFT-LV's step)."""
+        device = cond.embeds.device
+        latents = traj.latents.to(device)
+        noise = lambda i: None if traj.step_noise is None else traj.step_noise[i].to(device)  # noqa: E731
+        draft = traj.renoise is not None
+        first_grad = self.num_steps if draft else self.num_steps - traj.k
+        # The steps before the cut build no graph at all.
+        with torch.no_grad():
+            for i in range(first_grad):
+                latents = self.step(unet, latents, i, cond, noise(i))
+        for i in range(first_grad, self.num_steps):
+            latents = self._grad_step(unet, latents, i, cond, noise(i))
+        if not draft:
+            return SampleOutput(self.decode(latents), 1, latents)
+        return self._draft_lv(unet, cond, latents.detach(), traj, noise(self.num_steps - 1))
+
+    def _draft_lv(self, unet, cond: Conditioning, x0: Tensor, traj: Trajectory, last_noise) -> SampleOutput:
+        """DRaFT-LV: re-noise the final sample to the last timestep N times, one step with grad."""
+        n, last = traj.renoise.shape[0], self.num_steps - 1
+        a_t = self.alpha[last]
+        eps = traj.renoise.to(x0.device)
+        # All N copies in one batch: (N, B, ...) -> (N*B, ...), copy-major.
+        noisy = (a_t ** 0.5 * x0.unsqueeze(0) + (1 - a_t) ** 0.5 * eps).flatten(0, 1)
+        conds = Conditioning(_repeat_cfg(cond.embeds, n, self.do_cfg),
+                             None if cond.added is None else {k: _repeat_cfg(v, n, self.do_cfg) for k, v in cond.added.items()})
+        step_noise = None if last_noise is None else last_noise.repeat(n, 1, 1, 1)
+        latents = self._grad_step(unet, noisy, last, conds, step_noise)
+        return SampleOutput(self.decode(latents), n, latents)
+
+
+def _repeat_cfg(tensor: Tensor, n: int, cfg: bool) -> Tensor:
+    """Repeat a (2B, ...) [uncond; cond] or (B, ...) tensor n times, copy-major within each half."""
+    if not cfg:
+        return tensor.repeat(n, *[1] * (tensor.ndim - 1))
+    uncond, cond = tensor.chunk(2)
+    reps = [1] * (tensor.ndim - 1)
+    return torch.cat([uncond.repeat(n, *reps), cond.repeat(n, *reps)])
