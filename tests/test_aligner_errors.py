@@ -41,14 +41,13 @@ def test_missing_models(test_rewards, tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
-def test_toy_default_without_the_toy_world(test_rewards, tmp_path, capsys, monkeypatch):
-    try:
-        from alignkit.toy import pipeline_path  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the toy world is installed")
-    _fails(capsys, [*BASE, "--output-dir", tmp_path / "run"], "the embedded toy model is not installed; pass --model")
+def test_toy_default_without_the_toy_weights(test_rewards, tmp_path, capsys, monkeypatch):
+    import alignkit.toy
+
+    monkeypatch.setattr(alignkit.toy, "WEIGHTS_DIR", tmp_path / "no-weights")
+    err = _fails(capsys, [*BASE, "--output-dir", tmp_path / "run"], "toy pipeline:")
+    assert "missing from this install" in err and "(--model)" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_empty_prompt_file(tiny_sd, test_rewards, tmp_path, capsys):

@@ -145,8 +145,22 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
+def model_defaults(model: str) -> dict:
+    """Settings a model recommends for itself, applied over the dataclass defaults.
+
+    Only the embedded toy model has any: TrainConfig's defaults are AlignProp's for SD 1.5
+    (50 steps, K≈8), far too slow for a CPU; the toy ships its own (alignkit/toy/train_defaults.yaml).
+    """
+    if model != "toy":
+        return {}
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "toy" / "train_defaults.yaml").read_text())
+
+
 def load_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then the file, then `overrides` (flags; None values mean "not given")."""
+    """Defaults, then the model's own defaults, then the file, then `overrides` (flags; None
+    values mean "not given")."""
     values: dict[str, Any] = {}
     layers = [read_config_file(config_file) if config_file else {}, overrides or {}]
     for layer in layers:
@@ -167,6 +181,9 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
                     merged.setdefault(reward, {}).update(opts)
                 value = merged
             values[name] = _coerce(name, value)
+    model = values.get("pretrained_model_name_or_path", TrainConfig.pretrained_model_name_or_path)
+    for name, value in model_defaults(model).items():
+        values.setdefault(name, _coerce(name, value))
     return TrainConfig(**values)
 
 

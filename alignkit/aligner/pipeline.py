@@ -42,14 +42,11 @@ class LoadedPipeline:
 
 def resolve_model(name_or_path: str) -> str:
     """`toy` -> the embedded toy pipeline's folder; anything else is checked to exist."""
-    if name_or_path == "toy":
-        try:
-            from alignkit.toy import pipeline_path
-        except ImportError:
-            raise PipelineError("the embedded toy model is not installed; pass --model "
-                                "(a diffusers folder or hub id)") from None
-        return str(pipeline_path())
     try:
+        if name_or_path == "toy":
+            from alignkit.toy import pipeline_path
+
+            return str(pipeline_path())
         return resolve_pretrained(name_or_path, what=f"model '{name_or_path}'", probe="model_index.json")
     except MissingWeightsError as exc:
         raise PipelineError(f"{exc} (--model)") from None
