@@ -1,0 +1,295 @@
+"""alignkit vs trl 0.23.1's AlignPropTrainer: step time and peak memory on the same job.
+
+Both sides train LoRA (rank 4, alpha 4, to_q/to_k/to_v/to_out.0: trl hard-codes these) on the
+same saved pipeline, with the same reward (alignkit's, imported on both sides), resolution, T
+DDIM steps (eta 1), classifier-free guidance, fixed truncation K, batch, learning rate and
+AdamW settings, fp32 on CPU. Each run is a fresh process; runs alternate alignkit, trl,
+alignkit, trl... over N pairs after one warm-up pair, and each run's first steps are left out
+of its median step time. Peak memory is the process's peak RSS from the kernel on CPU (the
+same measurement for both), and the device's max allocated bytes on GPU.
+
+trl's fixed truncation: `truncated_backprop_timestep = T - K` (its sampler detaches the UNet
+output of steps i < that index, so the last K steps carry gradients).
+
+    python benchmarks/vs_trl_alignprop.py --resolutions 64 256 --pairs 5
+    python benchmarks/vs_trl_alignprop.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import BenchError, Check, Result  # noqa: E402
+
+NAME = "vs_trl_alignprop"
+# DESIGN.md's targets for alignkit against trl on the same job.
+TARGET_THROUGHPUT = ">= 1.5"
+TARGET_MEMORY = "<= 1.0"
+# trl's DefaultDDPOStableDiffusionPipeline.get_trainable_layers hard-codes this LoRA.
+TRL_LORA_RANK = 4
+TRL_LORA_ALPHA = 4.0
+
+PRESETS = {
+    # Minutes on a 2-core CPU: one resolution, two pairs, no warm-up pair.
+    "quick": dict(resolutions=[64], pairs=2, steps=5, skip_steps=2, warmup_pairs=0),
+    "full": dict(resolutions=[64, 256], pairs=5, steps=10, skip_steps=3, warmup_pairs=1),
+}
+
+
+@dataclass
+class Job:
+    """Everything both sides are told; the same values go to each."""
+
+    model: str
+    resolution: int
+    num_inference_steps: int
+    k: int
+    batch_size: int
+    learning_rate: float
+    guidance_scale: float
+    eta: float
+    reward: str
+    prompt: str
+    steps: int
+    seed: int
+    mixed_precision: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--quick", action="store_const", dest="preset", const="quick", help="minutes: 64 px, 2 pairs")
+    p.add_argument("--full", action="store_const", dest="preset", const="full", help="64 and 256 px, 5 pairs")
+    p.add_argument("--pipeline", default="tiny", help="tiny (random ~1.2M UNet), sd15 (SD 1.5 architecture, random "
+                   "weights), toy (alignkit's embedded model), or a diffusers folder")
+    p.add_argument("--resolutions", type=int, nargs="+", help="image sides in pixels (default: the preset's)")
+    p.add_argument("--pairs", type=int, help="alternated alignkit/trl run pairs measured (default: the preset's)")
+    p.add_argument("--warmup-pairs", type=int, help="pairs run first and discarded")
+    p.add_argument("--steps", type=int, help="optimizer steps per run")
+    p.add_argument("--skip-steps", type=int, help="first steps of each run left out of its median")
+    p.add_argument("--num-inference-steps", type=int, default=20, help="DDIM steps T")
+    p.add_argument("--k", type=int, default=2, help="fixed truncation: the last K steps carry gradients")
+    p.add_argument("--batch-size", type=int, default=2, help="samples per optimizer step (x2 UNet rows with CFG)")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--reward", default="compress", help="an alignkit reward spec both sides import")
+    p.add_argument("--prompt", default="a photo of a cat")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="OMP/MKL threads for both sides (default: torch's choice)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds before a run is killed")
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / "pipelines",
+                   help="where built pipelines are kept between runs")
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
+    p.add_argument("--results", type=Path, default=harness.RESULTS, help="folder of the JSON result")
+    p.add_argument("--name", default=NAME, help="result file name (without .json)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS[args.preset or "full"]
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not 1 <= args.k <= args.num_inference_steps:
+        raise BenchError(f"--k {args.k} must be between 1 and --num-inference-steps {args.num_inference_steps}")
+    if args.skip_steps >= args.steps:
+        raise BenchError(f"--skip-steps {args.skip_steps} leaves no measured step of --steps {args.steps}")
+    if args.pairs < 1:
+        raise BenchError("--pairs must be at least 1")
+    return args
+
+
+def resolve_pipeline(kind: str, resolution: int, cache: Path) -> str:
+    """A folder both trainers can `from_pretrained`, at `resolution` (trl reads it from the UNet)."""
+    from tiny_pipeline import ARCHITECTURES, PipelineSpec, pipeline_folder
+
+    if kind in ARCHITECTURES:
+        return str(pipeline_folder(PipelineSpec(kind, resolution), cache))
+    if kind == "toy":
+        try:
+            from alignkit.toy import pipeline_path
+        except ImportError:
+            raise BenchError("--pipeline toy: alignkit.toy.pipeline_path() is not available in this checkout "
+                             "(the toy world has not landed); use --pipeline tiny") from None
+        kind = str(pipeline_path())
+    folder = Path(kind)
+    config = folder / "unet" / "config.json"
+    if not config.is_file():
+        raise BenchError(f"--pipeline {kind}: no diffusers pipeline there (no unet/config.json)")
+    unet = json.loads(config.read_text())
+    vae_factor = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    native = unet["sample_size"] * vae_factor
+    if resolution != native:
+        raise BenchError(f"--pipeline {kind} draws {native} px (trl cannot change it); pass --resolutions {native}")
+    return str(folder)
+
+
+# ---- the two sides -------------------------------------------------------------------------------
+
+def run_alignkit(job: Job, out: Path, args) -> dict:
+    """`alignkit train` in its own process; step times from its metrics.jsonl."""
+    cmd = [sys.executable, "-m", "alignkit", "train", "--model", job.model, "--reward", job.reward,
+           "--prompt", job.prompt, "--resolution", str(job.resolution),
+           "--num-inference-steps", str(job.num_inference_steps), "--truncation", f"last:{job.k}",
+           "--train-batch-size", str(job.batch_size), "--learning-rate", str(job.learning_rate),
+           "--rank", str(TRL_LORA_RANK), "--lora-alpha", str(TRL_LORA_ALPHA), "--max-train-steps", str(job.steps),
+           "--guidance-scale", str(job.guidance_scale), "--eta", str(job.eta), "--mixed-precision",
+           job.mixed_precision, "--checkpointing-steps", "0", "--output-dir", str(out), "--report-to", "none",
+           "--seed", str(job.seed)]
+    child = harness.run_child(cmd, out.with_suffix(".log"), harness.child_env(args.threads), args.timeout)
+    metrics = out / "metrics.jsonl"
+    if child.returncode != 0 or not metrics.is_file():
+        raise BenchError(f"alignkit train failed (exit {child.returncode}{', timed out' if child.timed_out else ''}): "
+                         f"{child.tail(2)} [log: {child.log}]")
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    peaks = [r["peak_mem_mb"] for r in records]
+    return {"side": "alignkit", "step_times": [r["step_time"] for r in records],
+            "peak_rss_mb": child.peak_rss_mb, "wall_s": child.wall_s,
+            # alignkit's own figure: the device's max allocated on GPU, its RSS so far on CPU.
+            "self_peak_mb": max(peaks) if peaks else None, "rewards": [r["reward"] for r in records]}
+
+
+def run_trl(job: Job, out: Path, args, python: Path) -> dict:
+    """trl's AlignPropTrainer in the peer environment, in its own process."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {**job.__dict__, "output_dir": str(out)}
+    (out / "job.json").write_text(json.dumps(spec))
+    result_path = out / "result.json"
+    child = harness.run_child([str(python), str(harness.BENCH / "peers" / "trl_alignprop_child.py"),
+                               str(out / "job.json"), str(result_path)],
+                              out.with_suffix(".log"), harness.child_env(args.threads), args.timeout)
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if "error" in result:
+        raise BenchError(result["error"])
+    if child.returncode != 0 or not result:
+        raise BenchError(f"trl AlignPropTrainer failed (exit {child.returncode}"
+                         f"{', timed out' if child.timed_out else ''}): {child.tail(2)} [log: {child.log}]")
+    return {**result, "peak_rss_mb": child.peak_rss_mb, "wall_s": child.wall_s}
+
+
+# ---- figures -----------------------------------------------------------------------------------------
+
+def summarize_run(run: dict, skip: int, gpu: bool) -> dict:
+    measured = run["step_times"][skip:]
+    peak = run.get("device_peak_mb") if run["side"] == "trl" else run.get("self_peak_mb")
+    return {"median_step_s": harness.median(measured),
+            "peak_mb": peak if gpu else run["peak_rss_mb"]}
+
+
+def pair_figures(a: dict, t: dict) -> dict:
+    return {"throughput_ratio": t["median_step_s"] / a["median_step_s"],
+            "memory_ratio": a["peak_mb"] / t["peak_mb"]}
+
+
+def run(args: argparse.Namespace) -> Result:
+    python = harness.trl_python()
+    gpu = _cuda_available()
+    con = harness.console()
+    if warning := harness.busy_warning():
+        con.print(f"[yellow]warning:[/] {warning}")
+    samples, checks, per_res = {}, [], {}
+    for resolution in args.resolutions:
+        model = resolve_pipeline(args.pipeline, resolution, args.cache)
+        job = Job(model, resolution, args.num_inference_steps, args.k, args.batch_size, args.learning_rate,
+                  args.guidance_scale, args.eta, args.reward, args.prompt, args.steps, args.seed,
+                  args.mixed_precision)
+        work = args.work_dir / f"{resolution}px"
+        runs = []
+        for pair in range(args.warmup_pairs + args.pairs):
+            warm = pair < args.warmup_pairs
+            label = f"{resolution} px, {'warm-up' if warm else 'pair'} {pair - args.warmup_pairs + 1 if not warm else pair + 1}"
+            with con.status(f"{label}: alignkit"):
+                a = run_alignkit(job, _fresh(work / f"p{pair}-alignkit"), args)
+            with con.status(f"{label}: trl"):
+                t = run_trl(job, _fresh(work / f"p{pair}-trl"), args, python)
+            if warm:
+                continue
+            sa, st = summarize_run(a, args.skip_steps, gpu), summarize_run(t, args.skip_steps, gpu)
+            runs.append({"alignkit": {**a, **sa}, "trl": {**t, **st}, **pair_figures(sa, st)})
+            con.print(f"{label}: alignkit {sa['median_step_s']:.3f} s/step {sa['peak_mb']:.0f} MB | "
+                      f"trl {st['median_step_s']:.3f} s/step {st['peak_mb']:.0f} MB")
+        samples[f"{resolution}px"] = runs
+        per_res[resolution] = runs
+        thr = harness.median([r["throughput_ratio"] for r in runs])
+        mem = harness.median([r["memory_ratio"] for r in runs])
+        a_step = harness.median([r["alignkit"]["median_step_s"] for r in runs])
+        t_step = harness.median([r["trl"]["median_step_s"] for r in runs])
+        lo, hi = harness.iqr([r["throughput_ratio"] for r in runs])
+        checks += [
+            Check(f"{resolution} px: alignkit s/step", a_step, "{:.3f}", note=f"median of {len(runs)} runs"),
+            Check(f"{resolution} px: trl s/step", t_step, "{:.3f}"),
+            Check(f"{resolution} px: throughput alignkit/trl", thr, "{:.2f}x", TARGET_THROUGHPUT,
+                  note=f"median of pairs, IQR {lo:.2f}-{hi:.2f}"),
+            Check(f"{resolution} px: peak {'device memory' if gpu else 'RSS'} alignkit/trl", mem, "{:.2f}x",
+                  TARGET_MEMORY, note=f"{harness.median([r['alignkit']['peak_mb'] for r in runs]):.0f} vs "
+                                      f"{harness.median([r['trl']['peak_mb'] for r in runs]):.0f} MB"),
+        ]
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(lora_rank=TRL_LORA_RANK, lora_alpha=TRL_LORA_ALPHA, trl_truncated_backprop_timestep=
+                    args.num_inference_steps - args.k, memory_measure="device max allocated" if gpu else
+                    "process peak RSS (wait4)")
+    return Result(args.name, settings, samples, checks, extra={"pairs_table": _pairs_rows(per_res)})
+
+
+def _pairs_rows(per_res: dict) -> list[dict]:
+    return [{"resolution": res, "pair": i + 1, "alignkit_s": r["alignkit"]["median_step_s"],
+             "trl_s": r["trl"]["median_step_s"], "throughput_ratio": r["throughput_ratio"],
+             "alignkit_mb": r["alignkit"]["peak_mb"], "trl_mb": r["trl"]["peak_mb"], "memory_ratio": r["memory_ratio"]}
+            for res, runs in per_res.items() for i, r in enumerate(runs)]
+
+
+def pairs_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="alignkit vs trl AlignPropTrainer, pair by pair", title_justify="left")
+    for column in ("px", "pair", "alignkit s/step", "trl s/step", "speed-up", "alignkit MB", "trl MB", "memory"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(str(r["resolution"]), str(r["pair"]), f"{r['alignkit_s']:.3f}", f"{r['trl_s']:.3f}",
+                      f"{r['throughput_ratio']:.2f}x", f"{r['alignkit_mb']:.0f}", f"{r['trl_mb']:.0f}",
+                      f"{r['memory_ratio']:.2f}x")
+    return table
+
+
+def report(result: Result, con) -> None:
+    con.print(pairs_table(result.extra["pairs_table"]))
+    con.print(harness.checks_table("alignkit vs trl 0.23.1 AlignPropTrainer (same pipeline, reward, T, K, batch)",
+                                   result.checks))
+
+
+def _fresh(path: Path) -> Path:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    con = harness.console()
+    report(result, con)
+    path = harness.write_result(result, harness.trl_python(), args.results)
+    con.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    harness.entry_point(main)
