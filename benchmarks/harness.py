@@ -33,7 +33,11 @@ from alignkit.errors import AlignkitError, debug_enabled  # noqa: E402
 
 
 class BenchError(AlignkitError):
-    """A benchmark that cannot run here, explained in one line."""
+    """A benchmark that failed, explained in one line."""
+
+
+class Unavailable(BenchError):
+    """A benchmark that cannot run in this checkout or environment (a missing part or peer)."""
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -95,8 +99,25 @@ def trl_python() -> Path:
     for python in candidates:
         if python.is_file():
             return python
-    raise BenchError(f"trl's environment is missing (looked for {', '.join(map(str, candidates))}); "
+    raise Unavailable(f"trl's environment is missing (looked for {', '.join(map(str, candidates))}); "
                      "run `bash benchmarks/peers/setup.sh` or set ALIGNKIT_TRL_PYTHON")
+
+
+def require_alignkit(reward_spec: str) -> None:
+    """`alignkit train` and the reward must exist in this checkout, or one line says which is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("alignkit.aligner")
+    # A folder without __init__.py (e.g. left-over caches) is a namespace package: origin None.
+    if spec is None or spec.origin is None:
+        raise Unavailable("alignkit's aligner (alignkit.aligner, `alignkit train`) is not in this checkout")
+    from alignkit.rewards import get_entry, parse_spec
+
+    try:
+        for name, _ in parse_spec(reward_spec):
+            get_entry(name)
+    except AlignkitError as exc:
+        raise Unavailable(f"reward '{reward_spec}' is not in this checkout: {exc}") from None
 
 
 # ---- the machine and the software -----------------------------------------------------------
@@ -159,7 +180,8 @@ def busy_warning() -> str | None:
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     if load > 0.75 * cores:
-        return f"load average {load:.1f} on {cores} cores: other work competes for the CPU, timings are noisy"
+        return (f"load average {load:.1f} on {cores} cores: other work competes for the CPU, timings are noisy "
+                "(--threads 1 keeps both sides from thrashing)")
     return None
 
 
@@ -216,10 +238,11 @@ def checks_table(title: str, checks: list[Check], caption: str | None = None):
     return table
 
 
-def console():
+def console(stderr: bool = False):
+    """The report goes to stdout; progress and warnings (`stderr=True`) go to stderr."""
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=stderr, highlight=False)
 
 
 # ---- results -----------------------------------------------------------------------------------

@@ -115,8 +115,11 @@ def build_pipeline(spec: PipelineSpec, folder: Path) -> Path:
     import torch
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.disable_progress_bar()  # "Writing model shards" would break the report
+    # "Writing model shards" bars would break the report.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     if spec.arch not in ARCHITECTURES:
         raise SystemExit(f"error: unknown architecture '{spec.arch}'; choose from {', '.join(ARCHITECTURES)}")
     if spec.resolution % VAE_FACTOR:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from harness import BenchError, Check, Result  # noqa: E402
+from harness import BenchError, Check, Result, Unavailable  # noqa: E402
 
 NAME = "vs_ddpo"
 TRL_LORA_RANK, TRL_LORA_ALPHA = 4, 4.0
@@ -124,25 +124,26 @@ def require_world(args) -> World:
     from alignkit.prompts import load_prompt_set
     from alignkit.rewards import get_entry, parse_spec
 
+    harness.require_alignkit(args.reward)
     model = args.model
     try:
         if model == "toy":
             try:
                 from alignkit.toy import pipeline_path
             except ImportError:
-                raise BenchError("vs_ddpo needs the toy world: alignkit.toy.pipeline_path() is not in this checkout "
+                raise Unavailable("vs_ddpo needs the toy world: alignkit.toy.pipeline_path() is not in this checkout "
                                  "(merge the toy branch), or pass --model DIR") from None
             model = str(pipeline_path())
         names = [name for name, _ in parse_spec(args.reward)]
         for name in names:
             ok, why = get_entry(name).status()
             if not ok:
-                raise BenchError(f"reward '{name}' is not available here: {why}")
+                raise Unavailable(f"reward '{name}' is not available here: {why}")
         prompts = load_prompt_set(args.prompts).train
     except BenchError:
         raise
     except AlignkitError as exc:
-        raise BenchError(f"vs_ddpo cannot run: {exc}") from None
+        raise Unavailable(f"vs_ddpo cannot run: {exc}") from None
     if not (Path(model) / "model_index.json").is_file():
         raise BenchError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
     truth = TRUTHS.get(names[0]) if len(names) == 1 else None
@@ -370,7 +371,7 @@ def plot(runs: list[Run], chosen: dict, base: dict, truth: Truth, path: Path) ->
 def run(args: argparse.Namespace) -> Result:
     world = require_world(args)
     python = harness.trl_python()
-    con = harness.console()
+    con = harness.console(stderr=True)  # progress; the report itself goes to stdout
     if warning := harness.busy_warning():
         con.print(f"[yellow]warning:[/] {warning}")
     runs = []

@@ -5,13 +5,14 @@ same saved pipeline, with the same reward (alignkit's, imported on both sides), 
 DDIM steps (eta 1), classifier-free guidance, fixed truncation K, batch, learning rate and
 AdamW settings, fp32 on CPU. Each run is a fresh process; runs alternate alignkit, trl,
 alignkit, trl... over N pairs after one warm-up pair, and each run's first steps are left out
-of its median step time. Peak memory is the process's peak RSS from the kernel on CPU (the
-same measurement for both), and the device's max allocated bytes on GPU.
+of its median step time. Peak memory is the peak RSS each process reached by the end of its
+last training step (`getrusage` inside the child, the same call on both sides) on CPU, and the
+device's max allocated bytes on GPU.
 
 trl's fixed truncation: `truncated_backprop_timestep = T - K` (its sampler detaches the UNet
 output of steps i < that index, so the last K steps carry gradients).
 
-    python benchmarks/vs_trl_alignprop.py --resolutions 64 256 --pairs 5
+    python benchmarks/vs_trl_alignprop.py --full           # tiny at 64 and 256 px (+ toy), 5 pairs
     python benchmarks/vs_trl_alignprop.py --quick
 """
 
@@ -26,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from harness import BenchError, Check, Result  # noqa: E402
+from harness import BenchError, Check, Result, Unavailable  # noqa: E402
+
+from alignkit.errors import AlignkitError  # noqa: E402
 
 NAME = "vs_trl_alignprop"
 # DESIGN.md's targets for alignkit against trl on the same job.
@@ -38,8 +41,9 @@ TRL_LORA_ALPHA = 4.0
 
 PRESETS = {
     # Minutes on a 2-core CPU: one resolution, two pairs, no warm-up pair.
-    "quick": dict(resolutions=[64], pairs=2, steps=5, skip_steps=2, warmup_pairs=0),
-    "full": dict(resolutions=[64, 256], pairs=5, steps=10, skip_steps=3, warmup_pairs=1),
+    "quick": dict(pipelines=["tiny"], resolutions=[64], pairs=2, steps=5, skip_steps=2, warmup_pairs=0),
+    # The toy model (64 px native) joins when this checkout has it, and is skipped with a note when not.
+    "full": dict(pipelines=["tiny", "toy"], resolutions=[64, 256], pairs=5, steps=10, skip_steps=3, warmup_pairs=1),
 }
 
 
@@ -67,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--quick", action="store_const", dest="preset", const="quick", help="minutes: 64 px, 2 pairs")
     p.add_argument("--full", action="store_const", dest="preset", const="full", help="64 and 256 px, 5 pairs")
-    p.add_argument("--pipeline", default="tiny", help="tiny (random ~1.2M UNet), sd15 (SD 1.5 architecture, random "
-                   "weights), toy (alignkit's embedded model), or a diffusers folder")
-    p.add_argument("--resolutions", type=int, nargs="+", help="image sides in pixels (default: the preset's)")
+    p.add_argument("--pipeline", dest="pipelines", nargs="+", help="tiny (random ~1.2M UNet), sd15 (SD 1.5 "
+                   "architecture, random weights), toy (alignkit's embedded model), or diffusers folders")
+    p.add_argument("--resolutions", type=int, nargs="+", help="image sides in pixels for tiny/sd15 (a folder or "
+                   "toy runs at its native size)")
     p.add_argument("--pairs", type=int, help="alternated alignkit/trl run pairs measured (default: the preset's)")
     p.add_argument("--warmup-pairs", type=int, help="pairs run first and discarded")
     p.add_argument("--steps", type=int, help="optimizer steps per run")
@@ -82,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--reward", default="compress", help="an alignkit reward spec both sides import")
     p.add_argument("--prompt", default="a photo of a cat")
+    p.add_argument("--toy-prompt", default="three red circles on a white background",
+                   help="the prompt on the toy model (its tokenizer knows only the toy world's words)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="OMP/MKL threads for both sides (default: torch's choice)")
@@ -109,29 +116,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_pipeline(kind: str, resolution: int, cache: Path) -> str:
-    """A folder both trainers can `from_pretrained`, at `resolution` (trl reads it from the UNet)."""
+def targets(args) -> list[tuple[str, str, int]]:
+    """(label, folder, resolution) to measure: built pipelines at each resolution, folders at their own."""
     from tiny_pipeline import ARCHITECTURES, PipelineSpec, pipeline_folder
 
-    if kind in ARCHITECTURES:
-        return str(pipeline_folder(PipelineSpec(kind, resolution), cache))
+    out = []
+    for kind in args.pipelines:
+        if kind in ARCHITECTURES:
+            out += [(kind, str(pipeline_folder(PipelineSpec(kind, r), args.cache)), r) for r in args.resolutions]
+        else:
+            folder, native = resolve_pipeline(kind)
+            out.append((kind if kind == "toy" else Path(folder).name, folder, native))
+    return out
+
+
+def resolve_pipeline(kind: str) -> tuple[str, int]:
+    """A saved pipeline folder and the resolution it draws (trl reads it from the UNet config)."""
     if kind == "toy":
         try:
             from alignkit.toy import pipeline_path
+
+            kind = str(pipeline_path())
         except ImportError:
-            raise BenchError("--pipeline toy: alignkit.toy.pipeline_path() is not available in this checkout "
-                             "(the toy world has not landed); use --pipeline tiny") from None
-        kind = str(pipeline_path())
+            raise Unavailable("--pipeline toy: alignkit.toy.pipeline_path() is not available in this checkout "
+                              "(the toy world has not landed); use --pipeline tiny") from None
+        except AlignkitError as exc:  # the package is there but its weights are not (yet)
+            raise Unavailable(f"--pipeline toy: {exc}") from None
     folder = Path(kind)
     config = folder / "unet" / "config.json"
     if not config.is_file():
         raise BenchError(f"--pipeline {kind}: no diffusers pipeline there (no unet/config.json)")
     unet = json.loads(config.read_text())
     vae_factor = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
-    native = unet["sample_size"] * vae_factor
-    if resolution != native:
-        raise BenchError(f"--pipeline {kind} draws {native} px (trl cannot change it); pass --resolutions {native}")
-    return str(folder)
+    return str(folder), unet["sample_size"] * vae_factor
 
 
 # ---- the two sides -------------------------------------------------------------------------------
@@ -180,10 +197,19 @@ def run_trl(job: Job, out: Path, args, python: Path) -> dict:
 # ---- figures -----------------------------------------------------------------------------------------
 
 def summarize_run(run: dict, skip: int, gpu: bool) -> dict:
+    """Median step time after the first `skip` steps, and the training loop's peak memory.
+
+    The peak is what each side's process reached by the end of its last training step: on GPU
+    the device's max allocated bytes, on CPU `getrusage(RUSAGE_SELF).ru_maxrss` read inside the
+    child right after the step (both sides measure it the same way). The whole-process peak from
+    wait4, which also covers saving after training, is kept in the samples as `peak_rss_mb`.
+    """
     measured = run["step_times"][skip:]
-    peak = run.get("device_peak_mb") if run["side"] == "trl" else run.get("self_peak_mb")
-    return {"median_step_s": harness.median(measured),
-            "peak_mb": peak if gpu else run["peak_rss_mb"]}
+    if run["side"] == "trl":
+        peak = run["device_peak_mb"] if gpu else run["self_peak_rss_mb"]
+    else:
+        peak = run["self_peak_mb"]
+    return {"median_step_s": harness.median(measured), "peak_mb": peak}
 
 
 def pair_figures(a: dict, t: dict) -> dict:
@@ -192,22 +218,32 @@ def pair_figures(a: dict, t: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> Result:
+    harness.require_alignkit(args.reward)
     python = harness.trl_python()
     gpu = _cuda_available()
-    con = harness.console()
+    con = harness.console(stderr=True)  # progress; the report itself goes to stdout
     if warning := harness.busy_warning():
         con.print(f"[yellow]warning:[/] {warning}")
-    samples, checks, per_res = {}, [], {}
-    for resolution in args.resolutions:
-        model = resolve_pipeline(args.pipeline, resolution, args.cache)
+    samples, checks, per_res, skipped = {}, [], {}, []
+    todo = []
+    for kind in args.pipelines:
+        try:
+            todo += targets(argparse.Namespace(**{**vars(args), "pipelines": [kind]}))
+        except Unavailable as exc:
+            if len(args.pipelines) == 1:
+                raise
+            skipped.append(str(exc))  # e.g. no toy model yet: the other pipelines still run
+            con.print(f"[yellow]skipped:[/] {exc}")
+    for name, model, resolution in todo:
         job = Job(model, resolution, args.num_inference_steps, args.k, args.batch_size, args.learning_rate,
-                  args.guidance_scale, args.eta, args.reward, args.prompt, args.steps, args.seed,
-                  args.mixed_precision)
-        work = args.work_dir / f"{resolution}px"
+                  args.guidance_scale, args.eta, args.reward, args.toy_prompt if name == "toy" else args.prompt,
+                  args.steps, args.seed, args.mixed_precision)
+        key = f"{name} {resolution} px"
+        work = args.work_dir / f"{name}-{resolution}px"
         runs = []
         for pair in range(args.warmup_pairs + args.pairs):
             warm = pair < args.warmup_pairs
-            label = f"{resolution} px, {'warm-up' if warm else 'pair'} {pair - args.warmup_pairs + 1 if not warm else pair + 1}"
+            label = f"{key}, {'warm-up' if warm else 'pair'} {pair + 1 if warm else pair - args.warmup_pairs + 1}"
             with con.status(f"{label}: alignkit"):
                 a = run_alignkit(job, _fresh(work / f"p{pair}-alignkit"), args)
             with con.status(f"{label}: trl"):
@@ -218,31 +254,33 @@ def run(args: argparse.Namespace) -> Result:
             runs.append({"alignkit": {**a, **sa}, "trl": {**t, **st}, **pair_figures(sa, st)})
             con.print(f"{label}: alignkit {sa['median_step_s']:.3f} s/step {sa['peak_mb']:.0f} MB | "
                       f"trl {st['median_step_s']:.3f} s/step {st['peak_mb']:.0f} MB")
-        samples[f"{resolution}px"] = runs
-        per_res[resolution] = runs
+        samples[key] = runs
+        per_res[key] = runs
         thr = harness.median([r["throughput_ratio"] for r in runs])
         mem = harness.median([r["memory_ratio"] for r in runs])
         a_step = harness.median([r["alignkit"]["median_step_s"] for r in runs])
         t_step = harness.median([r["trl"]["median_step_s"] for r in runs])
         lo, hi = harness.iqr([r["throughput_ratio"] for r in runs])
         checks += [
-            Check(f"{resolution} px: alignkit s/step", a_step, "{:.3f}", note=f"median of {len(runs)} runs"),
-            Check(f"{resolution} px: trl s/step", t_step, "{:.3f}"),
-            Check(f"{resolution} px: throughput alignkit/trl", thr, "{:.2f}x", TARGET_THROUGHPUT,
+            Check(f"{key}: alignkit s/step", a_step, "{:.3f}", note=f"median of {len(runs)} runs"),
+            Check(f"{key}: trl s/step", t_step, "{:.3f}"),
+            Check(f"{key}: throughput alignkit/trl", thr, "{:.2f}x", TARGET_THROUGHPUT,
                   note=f"median of pairs, IQR {lo:.2f}-{hi:.2f}"),
-            Check(f"{resolution} px: peak {'device memory' if gpu else 'RSS'} alignkit/trl", mem, "{:.2f}x",
+            Check(f"{key}: peak {'device memory' if gpu else 'RSS'} alignkit/trl", mem, "{:.2f}x",
                   TARGET_MEMORY, note=f"{harness.median([r['alignkit']['peak_mb'] for r in runs]):.0f} vs "
                                       f"{harness.median([r['trl']['peak_mb'] for r in runs]):.0f} MB"),
         ]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.update(lora_rank=TRL_LORA_RANK, lora_alpha=TRL_LORA_ALPHA, trl_truncated_backprop_timestep=
-                    args.num_inference_steps - args.k, memory_measure="device max allocated" if gpu else
-                    "process peak RSS (wait4)")
-    return Result(args.name, settings, samples, checks, extra={"pairs_table": _pairs_rows(per_res)})
+                    args.num_inference_steps - args.k,
+                    memory_measure="device max allocated (torch.cuda)" if gpu else
+                    "peak RSS by the end of the last training step (getrusage in the child); whole-process "
+                    "peak incl. saving in samples as peak_rss_mb (wait4)")
+    return Result(args.name, settings, samples, checks, extra={"pairs_table": _pairs_rows(per_res), "skipped": skipped})
 
 
 def _pairs_rows(per_res: dict) -> list[dict]:
-    return [{"resolution": res, "pair": i + 1, "alignkit_s": r["alignkit"]["median_step_s"],
+    return [{"target": res, "pair": i + 1, "alignkit_s": r["alignkit"]["median_step_s"],
              "trl_s": r["trl"]["median_step_s"], "throughput_ratio": r["throughput_ratio"],
              "alignkit_mb": r["alignkit"]["peak_mb"], "trl_mb": r["trl"]["peak_mb"], "memory_ratio": r["memory_ratio"]}
             for res, runs in per_res.items() for i, r in enumerate(runs)]
@@ -252,10 +290,10 @@ def pairs_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(title="alignkit vs trl AlignPropTrainer, pair by pair", title_justify="left")
-    for column in ("px", "pair", "alignkit s/step", "trl s/step", "speed-up", "alignkit MB", "trl MB", "memory"):
+    for column in ("pipeline", "pair", "alignkit s/step", "trl s/step", "speed-up", "alignkit MB", "trl MB", "memory"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(str(r["resolution"]), str(r["pair"]), f"{r['alignkit_s']:.3f}", f"{r['trl_s']:.3f}",
+        table.add_row(r["target"], str(r["pair"]), f"{r['alignkit_s']:.3f}", f"{r['trl_s']:.3f}",
                       f"{r['throughput_ratio']:.2f}x", f"{r['alignkit_mb']:.0f}", f"{r['trl_mb']:.0f}",
                       f"{r['memory_ratio']:.2f}x")
     return table
@@ -263,8 +301,9 @@ def pairs_table(rows: list[dict]):
 
 def report(result: Result, con) -> None:
     con.print(pairs_table(result.extra["pairs_table"]))
+    skipped = "; ".join(f"skipped: {s}" for s in result.extra.get("skipped", []))
     con.print(harness.checks_table("alignkit vs trl 0.23.1 AlignPropTrainer (same pipeline, reward, T, K, batch)",
-                                   result.checks))
+                                   result.checks, caption=skipped or None))
 
 
 def _fresh(path: Path) -> Path:
