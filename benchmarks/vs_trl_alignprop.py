@@ -169,6 +169,8 @@ def run_alignkit(job: Job, out: Path, args) -> dict:
         raise BenchError(f"alignkit train failed (exit {child.returncode}{', timed out' if child.timed_out else ''}): "
                          f"{child.tail(2)} [log: {child.log}]")
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if any(r["k"] != job.k for r in records):
+        raise BenchError(f"alignkit logged K={sorted({r['k'] for r in records})}, not {job.k}")
     peaks = [r["peak_mem_mb"] for r in records]
     return {"side": "alignkit", "step_times": [r["step_time"] for r in records],
             "peak_rss_mb": child.peak_rss_mb, "wall_s": child.wall_s,
@@ -191,6 +193,9 @@ def run_trl(job: Job, out: Path, args, python: Path) -> dict:
     if child.returncode != 0 or not result:
         raise BenchError(f"trl AlignPropTrainer failed (exit {child.returncode}"
                          f"{', timed out' if child.timed_out else ''}): {child.tail(2)} [log: {child.log}]")
+    if any(k != job.k for k in result["k_effective"]):
+        raise BenchError(f"trl backpropagated through K={result['k_effective']} steps, not {job.k}: the "
+                         "truncated_backprop_timestep mapping is wrong for this trl version")
     return {**result, "peak_rss_mb": child.peak_rss_mb, "wall_s": child.wall_s}
 
 

@@ -10,7 +10,9 @@ Fixed truncation: trl's `pipeline_step_with_grad` detaches the UNet output of ev
 `i < truncated_backprop_timestep` (i counts from 0 at the noisiest step), so with
 `truncated_backprop_rand=False` exactly the last K = T - truncated_backprop_timestep steps
 carry gradients. Every step still runs through `torch.utils.checkpoint` with autograd on:
-that cost is part of what is measured.
+that cost is part of what is measured. The child checks the mapping as it runs: checkpointing
+recomputes in backward exactly the steps that carry gradients, so it counts UNet calls per
+optimizer step (T + K) and reports K.
 """
 
 from __future__ import annotations
@@ -74,8 +76,13 @@ def main(job_path: str, result_path: str) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times, global_step = [], 0
+    # Non-reentrant checkpointing recomputes a step's UNet forward in backward only for the
+    # steps that carry gradients: calls per optimizer step = T + K, which checks the mapping.
+    calls: list[int] = []
+    trainer.sd_pipeline.unet.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+    times, unet_calls, global_step = [], [], 0
     for epoch in range(job["steps"]):
+        calls.clear()
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -83,9 +90,11 @@ def main(job_path: str, result_path: str) -> None:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        unet_calls.append(len(calls))
     result = {
         "side": "trl",
         "step_times": times,
+        "k_effective": [n - steps for n in unet_calls],
         "trainable_params": sum(p.numel() for p in trainer.trainable_layers),
         # ru_maxrss is in KiB on Linux.
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
