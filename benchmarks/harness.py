@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 # The peer environment made by benchmarks/peers/setup.sh (ALIGNKIT_TRL_PYTHON overrides it).
-PEER_VENVS = (BENCH / "peers" / ".venv-trl", ROOT.parent / "main" / "benchmarks" / "peers" / ".venv-trl")
+PEER_VENV = Path("benchmarks") / "peers" / ".venv-trl"
 
 sys.path.insert(0, str(ROOT))  # scripts run as `python benchmarks/x.py`: make alignkit importable
 from alignkit.errors import AlignkitError, debug_enabled  # noqa: E402
@@ -95,7 +95,9 @@ def run_child(cmd: list[str], log: Path, env: dict, timeout_s: float | None = No
 def trl_python() -> Path:
     """The peer environment's interpreter, or one line saying how to make it."""
     override = os.environ.get("ALIGNKIT_TRL_PYTHON")
-    candidates = [Path(override)] if override else [venv / "bin" / "python" for venv in PEER_VENVS]
+    # This checkout's, then the main worktree's (a git worktree shares the main one's venvs).
+    roots = dict.fromkeys([ROOT, _main_worktree()] if not override else [])
+    candidates = [Path(override)] if override else [r / PEER_VENV / "bin" / "python" for r in roots if r]
     for python in candidates:
         if python.is_file():
             return python
@@ -118,6 +120,15 @@ def require_alignkit(reward_spec: str) -> None:
             get_entry(name)
     except AlignkitError as exc:
         raise Unavailable(f"reward '{reward_spec}' is not in this checkout: {exc}") from None
+
+
+def _main_worktree() -> Path | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(out.stdout.strip()).parent if out.returncode == 0 and out.stdout.strip() else None
 
 
 # ---- the machine and the software -----------------------------------------------------------
