@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = Table(title=f"alignkit benchmarks ({opts.preset}): {time.perf_counter() - start_all:.0f} s in all, "
                           f"on {harness.cpu_model()}", title_justify="left")
     for column in ("benchmark", "status", "time", "results / reason"):
-        summary.add_column(column)
+        summary.add_column(column, overflow="fold")
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for o in outcomes:
         summary.add_row(o.name, f"[{colour[o.status]}]{o.status}[/]", f"{o.seconds:.0f} s", o.detail)
