@@ -122,7 +122,7 @@ def require_world(args) -> World:
     """The toy world and the count reward, or one line saying what is missing."""
     from alignkit.errors import AlignkitError
     from alignkit.prompts import load_prompt_set
-    from alignkit.rewards import get_entry, parse_spec
+    from alignkit.rewards import get_entry, load_reward, parse_spec
 
     harness.require_alignkit(args.reward)
     model = args.model
@@ -139,6 +139,8 @@ def require_world(args) -> World:
             ok, why = get_entry(name).status()
             if not ok:
                 raise Unavailable(f"reward '{name}' is not available here: {why}")
+        # Built once here so that a missing detector fails now, not after an hour of training.
+        load_reward(args.reward)
         prompts = load_prompt_set(args.prompts).train
     except BenchError:
         raise
