@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU figures in one prepared run (well under 10 minutes on one H100):
-#   1. memory_scaling.py --gpu (if this checkout has it)
-#   2. alignkit vs trl 0.23.1 AlignPropTrainer on the full-size SD 1.5 architecture
+#   1. alignkit vs trl 0.23.1 AlignPropTrainer on the full-size SD 1.5 architecture
 #      (published configs, random weights, 512 px, T=20, K=2, batch 2 with CFG, fp16)
+#   2. memory_scaling.py --gpu (if this checkout has it), in the time that is left
+# Typical: ~1.5 min to build the pipeline, ~4 min for the comparison (6 fresh processes).
 # Results, logs and the card's name go under $OUT (default benchmarks/results/gpu).
 #
 # Needs, from wheels with the repo's pins: alignkit's environment (PY, default .venv/bin/python)
@@ -52,6 +53,18 @@ if ! timeout 180 "$PY" benchmarks/tiny_pipeline.py "$arch" "$WORK/pipelines/$arc
 fi
 
 status=0
+log "vs_trl_alignprop: $arch, ${res} px, $pairs pairs x $steps steps, $precision"
+if timeout 300 "$PY" benchmarks/vs_trl_alignprop.py --pipeline "$arch" --resolutions "$res" --pairs "$pairs" \
+     --warmup-pairs 0 --steps "$steps" --skip-steps "$skip" --mixed-precision "$precision" \
+     --timeout "$per_run_timeout" --cache "$WORK/pipelines" --work-dir "$WORK/runs" \
+     --results "$OUT" --name "vs_trl_alignprop_$suffix" > "$OUT/vs_trl_alignprop.log" 2>&1; then
+  log "vs_trl_alignprop: ok"
+else
+  log "vs_trl_alignprop: FAILED or timed out (exit $?; see $OUT/vs_trl_alignprop.log; pairs finished so far: \
+$OUT/vs_trl_alignprop_$suffix.partial.json)"; status=1
+fi
+# The report itself (tables) for whoever reads $OUT without a terminal.
+tail -n 40 "$OUT/vs_trl_alignprop.log" >> "$OUT/gpu_check.log"
 if [ -f benchmarks/memory_scaling.py ]; then
   log "memory_scaling.py --gpu"
   if timeout 150 "$PY" benchmarks/memory_scaling.py --gpu > "$OUT/memory_scaling.log" 2>&1; then
@@ -64,16 +77,5 @@ else
   log "memory_scaling.py is not in this checkout: skipped"
 fi
 
-log "vs_trl_alignprop: $arch, ${res} px, $pairs pairs x $steps steps, $precision"
-if timeout 300 "$PY" benchmarks/vs_trl_alignprop.py --pipeline "$arch" --resolutions "$res" --pairs "$pairs" \
-     --warmup-pairs 0 --steps "$steps" --skip-steps "$skip" --mixed-precision "$precision" \
-     --timeout "$per_run_timeout" --cache "$WORK/pipelines" --work-dir "$WORK/runs" \
-     --results "$OUT" --name "vs_trl_alignprop_$suffix" > "$OUT/vs_trl_alignprop.log" 2>&1; then
-  log "vs_trl_alignprop: ok"
-else
-  log "vs_trl_alignprop: FAILED or timed out (exit $?; see $OUT/vs_trl_alignprop.log)"; status=1
-fi
-# The report itself (tables) for whoever reads $OUT without a terminal.
-tail -n 40 "$OUT/vs_trl_alignprop.log" >> "$OUT/gpu_check.log"
 log "done (exit $status); results in $OUT"
 exit $status

@@ -47,6 +47,7 @@ def _in_process(module_name: str) -> Callable[[str, argparse.Namespace], Outcome
         tables = _capture(module.report, result)
         result.extra.pop("runs_table", None)  # live objects; the JSON holds the same data
         path = harness.write_result(result, harness.trl_python(), args.results)
+        (args.results / f"{args.name}.partial.json").unlink(missing_ok=True)
         return Outcome(module_name, "ok", 0.0, str(path.relative_to(harness.ROOT)), tables)
 
     return runner

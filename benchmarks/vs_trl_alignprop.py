@@ -257,6 +257,8 @@ def run(args: argparse.Namespace) -> Result:
                 continue
             sa, st = summarize_run(a, args.skip_steps, gpu), summarize_run(t, args.skip_steps, gpu)
             runs.append({"alignkit": {**a, **sa}, "trl": {**t, **st}, **pair_figures(sa, st)})
+            # Raw pairs so far, so that a run killed by an outer time limit still leaves its data.
+            _write_partial(args, {**samples, key: runs})
             con.print(f"{label}: alignkit {sa['median_step_s']:.3f} s/step {sa['peak_mb']:.0f} MB | "
                       f"trl {st['median_step_s']:.3f} s/step {st['peak_mb']:.0f} MB")
         samples[key] = runs
@@ -311,6 +313,11 @@ def report(result: Result, con) -> None:
                                    result.checks, caption=skipped or None))
 
 
+def _write_partial(args, samples: dict) -> None:
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{args.name}.partial.json").write_text(json.dumps(samples, default=str))
+
+
 def _fresh(path: Path) -> Path:
     import shutil
 
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     con = harness.console()
     report(result, con)
     path = harness.write_result(result, harness.trl_python(), args.results)
+    (args.results / f"{args.name}.partial.json").unlink(missing_ok=True)
     con.print(f"wrote {path}")
     return 0
 
