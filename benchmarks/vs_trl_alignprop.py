@@ -296,9 +296,10 @@ def _pairs_rows(per_res: dict) -> list[dict]:
 def pairs_table(rows: list[dict]):
     from rich.table import Table
 
-    table = Table(title="alignkit vs trl AlignPropTrainer, pair by pair", title_justify="left")
-    for column in ("pipeline", "pair", "alignkit s/step", "trl s/step", "speed-up", "alignkit MB", "trl MB", "memory"):
-        table.add_column(column, justify="right")
+    table = Table(title="alignkit vs trl AlignPropTrainer, pair by pair (s = median seconds per step)",
+                  title_justify="left")
+    for column in ("pipeline", "pair", "alignkit s", "trl s", "speed-up", "alignkit MB", "trl MB", "memory"):
+        table.add_column(column, justify="right", no_wrap=column == "pipeline")
     for r in rows:
         table.add_row(r["target"], str(r["pair"]), f"{r['alignkit_s']:.3f}", f"{r['trl_s']:.3f}",
                       f"{r['throughput_ratio']:.2f}x", f"{r['alignkit_mb']:.0f}", f"{r['trl_mb']:.0f}",
