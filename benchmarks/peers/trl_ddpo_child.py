@@ -25,7 +25,6 @@ def main(job_path: str, result_path: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from reward_bridge import RewardClient
 
-    import torch
     from accelerate import PartialState
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
