@@ -237,6 +237,16 @@ def train_ddpo(world: World, lr: float, args, python: Path) -> Run:
 
 # ---- the shared evaluation ---------------------------------------------------------------------------
 
+def eval_prompts(prompts: list[str], n: int) -> list[str]:
+    """A fixed subset of the training prompts: a seeded shuffle, so that every count, shape,
+    colour and background appears (the prompt set is ordered, so a stride would not do)."""
+    import random
+
+    shuffled = sorted(prompts)
+    random.Random(0).shuffle(shuffled)
+    return shuffled[:n]
+
+
 def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, dict]:
     """Score the base model (None) and each LoRA on the same prompts and seeds, with plain diffusers."""
     import torch
@@ -246,13 +256,12 @@ def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, di
     from alignkit.rewards import load_reward
 
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     pipe = StableDiffusionPipeline.from_pretrained(world.model, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     reward = load_reward(args.reward)
-    # A fixed, evenly spread subset of the training prompts, one fixed seed each.
-    stride = max(1, len(world.prompts) // args.eval_prompts)
-    prompts = world.prompts[::stride][:args.eval_prompts]
+    prompts = eval_prompts(world.prompts, args.eval_prompts)
     scores = {}
     for lora in loras:
         if lora is not None:
