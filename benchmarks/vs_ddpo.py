@@ -255,6 +255,8 @@ def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, di
 
     from alignkit.rewards import load_reward
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the children got OMP_NUM_THREADS; this process too
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     pipe = StableDiffusionPipeline.from_pretrained(world.model, safety_checker=None, requires_safety_checker=False)
