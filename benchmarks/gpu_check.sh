@@ -68,7 +68,9 @@ $OUT/vs_trl_alignprop_$suffix.partial.json)"; status=1
 fi
 # The report itself (tables) for whoever reads $OUT without a terminal.
 tail -n 40 "$OUT/vs_trl_alignprop.log" >> "$OUT/gpu_check.log"
-if [ -f benchmarks/memory_scaling.py ]; then
+if [ "${SMOKE:-0}" = "1" ]; then
+  log "memory_scaling.py --gpu: not run in SMOKE mode (it needs CUDA)"
+elif [ -f benchmarks/memory_scaling.py ]; then
   log "memory_scaling.py --gpu"
   # Its GPU plan: 4 configurations of SD 1.5 at 512 px, T=50, bf16, each in a fresh process (~1 min each).
   if timeout 270 "$PY" benchmarks/memory_scaling.py --gpu --out "$OUT/memory_scaling.json" \
