@@ -1,0 +1,450 @@
+"""Sample efficiency on the toy world: alignkit (AlignProp) vs trl 0.23.1's DDPOTrainer.
+
+The job: make the toy model draw as many objects as the prompt says (`toy_counting` prompts,
+the `count` reward). Both methods start from the same base model with the same T DDIM steps
+(eta 1), guidance, LoRA (rank 4, alpha 4: trl hard-codes it) and the same budget of sampled
+images; each gets its own small learning-rate sweep. alignkit backpropagates the soft count;
+DDPO gets the same soft count as a black-box scalar (or, with `--ddpo-reward truth`, the true
+NMS count accuracy), served from alignkit's environment by `reward_bridge.py`.
+
+Every saved LoRA (and the base model) is then scored the same way, outside both trainers:
+fixed prompts and seeds, plain diffusers sampling, the soft reward and the truth (detector
+count with NMS). Curves are against images sampled and training wall time (sampling, reward
+and update; not checkpointing or evaluation). The headline: how many samples each needs to
+reach DDPO's final level (best learning rate of each).
+
+    python benchmarks/vs_ddpo.py --quick          # one learning rate each, a few dozen samples
+    python benchmarks/vs_ddpo.py --full           # 3 learning rates each, 480 samples each
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import BenchError, Check, Result, Unavailable  # noqa: E402
+
+NAME = "vs_ddpo"
+TRL_LORA_RANK, TRL_LORA_ALPHA = 4, 4.0
+# samples DDPO needs / samples alignkit needs, to reach DDPO's final level: AlignProp's claim
+# is that backprop is far more sample-efficient; the target asks for at least parity.
+TARGET_SAMPLE_RATIO = ">= 1.0"
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The true quantity a reward is a proxy for: its `targets()` key and which way is better."""
+
+    key: str
+    label: str
+    sign: float = 1.0
+
+
+# reward name -> the truth reported beside it (a table, not an if/elif on names).
+TRUTHS = {
+    "count": Truth("count_correct", "count accuracy (NMS)"),
+    "compress": Truth("jpeg_kb", "JPEG size kB (PIL)", -1.0),
+    "incompress": Truth("jpeg_kb", "JPEG size kB (PIL)"),
+}
+
+PRESETS = {
+    # ~5 minutes on an idle 2-core CPU: one learning rate each, 32 samples each.
+    "quick": dict(alignkit_lrs=[1e-3], ddpo_lrs=[3e-4], samples=32, evals=2, eval_prompts=12),
+    # AlignProp's default lr and two around it; DDPO's default (3e-4) and two around it.
+    "full": dict(alignkit_lrs=[3e-4, 1e-3, 3e-3], ddpo_lrs=[1e-4, 3e-4, 1e-3], samples=480, evals=6,
+                 eval_prompts=48),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--quick", action="store_const", dest="preset", const="quick")
+    p.add_argument("--full", action="store_const", dest="preset", const="full")
+    p.add_argument("--model", default="toy", help="'toy' (alignkit.toy.pipeline_path()) or a diffusers folder")
+    p.add_argument("--reward", default="count", help="alignkit reward both methods optimise")
+    p.add_argument("--prompts", default="toy_counting", help="prompt set (its train split is sampled)")
+    p.add_argument("--samples", type=int, help="images each run samples for training (the budget)")
+    p.add_argument("--evals", type=int, help="evaluation points per run, evenly spaced (plus the base model)")
+    p.add_argument("--eval-prompts", type=int, help="fixed prompts (one seed each) per evaluation point")
+    p.add_argument("--alignkit-lrs", type=float, nargs="+")
+    p.add_argument("--ddpo-lrs", type=float, nargs="+")
+    p.add_argument("--num-inference-steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--truncation", default="last:3", help="alignkit's truncation (AlignProp's ~K=T/6)")
+    p.add_argument("--alignkit-batch", type=int, default=4, help="alignkit samples per optimizer step")
+    p.add_argument("--ddpo-sample-batch", type=int, default=8)
+    p.add_argument("--ddpo-batches-per-epoch", type=int, default=2)
+    p.add_argument("--ddpo-train-batch", type=int, default=4)
+    p.add_argument("--ddpo-reward", choices=["soft", "truth"], default="soft",
+                   help="what DDPO is given: the soft reward, or the true target (e.g. NMS count accuracy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--timeout", type=float, default=7200)
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
+    p.add_argument("--results", type=Path, default=harness.RESULTS)
+    p.add_argument("--name", default=NAME)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    for key, value in PRESETS[args.preset or "full"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    per_epoch = args.ddpo_sample_batch * args.ddpo_batches_per_epoch
+    for what, unit in (("alignkit steps", args.alignkit_batch), ("DDPO epochs", per_epoch)):
+        if args.samples % (unit * args.evals):
+            raise BenchError(f"--samples {args.samples} must split into --evals {args.evals} whole {what} "
+                             f"of {unit} samples; use a multiple of {unit * args.evals}")
+    return args
+
+
+# ---- prerequisites: the toy world, the reward, the prompts ------------------------------------------
+
+@dataclass
+class World:
+    model: str
+    prompts: list[str]
+    truth: Truth
+
+
+def require_world(args) -> World:
+    """The toy world and the count reward, or one line saying what is missing."""
+    from alignkit.errors import AlignkitError
+    from alignkit.prompts import load_prompt_set
+    from alignkit.rewards import get_entry, load_reward, parse_spec
+
+    harness.require_alignkit(args.reward)
+    model = args.model
+    try:
+        if model == "toy":
+            try:
+                from alignkit.toy import pipeline_path
+            except ImportError:
+                raise Unavailable("vs_ddpo needs the toy world: alignkit.toy.pipeline_path() is not in this checkout "
+                                 "(merge the toy branch), or pass --model DIR") from None
+            model = str(pipeline_path())
+        names = [name for name, _ in parse_spec(args.reward)]
+        for name in names:
+            ok, why = get_entry(name).status()
+            if not ok:
+                raise Unavailable(f"reward '{name}' is not available here: {why}")
+        # Built once here so that a missing detector fails now, not after an hour of training.
+        load_reward(args.reward)
+        prompts = load_prompt_set(args.prompts).train
+    except BenchError:
+        raise
+    except AlignkitError as exc:
+        raise Unavailable(f"vs_ddpo cannot run: {exc}") from None
+    if not (Path(model) / "model_index.json").is_file():
+        raise BenchError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
+    truth = TRUTHS.get(names[0]) if len(names) == 1 else None
+    if truth is None:
+        raise BenchError(f"--reward {args.reward}: no true target is known for it (known: {', '.join(TRUTHS)})")
+    return World(model, prompts, truth)
+
+
+# ---- training runs ------------------------------------------------------------------------------------
+
+@dataclass
+class Point:
+    """One evaluation point of a run: how much it had sampled and trained, and its LoRA."""
+
+    samples: int
+    wall_s: float
+    lora: str | None
+    scores: dict = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    method: str
+    lr: float
+    points: list[Point]
+    train_log: list[dict]
+    peak_rss_mb: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} lr={self.lr:g}"
+
+
+def train_alignkit(world: World, lr: float, args) -> Run:
+    steps = args.samples // args.alignkit_batch
+    out = _fresh(args.work_dir / f"alignkit-lr{lr:g}")
+    cmd = [sys.executable, "-m", "alignkit", "train", "--model", world.model, "--reward", args.reward,
+           "--prompts", args.prompts, "--num-inference-steps", str(args.num_inference_steps),
+           "--guidance-scale", str(args.guidance_scale), "--eta", str(args.eta), "--truncation", args.truncation,
+           "--train-batch-size", str(args.alignkit_batch), "--learning-rate", str(lr), "--rank", str(TRL_LORA_RANK),
+           "--lora-alpha", str(TRL_LORA_ALPHA), "--max-train-steps", str(steps),
+           "--checkpointing-steps", str(steps // args.evals), "--output-dir", str(out), "--report-to", "none",
+           "--seed", str(args.seed)]
+    child = harness.run_child(cmd, out.with_suffix(".log"), harness.child_env(args.threads), args.timeout)
+    metrics = out / "metrics.jsonl"
+    if child.returncode != 0 or not metrics.is_file():
+        raise BenchError(f"alignkit train (lr {lr:g}) failed (exit {child.returncode}): {child.tail(2)} "
+                         f"[log: {child.log}]")
+    log = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    wall = list(itertools.accumulate(r["step_time"] for r in log))
+    points = []
+    for ckpt in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(ckpt.name.split("-")[1])
+        points.append(Point(step * args.alignkit_batch, wall[step - 1], str(ckpt)))
+    if len(points) != args.evals:
+        raise BenchError(f"alignkit train (lr {lr:g}) left {len(points)} checkpoints in {out}, expected {args.evals}")
+    return Run("alignkit", lr, points, log, child.peak_rss_mb)
+
+
+def train_ddpo(world: World, lr: float, args, python: Path) -> Run:
+    per_epoch = args.ddpo_sample_batch * args.ddpo_batches_per_epoch
+    epochs = args.samples // per_epoch
+    out = _fresh(args.work_dir / f"ddpo-lr{lr:g}")
+    out.mkdir(parents=True)
+    job = {"model": world.model, "prompts": world.prompts, "reward": args.reward,
+           "reward_key": "reward" if args.ddpo_reward == "soft" else world.truth.key,
+           "alignkit_python": sys.executable, "seed": args.seed, "epochs": epochs,
+           "checkpoint_every": epochs // args.evals, "mixed_precision": "no",
+           "num_inference_steps": args.num_inference_steps, "eta": args.eta, "guidance_scale": args.guidance_scale,
+           "sample_batch_size": args.ddpo_sample_batch, "sample_num_batches_per_epoch": args.ddpo_batches_per_epoch,
+           "train_batch_size": args.ddpo_train_batch, "learning_rate": lr, "per_prompt_stat_tracking": False,
+           "output_dir": str(out)}
+    (out / "job.json").write_text(json.dumps(job))
+    result_path = out / "result.json"
+    child = harness.run_child([str(python), str(harness.BENCH / "peers" / "trl_ddpo_child.py"), str(out / "job.json"),
+                               str(result_path)], out.with_suffix(".log"), harness.child_env(args.threads),
+                              args.timeout)
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if "error" in result:
+        raise BenchError(result["error"])
+    if child.returncode != 0 or not result:
+        raise BenchError(f"trl DDPOTrainer (lr {lr:g}) failed (exit {child.returncode}): {child.tail(2)} "
+                         f"[log: {child.log}]")
+    log = result["epochs"]
+    wall = list(itertools.accumulate(r["step_time"] for r in log))
+    points = [Point(r["samples"], wall[i], r["checkpoint"]) for i, r in enumerate(log) if r.get("checkpoint")]
+    return Run("ddpo", lr, points, log, child.peak_rss_mb)
+
+
+# ---- the shared evaluation ---------------------------------------------------------------------------
+
+def eval_prompts(prompts: list[str], n: int) -> list[str]:
+    """A fixed subset of the training prompts: a seeded shuffle, so that every count, shape,
+    colour and background appears (the prompt set is ordered, so a stride would not do)."""
+    import random
+
+    shuffled = sorted(prompts)
+    random.Random(0).shuffle(shuffled)
+    return shuffled[:n]
+
+
+def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, dict]:
+    """Score the base model (None) and each LoRA on the same prompts and seeds, with plain diffusers."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    from alignkit.rewards import load_reward
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the children got OMP_NUM_THREADS; this process too
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    pipe = StableDiffusionPipeline.from_pretrained(world.model, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    reward = load_reward(args.reward)
+    prompts = eval_prompts(world.prompts, args.eval_prompts)
+    scores = {}
+    for lora in loras:
+        if lora is not None:
+            pipe.load_lora_weights(lora)
+        rewards, truths = [], []
+        for start in range(0, len(prompts), 16):
+            chunk = prompts[start:start + 16]
+            gens = [torch.Generator().manual_seed(10_000 + start + i) for i in range(len(chunk))]
+            with torch.no_grad():
+                images = pipe(chunk, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                              eta=args.eta, generator=gens, output_type="pt").images
+                rewards += reward(images, chunk).tolist()
+                truths += reward.targets(images, chunk)[world.truth.key].tolist()
+        if lora is not None:
+            pipe.unload_lora_weights()
+        scores[lora] = {"reward": sum(rewards) / len(rewards), "truth": sum(truths) / len(truths)}
+    return scores
+
+
+# ---- figures -------------------------------------------------------------------------------------------
+
+def curve(run: Run, base: dict, metric: str, x: str = "samples") -> list[tuple[float, float]]:
+    start = [(0.0, base[metric])]
+    return start + [(getattr(p, x if x != "wall" else "wall_s"), p.scores[metric]) for p in run.points]
+
+
+def first_reach(points: list[tuple[float, float]], level: float, sign: float) -> float | None:
+    """The x at which a curve first reaches `level` (linear between points); None if never."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        a, b = sign * y0, sign * y1
+        if a >= sign * level:
+            return x0
+        if b >= sign * level:
+            return x0 + (x1 - x0) * (sign * level - a) / (b - a)
+    return points[-1][0] if sign * points[-1][1] >= sign * level else None
+
+
+def best(runs: list[Run], sign: float) -> Run:
+    """The learning rate whose final point is best on the truth (the reward breaks ties)."""
+    return max(runs, key=lambda r: (sign * r.points[-1].scores["truth"], r.points[-1].scores["reward"]))
+
+
+def headline(ak: Run, dd: Run, base: dict, truth: Truth) -> list[Check]:
+    checks = []
+    for metric, label, sign in (("truth", truth.label, truth.sign), ("reward", "soft reward", 1.0)):
+        level = dd.points[-1].scores[metric]
+        improved = sign * level > sign * base[metric]
+        ddpo_n = first_reach(curve(dd, base, metric), level, sign)
+        ak_n = first_reach(curve(ak, base, metric), level, sign)
+        ddpo_t = first_reach(curve(dd, base, metric, "wall"), level, sign)
+        ak_t = first_reach(curve(ak, base, metric, "wall"), level, sign)
+        if not improved:
+            note = "DDPO did not improve on the base model: no level to reach"
+            checks.append(Check(f"samples to DDPO's final {label}: DDPO / alignkit", None, "{:.2f}x", None, note))
+            continue
+        checks.append(Check(f"samples to DDPO's final {label}: DDPO / alignkit", _ratio(ddpo_n, ak_n), "{:.2f}x",
+                            TARGET_SAMPLE_RATIO, f"{_fmt(ddpo_n)} vs {_fmt(ak_n)} images (level {level:.3g})"))
+        checks.append(Check(f"wall time to DDPO's final {label}: DDPO / alignkit", _ratio(ddpo_t, ak_t), "{:.2f}x",
+                            None, f"{_fmt(ddpo_t, 's')} vs {_fmt(ak_t, 's')}"))
+    return checks
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return math.inf if b == 0 else a / b
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    return "never" if x is None else f"{x:.0f}{unit}"
+
+
+def runs_table(runs: list[Run], base: dict, truth: Truth):
+    from rich.table import Table
+
+    table = Table(title=f"alignkit vs trl DDPOTrainer on the toy world (base: reward {base['reward']:.3f}, "
+                        f"{truth.label} {base['truth']:.3f})", title_justify="left")
+    for column in ("run", "images", "train wall s", "final reward", f"final {truth.label}", "peak RSS MB"):
+        table.add_column(column, justify="right" if column != "run" else "left")
+    for run in runs:
+        last = run.points[-1]
+        table.add_row(run.label, str(last.samples), f"{last.wall_s:.0f}", f"{last.scores['reward']:.3f}",
+                      f"{last.scores['truth']:.3f}", f"{run.peak_rss_mb:.0f}")
+    return table
+
+
+def plot(runs: list[Run], chosen: dict, base: dict, truth: Truth, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("reward", "samples", "soft reward", "images sampled"),
+              ("truth", "samples", truth.label, "images sampled"),
+              ("truth", "wall", truth.label, "training wall time (s)"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {"alignkit": "tab:blue", "ddpo": "tab:orange"}
+    for ax, (metric, x, ylabel, xlabel) in zip(axes, panels):
+        for run in runs:
+            xs, ys = zip(*curve(run, base, metric, x))
+            top = run is chosen[run.method]
+            ax.plot(xs, ys, marker="o", ms=3, color=colours[run.method], alpha=1.0 if top else 0.35,
+                    lw=2 if top else 1, label=run.label + (" (best)" if top else ""))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("alignkit (AlignProp) vs trl 0.23.1 DDPOTrainer, same base model, prompts, T and LoRA rank")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> Result:
+    world = require_world(args)
+    python = harness.trl_python()
+    con = harness.console(stderr=True)  # progress; the report itself goes to stdout
+    if warning := harness.busy_warning():
+        con.print(f"[yellow]warning:[/] {warning}")
+    runs = []
+    for lr in args.alignkit_lrs:
+        with con.status(f"alignkit lr={lr:g}: training"):
+            runs.append(train_alignkit(world, lr, args))
+    for lr in args.ddpo_lrs:
+        with con.status(f"DDPO lr={lr:g}: training"):
+            runs.append(train_ddpo(world, lr, args, python))
+    loras = [None] + [p.lora for r in runs for p in r.points]
+    with con.status(f"evaluating {len(loras)} models on {args.eval_prompts} prompts"):
+        scores = evaluate(world, loras, args)
+    base = scores[None]
+    for r in runs:
+        for p in r.points:
+            p.scores = scores[p.lora]
+    sign = world.truth.sign
+    chosen = {m: best([r for r in runs if r.method == m], sign) for m in ("alignkit", "ddpo")}
+    checks = [Check("alignkit best learning rate", chosen["alignkit"].lr, "{:g}"),
+              Check("DDPO best learning rate", chosen["ddpo"].lr, "{:g}"),
+              Check(f"base {world.truth.label}", base["truth"], "{:.3f}"),
+              Check(f"alignkit final {world.truth.label}", chosen["alignkit"].points[-1].scores["truth"], "{:.3f}"),
+              Check(f"DDPO final {world.truth.label}", chosen["ddpo"].points[-1].scores["truth"], "{:.3f}"),
+              *headline(chosen["alignkit"], chosen["ddpo"], base, world.truth)]
+    figure = plot(runs, chosen, base, world.truth, args.results / f"{args.name}.png")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(model=world.model, lora_rank=TRL_LORA_RANK, lora_alpha=TRL_LORA_ALPHA,
+                    truth=world.truth.key, train_prompts=len(world.prompts))
+    samples = {"base": base, "runs": [{"method": r.method, "lr": r.lr, "peak_rss_mb": r.peak_rss_mb,
+                                       "points": [p.__dict__ for p in r.points], "train_log": r.train_log}
+                                      for r in runs]}
+    return Result(args.name, settings, samples, checks,
+                  extra={"plot": str(figure), "runs_table": (runs, base, world.truth)})
+
+
+def report(result: Result, con) -> None:
+    runs, base, truth = result.extra["runs_table"]
+    con.print(runs_table(runs, base, truth))
+    con.print(harness.checks_table("sample efficiency: alignkit vs DDPO (best learning rate of each)", result.checks,
+                                   caption=f"curves: {result.extra['plot']}"))
+
+
+def _fresh(path: Path) -> Path:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    con = harness.console()
+    report(result, con)
+    result.extra.pop("runs_table")  # live objects: the JSON has the same data under samples
+    path = harness.write_result(result, harness.trl_python(), args.results)
+    con.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    harness.entry_point(main)
