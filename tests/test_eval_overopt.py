@@ -130,12 +130,12 @@ def test_embedder_found_inside_a_reward():
     reward = WithClip().freeze()
     embedder = find_embedder({"withclip": reward})
     assert embedder is not None and embedder.distance == "cosine" and "CLIPModel" in embedder.name
-    images = torch.rand(3, 3, 40, 24)  # any size: resized and cropped to the tower's 16 px
+    images = torch.rand(3, 3, 40, 24)  # any size: shortest side to 16 (long side truncated, as torchvision), centre crop
     features = embedder(images)
     assert features.shape == (3, 6)
     with torch.no_grad():
         expected = reward.model.get_image_features(
-            pixel_values=(torch.nn.functional.interpolate(images, size=(27, 16), mode="bicubic", antialias=True)[:, :, 5:21]
+            pixel_values=(torch.nn.functional.interpolate(images, size=(26, 16), mode="bicubic", antialias=True)[:, :, 5:21]
                           - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1))
             / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)).pooler_output
     torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
@@ -151,3 +151,18 @@ def test_embed_images_hook_wins():
 
     embedder = find_embedder({"hooked": Hooked()})
     assert embedder.name == "hooked:embed_images" and embedder(torch.rand(2, 3, 4, 4)).shape == (2, 5)
+
+
+def test_small_but_significant_fall_is_flagged_only_with_enough_images():
+    # toy_clip-like: a 0.36-std fall (under the 0.5-std tolerance) over 144 images is far
+    # beyond noise (z = 2.8); the same fall over 8 images is not.
+    watch = [Watch("toy_clip", +1, "held-out reward")]
+    for n, expected in ((144, True), (8, False)):
+        stats = {"base": {"reward": Stat(-1.17, 1.8, n), "toy_clip": Stat(70.6, 18.0, n)},
+                 "final@1": {"reward": Stat(-0.62, 1.1, n), "toy_clip": Stat(64.1, 20.8, n)}}
+        flags = find_flags(stats, ["final@1"], watch, tolerance=0.5, rel_tolerance=0.05)
+        assert bool(flags) is expected, (n, flags)
+    # A tiny effect is never flagged, however many images.
+    stats = {"base": {"reward": Stat(0.0, 1.0, 10**6), "toy_clip": Stat(70.0, 18.0, 10**6)},
+             "a": {"reward": Stat(1.0, 1.0, 10**6), "toy_clip": Stat(69.0, 18.0, 10**6)}}
+    assert find_flags(stats, ["a"], watch, 0.5, 0.05) == []

@@ -13,6 +13,11 @@ for held-out rewards and true targets, and by more than
 for diversity (one value per prompt: its spread across a handful of prompts says nothing about
 noise) and for any metric whose base std is 0 (one image, a constant such as a 0/1 target).
 
+With many images a smaller drop is already real: a held-out reward or true target is also
+flagged when it falls by at least MIN_EFFECT base std (a "small" effect) AND the fall is
+beyond noise, z = drop / sqrt(s_base^2/n_base + s_cand^2/n_cand) >= Z_CRIT (one-sided, p < 0.01).
+E.g. a toy_clip fall of 6.5 points (0.36 base std) over 144 images has z = 2.8: flagged.
+
 The pick: among the candidates not flagged, the best mean trained reward; a tie (within
 0.05 base std of the trained reward) goes to the smaller drift from the base images. When the
 trained reward prefers a flagged candidate, the held-out and true-target side wins: flagged
@@ -26,6 +31,10 @@ from dataclasses import asdict, dataclass
 from alignkit.evaluation.metrics import Stat
 
 TRAINED = "reward"
+# The significance clause (see the module docstring): smallest effect, in base stds, and the
+# one-sided z a fall must reach to count when it is under `tolerance`.
+MIN_EFFECT = 0.2
+Z_CRIT = 2.33
 # Ties on the trained reward, in base standard deviations.
 TIE_TOLERANCE = 0.05
 
@@ -98,12 +107,21 @@ def find_flags(stats: dict[str, dict[str, Stat]], candidates: list[str], watches
             worse = watch.direction * (ref.mean - cur.mean)
             if watch.rule == "std" and ref.std > 0:
                 drop, unit, limit = worse / ref.std, "std", tolerance
+                if drop >= MIN_EFFECT and worse / _standard_error(ref, cur) >= Z_CRIT:
+                    limit = min(limit, drop - 1e-12)  # a small but clearly real fall
             else:
                 drop, unit, limit = worse / max(abs(ref.mean), 1e-12), "rel", rel_tolerance
             if drop > limit:
                 flags.append(Flag(label, watch.metric, watch.kind, ref.mean, cur.mean, drop, unit, gain,
                                   watch.direction))
     return flags
+
+
+def _standard_error(a: Stat, b: Stat) -> float:
+    """Standard error of the difference of two means (Welch); inf when either has one value."""
+    if a.n < 2 or b.n < 2:
+        return float("inf")
+    return max((a.std ** 2 / a.n + b.std ** 2 / b.n) ** 0.5, 1e-12)
 
 
 def pick_candidate(stats: dict[str, dict[str, Stat]], candidates: list[str], flags: list[Flag],
