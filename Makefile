@@ -13,9 +13,12 @@ $(BIN)/alignkit: pyproject.toml $(PINS)
 
 venv: $(BIN)/alignkit
 
-# The main job: align the embedded toy model on CPU.
+# The main job: align the embedded toy model on CPU (replacing the previous run of this
+# target), then evaluate base vs tuned on held-out prompts: count accuracy before and after.
+TOY_RUN ?= runs/toy-count
 train: venv
-	$(BIN)/alignkit train
+	$(BIN)/alignkit train --output-dir $(TOY_RUN) --overwrite
+	$(BIN)/alignkit eval $(TOY_RUN) --seeds 8 --scales 0.5,1
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

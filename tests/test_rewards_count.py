@@ -310,9 +310,11 @@ def test_missing_ultralytics_is_one_line(monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_no_default_detector_without_toy_world(monkeypatch):
+def test_no_default_detector_without_toy_weights(monkeypatch, tmp_path):
     pytest.importorskip("ultralytics")
-    monkeypatch.setitem(sys.modules, "alignkit.toy", None)
+    import alignkit.toy
+
+    monkeypatch.setattr(alignkit.toy, "WEIGHTS_DIR", tmp_path / "no-weights")
     with pytest.raises(MissingWeightsError, match="pass detector=DIR") as info:
         load_reward("count")
     assert "\n" not in str(info.value)

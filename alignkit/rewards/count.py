@@ -416,33 +416,19 @@ class CountReward(Reward):
                 "count_correct": (counts == numbers).float().to(images.device)}
 
 
-def _toy_detector_available() -> bool:
-    """Whether this build ships the toy world (its detector is then the default), checked
-    without importing it: the registry is read by `alignkit rewards` on every call."""
-    import importlib.util
-
-    return importlib.util.find_spec("alignkit.toy") is not None
-
-
 def _default_detector() -> str:
+    """The toy world's detector, bundled with alignkit (the default of the toy prompts)."""
+    from alignkit.toy import detector_path
+
     try:
-        from alignkit import toy
-    except ImportError:
-        toy = None
-    if toy is None or not hasattr(toy, "detector_path"):
-        raise MissingWeightsError("count: no bundled toy detector in this build of alignkit; pass detector=DIR "
-                                  f"(a folder or hub repo with {YAML_FILE} and {WEIGHTS_FILE})")
-    return str(toy.detector_path())
+        return str(detector_path())
+    except MissingWeightsError as exc:
+        raise MissingWeightsError(f"count: {exc}; or pass detector=DIR (a folder or hub repo with "
+                                  f"{YAML_FILE} and {WEIGHTS_FILE})") from None
 
 
-# Without the toy world there is no default detector: say so where `alignkit rewards` lists
-# what each reward needs, rather than "no weights needed".
-_BUNDLED = _toy_detector_available()
-
-
-@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt"
-          + ("" if _BUNDLED else " (no bundled detector yet: pass detector=DIR)"),
-          packages=("ultralytics",), extra="count", bundled=_BUNDLED)
+@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt",
+          packages=("ultralytics",), extra="count", bundled=True)
 def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
           conf: float = 0.25, iou: float = 0.7) -> Reward:
     """`detector`: folder or hub repo id with model.yaml + model.safetensors, or an ultralytics

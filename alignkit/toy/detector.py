@@ -10,7 +10,6 @@ ultralytics is AGPL-3.0 and an optional extra; it is imported only inside these 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignkit.errors import require
 from alignkit.hub import load_into, load_state_dict
 from alignkit.toy import world
 
@@ -63,8 +61,13 @@ MAX_STRIDE = 32
 
 
 def _ultralytics():
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    return require("ultralytics", extra="count", purpose="the toy detector")
+    # The one import path (offline, private settings dir, PIL left alone): count.py's.
+    from alignkit.rewards.count import import_ultralytics
+
+    import_ultralytics()
+    import ultralytics
+
+    return ultralytics
 
 
 def write_yolo_dataset(folder: Path, n_train: int, n_val: int, seed: int) -> Path:
@@ -139,9 +142,9 @@ def load_detector(path: str | Path | None = None, device=None) -> torch.nn.Modul
     from alignkit.toy import detector_path
 
     folder = Path(path) if path is not None else detector_path()
-    tasks = require("ultralytics.nn.tasks", extra="count", purpose="the toy detector")
+    DetectionModel = _ultralytics().nn.tasks.DetectionModel
     spec = yaml.safe_load((folder / "model.yaml").read_text())
-    net = tasks.DetectionModel(cfg=spec, verbose=False)
+    net = DetectionModel(cfg=spec, verbose=False)
     state = load_state_dict(folder / "model.safetensors", what="toy detector")
     load_into(net, {k: v.float() for k, v in state.items()}, what="toy detector")
     return net.float().eval().requires_grad_(False).to(device or "cpu")
@@ -156,8 +159,9 @@ def pad_to_stride(images: Tensor) -> Tensor:
 @torch.no_grad()
 def detect(net: torch.nn.Module, images: Tensor, conf: float = 0.5, iou: float = 0.5) -> list[dict]:
     """Boxes (pixels), scores and classes per image after NMS, for float images in [0,1]."""
-    from ultralytics.utils.nms import non_max_suppression
+    from alignkit.rewards.count import import_ultralytics
 
+    non_max_suppression = import_ultralytics()[1]
     device = next(net.parameters()).device
     preds = net(pad_to_stride(images.float()).to(device))
     preds = preds[0] if isinstance(preds, (tuple, list)) else preds
