@@ -28,12 +28,12 @@ class TrainConfig:
     pretrained_model_name_or_path: str = "toy"
     # Hub revision of the model (branch, tag or commit); None = main.
     revision: Optional[str] = None
-    # Reward spec, `name[:weight](+name[:weight])*`, e.g. "hps+aesthetic:0.5".
-    reward: str = "count"
+    # Reward spec, `name[:weight](+name[:weight])*`, e.g. "hps+aesthetic:0.5" (the toy model: count).
+    reward: str = "aesthetic"
     # Options for the reward factories: {reward name: {option: value}}.
     reward_options: dict = field(default_factory=dict)
     # Prompt source: a built-in set name or a file with one prompt a line (its `train` split is used).
-    prompts: str = "toy_counting"
+    prompts: str = "simple_animals"
     # A single prompt for every sample; overrides `prompts` when set.
     prompt: Optional[str] = None
     # Negative prompt for the unconditional half of classifier-free guidance ("" = empty prompt).
