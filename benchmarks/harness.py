@@ -92,6 +92,18 @@ def run_child(cmd: list[str], log: Path, env: dict, timeout_s: float | None = No
     return ChildRun(cmd, proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, log, timed_out)
 
 
+def run_alignkit_train(train_args: list, out: Path, threads: int | None, timeout_s: float | None,
+                       what: str = "alignkit train") -> tuple[ChildRun, list[dict]]:
+    """`python -m alignkit train ARGS --output-dir OUT` in a fresh process; its metrics.jsonl rows."""
+    cmd = [sys.executable, "-m", "alignkit", "train", *map(str, train_args), "--output-dir", str(out)]
+    child = run_child(cmd, out.with_suffix(".log"), child_env(threads), timeout_s)
+    metrics = out / "metrics.jsonl"
+    if child.returncode != 0 or not metrics.is_file():
+        raise BenchError(f"{what} failed (exit {child.returncode}{', timed out' if child.timed_out else ''}): "
+                         f"{child.tail(2)} [log: {child.log}]")
+    return child, [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
 def trl_python() -> Path:
     """The peer environment's interpreter, or one line saying how to make it."""
     override = os.environ.get("ALIGNKIT_TRL_PYTHON")

@@ -182,19 +182,13 @@ class Run:
 def train_alignkit(world: World, lr: float, args) -> Run:
     steps = args.samples // args.alignkit_batch
     out = _fresh(args.work_dir / f"alignkit-lr{lr:g}")
-    cmd = [sys.executable, "-m", "alignkit", "train", "--model", world.model, "--reward", args.reward,
-           "--prompts", args.prompts, "--num-inference-steps", str(args.num_inference_steps),
-           "--guidance-scale", str(args.guidance_scale), "--eta", str(args.eta), "--truncation", args.truncation,
-           "--train-batch-size", str(args.alignkit_batch), "--learning-rate", str(lr), "--rank", str(TRL_LORA_RANK),
-           "--lora-alpha", str(TRL_LORA_ALPHA), "--max-train-steps", str(steps),
-           "--checkpointing-steps", str(steps // args.evals), "--output-dir", str(out), "--report-to", "none",
-           "--seed", str(args.seed)]
-    child = harness.run_child(cmd, out.with_suffix(".log"), harness.child_env(args.threads), args.timeout)
-    metrics = out / "metrics.jsonl"
-    if child.returncode != 0 or not metrics.is_file():
-        raise BenchError(f"alignkit train (lr {lr:g}) failed (exit {child.returncode}): {child.tail(2)} "
-                         f"[log: {child.log}]")
-    log = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train_args = ["--model", world.model, "--reward", args.reward,
+                  "--prompts", args.prompts, "--num-inference-steps", args.num_inference_steps,
+                  "--guidance-scale", args.guidance_scale, "--eta", args.eta, "--truncation", args.truncation,
+                  "--train-batch-size", args.alignkit_batch, "--learning-rate", lr, "--rank", TRL_LORA_RANK,
+                  "--lora-alpha", TRL_LORA_ALPHA, "--max-train-steps", steps,
+                  "--checkpointing-steps", steps // args.evals, "--report-to", "none", "--seed", args.seed]
+    child, log = harness.run_alignkit_train(train_args, out, args.threads, args.timeout, f"alignkit train (lr {lr:g})")
     wall = list(itertools.accumulate(r["step_time"] for r in log))
     points = []
     for ckpt in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):

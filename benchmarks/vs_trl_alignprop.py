@@ -155,20 +155,13 @@ def resolve_pipeline(kind: str) -> tuple[str, int]:
 
 def run_alignkit(job: Job, out: Path, args) -> dict:
     """`alignkit train` in its own process; step times from its metrics.jsonl."""
-    cmd = [sys.executable, "-m", "alignkit", "train", "--model", job.model, "--reward", job.reward,
-           "--prompt", job.prompt, "--resolution", str(job.resolution),
-           "--num-inference-steps", str(job.num_inference_steps), "--truncation", f"last:{job.k}",
-           "--train-batch-size", str(job.batch_size), "--learning-rate", str(job.learning_rate),
-           "--rank", str(TRL_LORA_RANK), "--lora-alpha", str(TRL_LORA_ALPHA), "--max-train-steps", str(job.steps),
-           "--guidance-scale", str(job.guidance_scale), "--eta", str(job.eta), "--mixed-precision",
-           job.mixed_precision, "--checkpointing-steps", "0", "--output-dir", str(out), "--report-to", "none",
-           "--seed", str(job.seed)]
-    child = harness.run_child(cmd, out.with_suffix(".log"), harness.child_env(args.threads), args.timeout)
-    metrics = out / "metrics.jsonl"
-    if child.returncode != 0 or not metrics.is_file():
-        raise BenchError(f"alignkit train failed (exit {child.returncode}{', timed out' if child.timed_out else ''}): "
-                         f"{child.tail(2)} [log: {child.log}]")
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train_args = ["--model", job.model, "--reward", job.reward, "--prompt", job.prompt, "--resolution", job.resolution,
+                  "--num-inference-steps", job.num_inference_steps, "--truncation", f"last:{job.k}",
+                  "--train-batch-size", job.batch_size, "--learning-rate", job.learning_rate,
+                  "--rank", TRL_LORA_RANK, "--lora-alpha", TRL_LORA_ALPHA, "--max-train-steps", job.steps,
+                  "--guidance-scale", job.guidance_scale, "--eta", job.eta, "--mixed-precision", job.mixed_precision,
+                  "--checkpointing-steps", 0, "--report-to", "none", "--seed", job.seed]
+    child, records = harness.run_alignkit_train(train_args, out, args.threads, args.timeout)
     if any(r["k"] != job.k for r in records):
         raise BenchError(f"alignkit logged K={sorted({r['k'] for r in records})}, not {job.k}")
     peaks = [r["peak_mem_mb"] for r in records]
