@@ -36,3 +36,10 @@ def shared_weights() -> Path:
     if not SHARED_WEIGHTS.is_dir():
         pytest.skip(f"real reward heads not found at {SHARED_WEIGHTS} (set ALIGNKIT_SHARED_WEIGHTS)")
     return SHARED_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Four seeded 32 px images in [0,1], for the reward tests."""
+    torch.manual_seed(0)
+    return torch.rand(4, 3, 32, 32)

@@ -27,12 +27,6 @@ def hub(tiny, monkeypatch):
     return tm.use_hub_cache(monkeypatch, tiny["cache"])
 
 
-@pytest.fixture(scope="module")
-def images():
-    torch.manual_seed(0)
-    return torch.rand(4, 3, 32, 32)
-
-
 def test_registered_with_its_needs():
     entry = get_entry("clip")
     assert entry.differentiable and entry.options == ("model",)

@@ -31,12 +31,6 @@ def hub(tiny, monkeypatch):
     return tm.use_hub_cache(monkeypatch, tiny["cache"])
 
 
-@pytest.fixture(scope="module")
-def images():
-    torch.manual_seed(0)
-    return torch.rand(4, 3, 32, 32)
-
-
 def reference_cosines(name, checkpoint, pixels, prompts):
     """cos(image i, prompt j) the way HPSv2's own code computes it: open_clip's create_model
     and load_checkpoint, then the model's dict output with normalised features."""
