@@ -43,3 +43,11 @@ def images():
     """Four seeded 32 px images in [0,1], for the reward tests."""
     torch.manual_seed(0)
     return torch.rand(4, 3, 32, 32)
+
+
+@pytest.fixture
+def hub(tiny, monkeypatch):
+    """huggingface_hub pointed, offline, at the fake hub cache of the test module's `tiny` fixture."""
+    from tiny_models import use_hub_cache
+
+    return use_hub_cache(monkeypatch, tiny["cache"])

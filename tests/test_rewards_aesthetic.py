@@ -28,11 +28,6 @@ def tiny(tmp_path_factory):
     return {"root": root, "folder": folder, "head": head, "cache": cache, "model": model}
 
 
-@pytest.fixture
-def hub(tiny, monkeypatch):
-    return tm.use_hub_cache(monkeypatch, tiny["cache"])
-
-
 def affine(head_file) -> tuple[torch.Tensor, torch.Tensor]:
     """The head in eval mode is affine, score = w.z + b: compose its linear maps from the file."""
     state = load_state_dict(head_file)
@@ -59,13 +54,7 @@ def test_registered_with_its_needs():
 
 
 def test_gradient_at_pixels_from_default_hub_ids(hub):
-    reward = load_reward("aesthetic")
-    x = torch.rand(2, 3, 40, 64, requires_grad=True)
-    scores = reward(x, PROMPTS[:2])
-    assert scores.shape == (2,)
-    scores.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert not any(p.requires_grad for p in reward.parameters())
+    tm.assert_pixel_gradient(load_reward("aesthetic"), (40, 64), PROMPTS[:2])
 
 
 def test_score_is_the_affine_head_on_the_unit_embedding(tiny, hub, images):

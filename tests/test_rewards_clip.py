@@ -22,11 +22,6 @@ def tiny(tmp_path_factory):
     return {"root": root, "folder": folder, "cache": cache, "reference": tm.load_reference_clip(folder)}
 
 
-@pytest.fixture
-def hub(tiny, monkeypatch):
-    return tm.use_hub_cache(monkeypatch, tiny["cache"])
-
-
 def test_registered_with_its_needs():
     entry = get_entry("clip")
     assert entry.differentiable and entry.options == ("model",)
@@ -34,13 +29,8 @@ def test_registered_with_its_needs():
 
 
 def test_gradient_at_pixels_from_default_hub_id(hub):
-    reward = load_reward("clip")
-    x = torch.rand(2, 3, 48, 72, requires_grad=True)  # any size: resized inside
-    scores = reward(x, PROMPTS[:2])
-    assert scores.shape == (2,) and scores.dtype == torch.float32
-    scores.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert not any(p.requires_grad for p in reward.parameters())
+    scores = tm.assert_pixel_gradient(load_reward("clip"), (48, 72), PROMPTS[:2])
+    assert scores.dtype == torch.float32
 
 
 def test_score_is_100_cosine_on_the_diagonal(tiny, images):

@@ -26,11 +26,6 @@ def tiny(tmp_path_factory):
     return {"root": root, "name": name, "v21": v21, "v20": v20, "cache": cache}
 
 
-@pytest.fixture
-def hub(tiny, monkeypatch):
-    return tm.use_hub_cache(monkeypatch, tiny["cache"])
-
-
 def reference_cosines(name, checkpoint, pixels, prompts):
     """cos(image i, prompt j) the way HPSv2's own code computes it: open_clip's create_model
     and load_checkpoint, then the model's dict output with normalised features."""
@@ -63,13 +58,7 @@ def test_never_downloads_pretrained_weights(tiny, hub, images, monkeypatch):
 
 
 def test_gradient_at_pixels(tiny, hub):
-    reward = load_reward("hps", model_name=tiny["name"])
-    x = torch.rand(2, 3, 40, 64, requires_grad=True)
-    scores = reward(x, PROMPTS[:2])
-    assert scores.shape == (2,)
-    scores.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert not any(p.requires_grad for p in reward.parameters())
+    tm.assert_pixel_gradient(load_reward("hps", model_name=tiny["name"]), (40, 64), PROMPTS[:2])
 
 
 def test_score_is_the_cosine_on_the_diagonal(tiny, hub, images):

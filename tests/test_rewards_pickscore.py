@@ -30,11 +30,6 @@ def tiny(tmp_path_factory):
     return {"root": root, "folder": folder, "cache": cache, "reference": tm.load_reference_clip(folder)}
 
 
-@pytest.fixture
-def hub(tiny, monkeypatch):
-    return tm.use_hub_cache(monkeypatch, tiny["cache"])
-
-
 def test_registered_with_its_needs():
     entry = get_entry("pickscore")
     assert entry.differentiable and set(entry.options) == {"model", "processor"}
@@ -42,13 +37,7 @@ def test_registered_with_its_needs():
 
 
 def test_gradient_at_pixels_from_default_hub_ids(hub):
-    reward = load_reward("pickscore")
-    x = torch.rand(2, 3, 64, 40, requires_grad=True)
-    scores = reward(x, PROMPTS[:2])
-    assert scores.shape == (2,)
-    scores.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert not any(p.requires_grad for p in reward.parameters())
+    tm.assert_pixel_gradient(load_reward("pickscore"), (64, 40), PROMPTS[:2])
 
 
 def test_score_is_logit_scaled_cosine_on_the_diagonal(tiny, hub, images):

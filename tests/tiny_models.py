@@ -192,6 +192,18 @@ def reference_cosines(model, tokenizer, images: torch.Tensor, prompts: list[str]
     return image @ text.T
 
 
+def assert_pixel_gradient(reward, size: tuple[int, int], prompts: list[str]):
+    """Score images of `size` (any size: resized inside): a (B,) score with a finite, non-zero
+    gradient at the pixels, and no trainable parameter in the reward. Returns the scores."""
+    x = torch.rand(len(prompts), 3, *size, requires_grad=True)
+    scores = reward(x, prompts)
+    assert scores.shape == (len(prompts),)
+    scores.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in reward.parameters())
+    return scores
+
+
 def assert_one_line(exc_info, *fragments: str) -> str:
     """The error is one line and names every fragment; returns the message."""
     message = str(exc_info.value)
