@@ -66,3 +66,11 @@ def test_unknown_reward_suggests_closest():
 
     with pytest.raises(AlignkitError, match="did you mean 'aesthetic'"):
         get_entry("aesthetc")
+
+
+def test_combination_checks_its_inputs_once():
+    combo = CombinedReward([("mean", Mean(), 1.0), ("red", Red(), 0.5)], "mean+red:0.5").freeze()
+    with pytest.raises(InputError, match="2 images but 1 prompts"):
+        combo.with_parts(torch.rand(2, 3, 4, 4), ["a"])
+    with pytest.raises(InputError, match=r"in \[0,1\]"):
+        combo(torch.rand(1, 3, 4, 4) * 2 - 1, ["a"])

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.errors import AlignkitError
-from alignkit.rewards.base import Reward
+from alignkit.rewards.base import Reward, check_inputs
 from alignkit.rewards.registry import build, get_entry
 
 _GRAMMAR = "expected name[:weight](+name[:weight])*, e.g. 'hps+aesthetic:0.5'"
@@ -63,12 +63,19 @@ class CombinedReward(Reward):
         self.differentiable = all(r.differentiable for r in self.rewards.values())
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        return self.with_parts(images, prompts)[0]
+        return self._total(self._parts(images, prompts))
 
     def with_parts(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        parts = {name: reward(images, prompts) for name, reward in self.rewards.items()}
-        total = sum(self.weights[name] * value.float() for name, value in parts.items())
-        return total, parts
+        check_inputs(images, prompts)
+        parts = self._parts(images, prompts)
+        return self._total(parts), parts
+
+    def _parts(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        # The inputs were checked once for the whole combination, not once per part.
+        return {name: reward.score(images, prompts) for name, reward in self.rewards.items()}
+
+    def _total(self, parts: dict[str, Tensor]) -> Tensor:
+        return sum(self.weights[name] * value.float() for name, value in parts.items())
 
     @torch.no_grad()
     def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
