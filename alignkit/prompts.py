@@ -87,8 +87,4 @@ def single_prompt(prompt: str) -> PromptSet:
 
 def _load_plugins() -> None:
     # The toy world registers its own sets; importing it is cheap (no torch models load).
-    try:
-        import alignkit.toy.prompts  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("alignkit.toy.prompts",):
-            raise
+    import alignkit.toy.prompts  # noqa: F401
