@@ -131,7 +131,8 @@ def train(
     resume_from_checkpoint: Optional[str] = typer.Option(None, help="'latest' or a checkpoint-<step> folder."),
     report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | all | none."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Checkpoint each denoising step (default on)."),
-    checkpoint_vae: Optional[bool] = typer.Option(None, "--checkpoint-vae/--no-checkpoint-vae", help="Also checkpoint the VAE decode."),
+    checkpoint_vae: Optional[bool] = typer.Option(None, "--checkpoint-vae/--no-checkpoint-vae", help="Also checkpoint the VAE decode (default on)."),
+    compile_unet: Optional[bool] = typer.Option(None, "--compile-unet/--no-compile-unet", help="torch.compile the UNet for the steps without gradients."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a previous run in --output-dir."),
 ) -> None:
     """Align a diffusion model to a reward (AlignProp): LoRA, truncated backprop, checkpointing."""

@@ -11,10 +11,11 @@ weights included, and above the pre-step allocation). The compute floor is what 
 implies at the same batch, timed in the same process with eager forwards: T UNet forwards
 at the CFG batch without gradients, plus K forwards with gradients (~3x a forward: forward
 and backward; +1 forward for the recompute when checkpointing), plus decode + reward three
-times (forward, backward ~2x). Step time / floor near 1 means no overhead beyond the work.
+times (forward, backward ~2x; four with checkpointing, which also checkpoints the decode, as
+the trainer does by default). Step time / floor near 1 means no overhead beyond the work.
 Beside it, a measured floor times the backward passes instead of assuming them (T - K
-forwards, K forward+backward, K recompute forwards when checkpointing, decode+reward
-forward+backward): step time over it is the aligner's own overhead.
+forwards, K forward+backward, K recompute forwards and one decode when checkpointing,
+decode+reward forward+backward): step time over it is the aligner's own overhead.
 
 Results: a rich table, and JSON in benchmarks/results/memory_scaling.json (machine,
 versions, date). Targets: peak memory at K=T=50 <= 1.25x that at K=1 (checkpointing on);
@@ -119,7 +120,8 @@ def worker(spec: dict) -> dict:
     loaded = prepare_pipeline(build_pipeline(spec["configs"], device, dtype), spec["configs"])
     params = add_lora(loaded.pipe.unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     T, K, B = spec["T"], spec["K"], spec["batch"]
-    sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"])
+    sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"],
+                          checkpoint_vae=spec["ckpt"])
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     unet = loaded.pipe.unet
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -192,11 +194,12 @@ def worker(spec: dict) -> dict:
     optimizer.zero_grad(set_to_none=True)
     # Forwards the step implies: T sampling forwards (the last K of them with autograd), the
     # backward of those K (~2 forwards each), and one recompute each when checkpointing.
+    # With checkpointing the decode is checkpointed too (the trainer's default): one more decode.
     unet_forwards = T + (3 if spec["ckpt"] else 2) * K
-    floor = unet_forwards * t_unet + 3 * t_decode
+    floor = unet_forwards * t_unet + (4 if spec["ckpt"] else 3) * t_decode
     # The same work with backward passes timed rather than assumed to cost two forwards:
     # T - K plain forwards, K forward+backward (+ K forwards recomputed), decode+reward fwd+bwd.
-    measured = (T - K) * t_unet + K * t_unet_fb + (K * t_unet if spec["ckpt"] else 0.0) + t_decode_fb
+    measured = (T - K) * t_unet + K * t_unet_fb + (K * t_unet + t_decode if spec["ckpt"] else 0.0) + t_decode_fb
     step = sorted(times)[len(times) // 2]
     return {**spec, **memory, "step_s": step, "floor_s": floor, "over_floor": step / floor,
             "floor_measured_s": measured, "over_measured_floor": step / measured,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--toy-prompt", default="three red circles on a white background",
                    help="the prompt on the toy model (its tokenizer knows only the toy world's words)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--alignkit-args", default="", help="extra `alignkit train` flags for alignkit's side only, "
+                   "e.g. '--compile-unet' (recorded in the settings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="OMP/MKL threads for both sides (default: torch's choice)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a run is killed")
@@ -160,7 +163,8 @@ def run_alignkit(job: Job, out: Path, args) -> dict:
                   "--train-batch-size", job.batch_size, "--learning-rate", job.learning_rate,
                   "--rank", TRL_LORA_RANK, "--lora-alpha", TRL_LORA_ALPHA, "--max-train-steps", job.steps,
                   "--guidance-scale", job.guidance_scale, "--eta", job.eta, "--mixed-precision", job.mixed_precision,
-                  "--checkpointing-steps", 0, "--report-to", "none", "--seed", job.seed]
+                  "--checkpointing-steps", 0, "--report-to", "none", "--seed", job.seed,
+                  *shlex.split(args.alignkit_args)]
     child, records = harness.run_alignkit_train(train_args, out, args.threads, args.timeout)
     if any(r["k"] != job.k for r in records):
         raise BenchError(f"alignkit logged K={sorted({r['k'] for r in records})}, not {job.k}")

@@ -69,10 +69,10 @@ def test_one_k_per_trajectory_and_it_is_the_one_logged(tiny_sd, test_rewards, tm
     seen = []
     original = DDIMSampler.sample
 
-    def spy(self, unet, cond, traj):
+    def spy(self, unet, cond, traj, nograd_unet=None):
         if torch.is_grad_enabled():
             seen.append(traj.k)
-        return original(self, unet, cond, traj)
+        return original(self, unet, cond, traj, nograd_unet)
 
     monkeypatch.setattr(DDIMSampler, "sample", spy)
     config = load_config(None, dict(pretrained_model_name_or_path=str(tiny_sd), reward="brightness",
@@ -85,6 +85,31 @@ def test_one_k_per_trajectory_and_it_is_the_one_logged(tiny_sd, test_rewards, tm
     # Both micro-batches of an optimizer step share its K; the logged K is that one.
     assert seen[0::2] == seen[1::2] == logged
     assert all(1 <= k <= 3 for k in logged) and len(set(logged)) > 1
+
+
+def test_compile_unet_compiles_the_unet_once_for_the_steps_without_gradients(tiny_sd, test_rewards, tmp_path,
+                                                                             monkeypatch):
+    compiled = []
+
+    def fake_compile(module, **kwargs):  # inductor would take a minute here; the wiring is the test
+        calls = []
+        compiled.append((module, calls))
+
+        def run(*args, **kw):
+            calls.append(torch.is_grad_enabled())
+            return module(*args, **kw)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run_dir = tmp_path / "run"
+    train(load_config(None, dict(pretrained_model_name_or_path=str(tiny_sd), reward="brightness", prompt="a cat",
+                                 num_inference_steps=4, truncation="last:1", guidance_scale=1.0, train_batch_size=1,
+                                 max_train_steps=2, resolution=16, checkpointing_steps=0, report_to="none",
+                                 compile_unet=True, output_dir=str(run_dir))))
+    (module, calls), = compiled
+    assert type(module).__name__ == "UNet2DConditionModel"
+    assert calls == [False] * 3 * 2  # T - K = 3 no-grad steps per optimizer step, never with gradients
+    assert len(_metrics(run_dir)) == 2
 
 
 def test_sdxl_run_and_lora_loads_into_plain_diffusers(tiny_sdxl, test_rewards, tmp_path):

@@ -65,7 +65,7 @@ class DDIMSampler:
 
     def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int,
                  guidance_scale: float = 7.5, eta: float = 1.0, gradient_checkpointing: bool = True,
-                 checkpoint_vae: bool = False, negative_prompt: str = ""):
+                 checkpoint_vae: bool = True, negative_prompt: str = ""):
         self.pipe, self.is_sdxl = loaded.pipe, loaded.is_sdxl
         self.resolution = resolution
         self.latent_size = resolution // loaded.vae_scale_factor
@@ -129,7 +129,8 @@ class DDIMSampler:
     # ---- one denoising step ------------------------------------------------------------------
     def step(self, unet, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None) -> Tensor:
         """x_{t_i} -> x_{t_{i+1}}: one (batched-CFG) UNet call and the DDIM update, a pure function."""
-        t = self.timesteps[i]
+        # A tensor, not an int: a compiled UNet would specialise on (and recompile for) each int.
+        t = torch.tensor(self.timesteps[i], device=latents.device)
         model_in = torch.cat([latents, latents]) if self.do_cfg else latents
         out = unet(model_in, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=cond.added,
                    return_dict=False)[0].float()
@@ -188,17 +189,19 @@ class DDIMSampler:
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     # ---- the whole chain --------------------------------------------------------------------
-    def sample(self, unet, cond: Conditioning, traj: Trajectory) -> SampleOutput:
-        """Run the T steps; only the last `traj.k` carry gradients (none before DRaFT-LV's step)."""
+    def sample(self, unet, cond: Conditioning, traj: Trajectory, nograd_unet=None) -> SampleOutput:
+        """Run the T steps; only the last `traj.k` carry gradients (none before DRaFT-LV's step).
+        `nograd_unet` (the same weights, e.g. compiled) runs the steps before the cut, if given."""
         device = cond.embeds.device
         latents = traj.latents.to(device)
         noise = lambda i: None if traj.step_noise is None else traj.step_noise[i].to(device)  # noqa: E731
         draft = traj.renoise is not None
         first_grad = self.num_steps if draft else self.num_steps - traj.k
+        fast = unet if nograd_unet is None else nograd_unet  # (a compiled module has no truth value)
         # The steps before the cut build no graph at all.
         with torch.no_grad():
             for i in range(first_grad):
-                latents = self.step(unet, latents, i, cond, noise(i))
+                latents = self.step(fast, latents, i, cond, noise(i))
         for i in range(first_grad, self.num_steps):
             latents = self._grad_step(unet, latents, i, cond, noise(i))
         if not draft:

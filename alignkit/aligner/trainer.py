@@ -200,6 +200,9 @@ def train(config: TrainConfig) -> Path:
                                  num_training_steps=config.max_train_steps * accelerator.num_processes)
     # The UNet goes through prepare (DDP), the reward never does: it is frozen and never synchronised.
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # Compiled once for the no-grad steps only; it shares the module's weights, so each LoRA
+    # update is seen without a recompile, and the graph-building steps stay eager.
+    nograd_unet = torch.compile(accelerator.unwrap_model(unet)) if config.compile_unet else None
     state = TrainState(config.seed)
     accelerator.register_for_checkpointing(state)
     _register_lora_hooks(accelerator, type(pipe))
@@ -230,7 +233,7 @@ def train(config: TrainConfig) -> Path:
                 prompts = [plan.prompts[i] for i in picks[lo:hi]]
                 with accelerator.accumulate(unet):
                     with accelerator.autocast():
-                        out = sampler.sample(unet, sampler.encode(prompts, device), traj)
+                        out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
                         total, part = reward.with_parts(out.images, prompts * out.repeats)
                     loss = -total.float().mean()
                     accelerator.backward(loss)
