@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# GPU figures in one prepared run (well under 10 minutes on one H100):
+# GPU figures in one prepared run (about 7 minutes on one H100):
 #   1. alignkit vs trl 0.23.1 AlignPropTrainer on the full-size SD 1.5 architecture
-#      (published configs, random weights, 512 px, T=20, K=2, batch 2 with CFG, bf16 weights:
-#      both trainers keep LoRA in fp32; alignkit also keeps the VAE in fp32, as diffusers'
-#      `force_upcast` asks, trl casts it to bf16)
-#   2. memory_scaling.py --gpu (if this checkout has it)
-# Expected: under a minute to build the pipeline, ~3 min for the comparison (4 fresh
-# processes), ~4 min for memory_scaling; each part has its own time limit (630 s at worst).
-# Results, logs and the card's name go under $OUT (default benchmarks/results/gpu).
+#      (published configs, random weights, 512 px, T=20, K=2, batch 2 with CFG, bf16 weights,
+#      LoRA in fp32 on both sides; alignkit with its defaults: step and VAE checkpointing)
+#   2. the same with alignkit's --compile-unet (one pair: a compile costs a minute or so)
+#   3. memory_scaling.py --gpu, only with MEMORY_SCALING=1 (4 more minutes)
+# Each part has its own time limit; what finished is kept. Results, logs and the card's name
+# go under $OUT (default benchmarks/results/gpu).
 #
 # Needs, from wheels with the repo's pins: alignkit's environment (PY, default .venv/bin/python)
 # and the peer's (ALIGNKIT_TRL_PYTHON, default benchmarks/peers/.venv-trl/bin/python; made by
@@ -36,9 +35,10 @@ done
 
 if [ "${SMOKE:-0}" = "1" ]; then
   # CPU plumbing check: tiny pipeline, one short pair, fp32.
-  arch=tiny; res=64; pairs=1; steps=3; skip=1; precision=no; per_run_timeout=600; suffix=smoke
+  # One thread a side: a 2-core CI-like machine with other work on it otherwise thrashes.
+  arch=tiny; res=64; pairs=1; steps=3; skip=1; precision=no; per_run_timeout=600; suffix=smoke; threads=1
 else
-  arch=sd15; res=512; pairs=2; steps=5; skip=2; precision=bf16; per_run_timeout=110; suffix=sd15_512px
+  arch=sd15; res=512; pairs=2; steps=5; skip=2; precision=bf16; per_run_timeout=150; suffix=sd15_512px; threads=""
 fi
 
 # The card and the software, first: they label every number that follows.
@@ -56,21 +56,30 @@ if ! timeout 120 "$PY" benchmarks/tiny_pipeline.py "$arch" "$WORK/pipelines/$arc
 fi
 
 status=0
-log "vs_trl_alignprop: $arch, ${res} px, $pairs pairs x $steps steps, $precision"
-if timeout 240 "$PY" benchmarks/vs_trl_alignprop.py --pipeline "$arch" --resolutions "$res" --pairs "$pairs" \
-     --warmup-pairs 0 --steps "$steps" --skip-steps "$skip" --mixed-precision "$precision" \
-     --timeout "$per_run_timeout" --cache "$WORK/pipelines" --work-dir "$WORK/runs" \
-     --results "$OUT" --name "vs_trl_alignprop_$suffix" > "$OUT/vs_trl_alignprop.log" 2>&1; then
-  log "vs_trl_alignprop: ok"
-else
-  log "vs_trl_alignprop: FAILED or timed out (exit $?; see $OUT/vs_trl_alignprop.log; pairs finished so far: \
-$OUT/vs_trl_alignprop_$suffix.partial.json)"; status=1
-fi
-# The report itself (tables) for whoever reads $OUT without a terminal.
-tail -n 40 "$OUT/vs_trl_alignprop.log" >> "$OUT/gpu_check.log"
-if [ "${SMOKE:-0}" = "1" ]; then
+# vs_trl NAME PAIRS STEPS SKIP LIMIT [alignkit flags]: one comparison, its report into the log.
+vs_trl() {
+  local name="$1" n="$2" st="$3" sk="$4" limit="$5" extra="${6:-}"
+  log "vs_trl_alignprop ($name): $arch, ${res} px, $n pair(s) x $st steps, $precision ${extra}"
+  if timeout "$limit" "$PY" benchmarks/vs_trl_alignprop.py --pipeline "$arch" --resolutions "$res" --pairs "$n" \
+       --warmup-pairs 0 --steps "$st" --skip-steps "$sk" --mixed-precision "$precision" \
+       --timeout "$per_run_timeout" --cache "$WORK/pipelines" --work-dir "$WORK/runs-$name" \
+       --results "$OUT" --name "$name" --alignkit-args="$extra" ${threads:+--threads "$threads"} \
+       > "$OUT/$name.log" 2>&1; then
+    log "$name: ok"
+  else
+    log "$name: FAILED or timed out (exit $?; see $OUT/$name.log; pairs finished: $OUT/$name.partial.json)"
+    status=1
+  fi
+  tail -n 30 "$OUT/$name.log" >> "$OUT/gpu_check.log"  # the tables, for whoever reads $OUT
+}
+vs_trl "vs_trl_alignprop_$suffix" "$pairs" "$steps" "$skip" 260
+# The compiled UNet needs a step or two to compile: two more steps, three left out.
+vs_trl "vs_trl_alignprop_${suffix}_compile" 1 $((steps + 2)) $((skip + 1)) 200 "--compile-unet"
+if [ "${MEMORY_SCALING:-0}" != "1" ]; then
+  log "memory_scaling.py --gpu: not run (MEMORY_SCALING=1 runs it)"
+elif [ "${SMOKE:-0}" = "1" ]; then
   log "memory_scaling.py --gpu: not run in SMOKE mode (it needs CUDA)"
-elif [ -f benchmarks/memory_scaling.py ]; then
+else
   log "memory_scaling.py --gpu"
   # Its GPU plan: 4 configurations of SD 1.5 at 512 px, T=50, bf16, each in a fresh process (~1 min each).
   if timeout 270 "$PY" benchmarks/memory_scaling.py --gpu --out "$OUT/memory_scaling.json" \
@@ -79,8 +88,6 @@ elif [ -f benchmarks/memory_scaling.py ]; then
   else
     log "memory_scaling: FAILED or timed out (exit $?; see $OUT/memory_scaling.log)"; status=1
   fi
-else
-  log "memory_scaling.py is not in this checkout: skipped"
 fi
 
 log "done (exit $status); results in $OUT"
