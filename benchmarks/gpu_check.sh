@@ -38,7 +38,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
   # One thread a side: a 2-core CI-like machine with other work on it otherwise thrashes.
   arch=tiny; res=64; pairs=1; steps=3; skip=1; precision=no; per_run_timeout=600; suffix=smoke; threads=1
 else
-  arch=sd15; res=512; pairs=2; steps=5; skip=2; precision=bf16; per_run_timeout=150; suffix=sd15_512px; threads=""
+  arch=sd15; res=512; pairs="${PAIRS:-2}"; steps=5; skip=2; precision=bf16; per_run_timeout=150; suffix=sd15_512px; threads=""
 fi
 
 # The card and the software, first: they label every number that follows.

@@ -185,7 +185,12 @@ class DDIMSampler:
             latents = latents * std / config.scaling_factor + mean
         else:
             latents = latents / config.scaling_factor
-        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        # The VAE runs in its own dtype (bf16/fp16 weights, or fp32 where fp16 needs the upcast),
+        # as diffusers' pipelines decode, not under the step's autocast: autocast would run its
+        # GroupNorms in fp32 and keep those activations, which at full resolution are most of a
+        # step's peak memory (and an fp16 autocast would undo the fp32 upcast).
+        with torch.autocast(latents.device.type, enabled=False):
+            images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     # ---- the whole chain --------------------------------------------------------------------
