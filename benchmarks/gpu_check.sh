@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures in one prepared run (about 7 minutes on one H100):
+# GPU figures in one prepared run (5.5 minutes on one H100, 26 Nov 2026):
 #   1. alignkit vs trl 0.23.1 AlignPropTrainer on the full-size SD 1.5 architecture
 #      (published configs, random weights, 512 px, T=20, K=2, batch 2 with CFG, bf16 weights,
 #      LoRA in fp32 on both sides; alignkit with its defaults: step and VAE checkpointing)
