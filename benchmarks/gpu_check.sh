@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU figures in one prepared run (5.5 minutes on one H100, 26 Nov 2026):
+# GPU figures in one prepared run (about 8 minutes on one H100; parts 1-2 took 5.5 min on 26 Nov 2026):
 #   1. alignkit vs trl 0.23.1 AlignPropTrainer on the full-size SD 1.5 architecture
 #      (published configs, random weights, 512 px, T=20, K=2, batch 2 with CFG, bf16 weights,
 #      LoRA in fp32 on both sides; alignkit with its defaults: step and VAE checkpointing)
 #   2. the same with alignkit's --compile-unet (one pair: a compile costs a minute or so)
-#   3. memory_scaling.py --gpu, only with MEMORY_SCALING=1 (4 more minutes)
+#   3. memory_scaling.py --gpu: K=1 and K=T=50 with checkpointing (~2 more minutes; see below)
 # Each part has its own time limit; what finished is kept. Results, logs and the card's name
 # go under $OUT (default benchmarks/results/gpu).
 #
@@ -75,14 +75,17 @@ vs_trl() {
 vs_trl "vs_trl_alignprop_$suffix" "$pairs" "$steps" "$skip" 260
 # The compiled UNet needs a step or two to compile: two more steps, three left out.
 vs_trl "vs_trl_alignprop_${suffix}_compile" 1 $((steps + 2)) $((skip + 1)) 200 "--compile-unet"
-if [ "${MEMORY_SCALING:-0}" != "1" ]; then
-  log "memory_scaling.py --gpu: not run (MEMORY_SCALING=1 runs it)"
+# memory_scaling: the two checkpointed configurations its targets read (K=1 and K=T=50, ~2 min);
+# MEMORY_SCALING=full runs its whole GPU grid (4 configurations, ~4 min), MEMORY_SCALING=0 none.
+mode="${MEMORY_SCALING:-targets}"
+if [ "$mode" = "0" ]; then
+  log "memory_scaling.py --gpu: not run (MEMORY_SCALING=0)"
 elif [ "${SMOKE:-0}" = "1" ]; then
   log "memory_scaling.py --gpu: not run in SMOKE mode (it needs CUDA)"
 else
-  log "memory_scaling.py --gpu"
-  # Its GPU plan: 4 configurations of SD 1.5 at 512 px, T=50, bf16, each in a fresh process (~1 min each).
-  if timeout 270 "$PY" benchmarks/memory_scaling.py --gpu --out "$OUT/memory_scaling.json" \
+  grid=""; [ "$mode" = "full" ] || grid="50,1,1;50,50,1"
+  log "memory_scaling.py --gpu (${grid:-full grid})"
+  if ALIGNKIT_BENCH_GRID="$grid" timeout 270 "$PY" benchmarks/memory_scaling.py --gpu --out "$OUT/memory_scaling.json" \
        > "$OUT/memory_scaling.log" 2>&1; then
     log "memory_scaling: ok"
   else
