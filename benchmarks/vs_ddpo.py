@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=7200)
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
     p.add_argument("--results", type=Path, default=harness.RESULTS)
-    p.add_argument("--name", default=NAME)
+    p.add_argument("--name", help=f"result file name (default: {NAME}, {NAME}_quick with --quick)")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="no training: recompute the figures of a saved result from its raw samples (in place)")
     return p
@@ -113,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PRESETS[args.preset or "full"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # A quick run never overwrites the full run's result.
+    args.name = args.name or (f"{NAME}_quick" if args.preset == "quick" else NAME)
     per_epoch = args.ddpo_sample_batch * args.ddpo_batches_per_epoch
     if args.alignkit_samples % args.alignkit_batch:
         raise BenchError(f"--alignkit-samples {args.alignkit_samples} must be whole steps of --alignkit-batch "

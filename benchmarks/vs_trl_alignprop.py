@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where built pipelines are kept between runs")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
     p.add_argument("--results", type=Path, default=harness.RESULTS, help="folder of the JSON result")
-    p.add_argument("--name", default=NAME, help="result file name (without .json)")
+    p.add_argument("--name", help=f"result file name (default: {NAME}, {NAME}_quick with --quick)")
     return p
 
 
@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # A quick run never overwrites the full run's result.
+    args.name = args.name or (f"{NAME}_quick" if args.preset == "quick" else NAME)
     if not 1 <= args.k <= args.num_inference_steps:
         raise BenchError(f"--k {args.k} must be between 1 and --num-inference-steps {args.num_inference_steps}")
     if args.skip_steps >= args.steps:
