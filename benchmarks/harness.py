@@ -280,26 +280,37 @@ class Result:
     checks: list[Check] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
+    def figures(self) -> list[dict]:
+        return [{**asdict(c), "passed": c.passed} for c in self.checks]
+
     def payload(self, peer_python: str | Path | None = None) -> dict:
         return {
             "benchmark": self.name,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+            **stamp(),
             "git_commit": _git_commit(),
             "machine": machine(),
             "versions": {"alignkit_env": versions(), **({"peer_env": versions(peer_python)} if peer_python else {})},
             "settings": self.settings,
-            "figures": [{**asdict(c), "passed": c.passed} for c in self.checks],
+            "figures": self.figures(),
             **self.extra,
             "samples": self.samples,
         }
 
 
+def stamp() -> dict:
+    """When and by which command a result (or a recomputation of one) was written."""
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}
+
+
 def write_result(result: Result, peer_python: str | Path | None = None, out_dir: Path = RESULTS) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result.name}.json"
+    return write_json(out_dir / f"{result.name}.json", result.payload(peer_python))
+
+
+def write_json(path: Path, data: dict) -> Path:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result.payload(peer_python), indent=1, default=str) + "\n")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated result
     return path
 

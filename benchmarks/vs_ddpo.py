@@ -14,7 +14,7 @@ and update; not checkpointing or evaluation). alignkit is scored at doubling sam
 (one optimizer step, two, four, ...), DDPO at even intervals of a larger budget. The
 headline: how many samples each needs to reach DDPO's final level (best learning rate of
 each), counted conservatively for alignkit: DDPO's count is interpolated between its points,
-alignkit's is the first scored point at or above the level.
+alignkit's is the first scored point from which every later point stays at the level.
 
     python benchmarks/vs_ddpo.py --quick          # one learning rate each, a few dozen samples
     python benchmarks/vs_ddpo.py --full           # 3 learning rates each; 512 / 960 samples
@@ -500,8 +500,6 @@ def main(argv: list[str] | None = None) -> int:
 def rereport(path: Path) -> int:
     """Recompute a saved result's figures with this script's rules; the measurement (date,
     command, machine, samples) stays as it was, and the recomputation is recorded beside it."""
-    import datetime as _dt
-
     try:
         saved = json.loads(path.read_text())
         result = summarize(saved["benchmark"], saved["settings"], saved["samples"], path.parent)
@@ -509,12 +507,9 @@ def rereport(path: Path) -> int:
         raise BenchError(f"--report {path}: not a vs_ddpo result ({type(exc).__name__}: {exc})") from None
     con = harness.console()
     report(result, con)
-    saved["figures"] = [{**c.__dict__, "passed": c.passed} for c in result.checks]
-    saved["figures_recomputed"] = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                   "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(saved, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    saved["figures"] = result.figures()
+    saved["figures_recomputed"] = harness.stamp()
+    harness.write_json(path, saved)
     con.print(f"rewrote the figures of {path}")
     return 0
 
