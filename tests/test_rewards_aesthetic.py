@@ -180,12 +180,9 @@ def test_backbone_of_the_wrong_width(tmp_path, hub):
 
 
 def test_pickle_with_code_is_refused_never_run(hub, tmp_path):
-    marker = tmp_path / "pwned"
-    evil = tm.write_code_pickle(tmp_path / "head.pth", marker)
-    with pytest.raises(CheckpointError) as info:
-        load_reward("aesthetic", version="v1", head_path=str(evil))
-    tm.assert_one_line(info, "refused", str(evil))
-    assert not marker.exists()
+    evil = tmp_path / "head.pth"
+    tm.assert_code_pickle_refused(evil, lambda: load_reward("aesthetic", version="v1", head_path=str(evil)),
+                                  "refused", str(evil))
 
 
 def test_code_pickle_payload_calls_code(tmp_path):

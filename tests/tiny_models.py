@@ -156,6 +156,21 @@ def write_code_pickle(path: Path, marker: Path, wrap: str | None = None) -> Path
     return path
 
 
+def assert_code_pickle_refused(path: Path, load, *fragments: str, wrap: str | None = None) -> None:
+    """Write a code-carrying checkpoint at `path`; `load()` must fail with one line naming every
+    fragment, and the payload must never have run."""
+    import pytest
+
+    from alignkit.errors import CheckpointError
+
+    marker = path.with_name(path.name + ".pwned")
+    write_code_pickle(path, marker, wrap)
+    with pytest.raises(CheckpointError) as info:
+        load()
+    assert_one_line(info, *fragments)
+    assert not marker.exists()
+
+
 def write_corrupt(path: Path, source: Path | None = None) -> Path:
     """A truncated copy of `source` (or garbage bytes): what an interrupted download leaves."""
     data = source.read_bytes()[: max(16, source.stat().st_size // 3)] if source else b"not a checkpoint" * 8
