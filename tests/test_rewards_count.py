@@ -100,6 +100,41 @@ def test_soft_count_keeps_separate_overlapping_objects_and_is_differentiable():
     assert weak.grad[0, 1] > 10 * weak.grad[0, 0].abs()
 
 
+def _plateau(n: int = 2000, seed: int = 0):
+    """A random detector's output: thousands of anchors far above the gate, many with exactly
+    tied logits (saturated heads), boxes all over the image: more live anchors than candidates."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(1, n, 2, generator=g) * 400
+    boxes = torch.cat([xy, xy + 10 + torch.rand(1, n, 2, generator=g) * 50], -1)
+    logits = torch.where(torch.rand(1, n, generator=g) < 0.5, torch.full((1, n), 3.0),
+                         2 + 2 * torch.rand(1, n, generator=g))
+    return boxes, logits
+
+
+@pytest.mark.parametrize("cfg", [SoftCountConfig(), SoftCountConfig(max_candidates=64)])
+def test_soft_count_is_continuous_where_anchors_tie_or_cross_the_candidate_cut(cfg):
+    # The failure this guards against: which anchors enter the candidate set, and who
+    # suppresses whom among tied ones, flipped with 1e-5 of float noise (batch vs single
+    # outputs of the same detector), moving the count by up to 0.15.
+    boxes, logits = _plateau()
+    base = soft_count(boxes, logits, cfg).item()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        noisy = logits + 1e-5 * torch.randn(logits.shape, generator=g)
+        assert soft_count(boxes, noisy, cfg).item() == pytest.approx(base, abs=5e-3)
+    # Nor does the order in which the head lists its anchors matter.
+    order = torch.randperm(logits.shape[1], generator=g)
+    assert soft_count(boxes[:, order], logits[:, order], cfg).item() == pytest.approx(base, abs=5e-3)
+
+
+def test_soft_count_is_unchanged_by_the_soft_order_on_separated_anchors():
+    # Anchors whose logits differ by more than a few order temperatures keep the greedy order:
+    # a near-duplicate behind a sure anchor is suppressed, as in NMS.
+    boxes = torch.tensor([[[0.0, 0, 40, 40], [1, 1, 41, 41], [0, 1, 40, 41]]])
+    count = soft_count(boxes, _logit([0.95, 0.9, 0.8])[None])
+    assert count.item() == pytest.approx(1.0, abs=1e-3)
+
+
 def test_soft_count_threshold_follows_config():
     boxes = torch.tensor([[[0.0, 0, 10, 10]]])
     logits = _logit([0.4])[None]
@@ -173,7 +208,9 @@ def test_count_reward_gradients_and_batch_invariance(reward):
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     with torch.no_grad():
         single = torch.cat([reward(images[i:i + 1], prompts[i:i + 1]) for i in range(3)])
-    torch.testing.assert_close(scores.detach(), single, rtol=1e-4, atol=1e-4)
+    # Batch and single forwards differ by float noise (~1e-5, kernel-dependent); the soft count
+    # is continuous (tested above on a plateau of tied anchors), so the scores stay close.
+    torch.testing.assert_close(scores.detach(), single, rtol=0, atol=2e-2)
 
 
 def test_count_reward_matches_soft_count_of_head(reward):

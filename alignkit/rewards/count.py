@@ -8,10 +8,11 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
   centred on the NMS confidence threshold. A plain sigmoid would let thousands of
   background anchors at p = 0.01 leak tens of "objects"; the sharpened gate (slope
   `gate_slope` in logit units) sends them below 1e-6 each while an anchor at p >= 0.5 counts ~1.
-* grouping: several anchors fire on one object. Candidates are sorted by presence and each
-  is discounted by every stronger one that overlaps it, as a soft greedy NMS:
+* grouping: several anchors fire on one object. Each candidate is discounted by every
+  stronger one that overlaps it, as a soft greedy NMS:
   count = sum_i w_i * prod_{j stronger} (1 - w_j * s(IoU_ij)), with s a sharpened step at
-  IoU 0.5 (see `SoftCountConfig.group_iou`). Within one object this is a noisy-OR (at most
+  IoU 0.5 (see `SoftCountConfig.group_iou`) and "stronger" a steep sigmoid of the logit gap,
+  so that the count is continuous where anchors tie. Within one object this is a noisy-OR (at most
   1, exactly 1 when its best anchor is sure); boxes that NMS would keep apart count apart.
   The count is per class, like NMS with multi_label: an anchor counts for the prompted
   class even when another class scores higher there (class-aware NMS in `targets()` keeps
@@ -147,6 +148,11 @@ class SoftCountConfig:
     iou_temperature: float = 0.05
     # Anchors kept for the pairwise suppression (as NMS's max_det); the rest count unsuppressed.
     max_candidates: int = 300
+    # Logit gap over which a candidate's membership fades out at the edge of that set.
+    member_margin: float = 1.0
+    # Logit gap over which "j is stronger than i" goes from 0.5 to 0.73: steep, so that only
+    # anchors tied to within ~0.05 logit share their order (1e-5 of noise moves a count by ~1e-3).
+    order_temperature: float = 0.01
     # Smoothing of |count - n| near 0.
     delta: float = 0.1
 
@@ -162,22 +168,43 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def soft_count(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig = SoftCountConfig()) -> Tensor:
-    """Soft number of objects per image from anchor boxes (B,N,4 xyxy) and class logits (B,N)."""
+    """Soft number of objects per image from anchor boxes (B,N,4 xyxy) and class logits (B,N).
+
+    Continuous in its inputs: no anchor's contribution jumps when a tiny change of the pixels
+    reorders two anchors or moves one across the candidate cut (see the comments below), so
+    the same image scores the same alone or in a batch up to float noise, on any kernel.
+    """
+    logits = logits.float()
     # Presence: a sharpened gate at the confidence threshold, in logit space so that the
     # slope is the same for every anchor and background mass stays negligible.
-    presence = torch.sigmoid(cfg.gate_slope * (logits.float() - math.log(cfg.conf / (1 - cfg.conf))))
-    k = min(cfg.max_candidates, presence.shape[1])
-    top, index = presence.topk(k, dim=1)  # sorted, strongest first
-    # Anchors outside the top k are far below the gate; they still count (and pass gradient),
-    # just without pairwise suppression, which would cost O(N^2).
+    presence = torch.sigmoid(cfg.gate_slope * (logits - math.log(cfg.conf / (1 - cfg.conf))))
+    n = logits.shape[1]
+    k = min(cfg.max_candidates, n)
+    # Candidates: the k strongest anchors, by logit (the gate saturates; logits keep their order).
+    ranked, index = logits.topk(min(k + 1, n), dim=1)
+    cand_logits, index = ranked[:, :k], index[:, :k]
+    if n > k:
+        # The (k+1)-th logit is a continuous function of the pixels; a candidate's membership
+        # fades to 0 as its logit comes down to it, so an anchor that enters or leaves the set
+        # changes nothing. On a real detector the live anchors sit far above the edge.
+        member = ((cand_logits - ranked[:, k:]) / cfg.member_margin).clamp(0, 1)
+    else:
+        member = torch.ones_like(cand_logits)
+    top = presence.gather(1, index)
+    # Anchors outside the candidates count (and pass gradient) without pairwise suppression,
+    # which would cost O(N^2); they are far below the gate.
     rest = presence.sum(1) - top.sum(1)
     cand = boxes.float().gather(1, index[..., None].expand(-1, -1, 4))
     overlap = torch.sigmoid((box_iou(cand, cand) - cfg.group_iou) / cfg.iou_temperature)
-    # Anchor i is discounted by each stronger anchor j (j < i in sorted order) that overlaps it.
-    stronger = torch.ones(k, k, dtype=torch.bool, device=top.device).tril(-1)
-    suppress = (top[:, None, :] * overlap).clamp(max=1 - 1e-6)
-    keep = torch.where(stronger, torch.log1p(-suppress), torch.zeros_like(suppress)).sum(-1).exp()
-    return (top * keep).sum(1) + rest
+    # Anchor i is discounted by each stronger anchor j that overlaps it. "Stronger" is a steep
+    # sigmoid of the logit gap, not a sort: two near-tied anchors suppress each other by half
+    # instead of flipping who suppresses whom.
+    stronger = torch.sigmoid((cand_logits[:, None, :] - cand_logits[:, :, None]) / cfg.order_temperature)
+    stronger = stronger * (1 - torch.eye(k, device=stronger.device, dtype=stronger.dtype))
+    suppress = ((top * member)[:, None, :] * overlap * stronger).clamp(max=1 - 1e-6)
+    keep = torch.log1p(-suppress).sum(-1).exp()
+    # A candidate at the edge of the set is suppressed as little as the anchors outside it.
+    return (top * (1 - member * (1 - keep))).sum(1) + rest
 
 
 def count_error(count: Tensor, target: Tensor, delta: float) -> Tensor:
