@@ -62,6 +62,8 @@ def eval_(
     reward: Optional[str] = typer.Option(None, "--reward", help="The reward it was tuned on (spec); default: the run's."),
     heldout: Optional[str] = typer.Option(None, "--rewards", help="Held-out rewards (spec); default: from the held-out table."),
     reward_option: list[str] = typer.Option([], help="NAME.OPTION=VALUE for any reward factory (repeatable)."),
+    judge: list[str] = typer.Option([], help="An independent judge of the trained reward's true target, sharing no weights with it (repeatable): 'count' (another detector), 'toy_rules'; default: toy_rules on toy models."),
+    judge_option: list[str] = typer.Option([], help="[JUDGE.]KEY=VALUE for a judge, e.g. count.detector=PATH (repeatable)."),
     prompts: Optional[str] = typer.Option(None, help="Prompt set (its held-out eval split) or file; default: the run's."),
     prompt: Optional[str] = typer.Option(None, help="Evaluate on this one prompt."),
     num_prompts: Optional[int] = typer.Option(None, help="Keep only the first N prompts."),
@@ -80,7 +82,7 @@ def eval_(
     from alignkit.evaluation import EvalConfig, parse_scales, run
 
     run(EvalConfig(path=path, model=model, reward=reward, heldout=heldout, reward_options=reward_option,
-                   prompts=prompts, prompt=prompt, num_prompts=num_prompts, seeds=seeds,
+                   judges=judge, judge_options=judge_option, prompts=prompts, prompt=prompt, num_prompts=num_prompts, seeds=seeds,
                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
                    resolution=resolution, scales=parse_scales(scales), tolerance=tolerance,
                    output_dir=output_dir, device=device, batch_size=batch_size,

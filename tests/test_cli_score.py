@@ -133,8 +133,8 @@ def test_score_count_with_a_detector_folder(tmp_path, pictures):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]  # stdout is only JSON
     for row in rows:
-        assert set(row) == {"image", "prompt", "reward", "count_nms", "count_correct"}
-        assert row["reward"] <= 0 and row["count_correct"] == float(row["count_nms"] == 2)
+        assert set(row) == {"image", "prompt", "reward", "count_nms", "count_nms_correct"}
+        assert row["reward"] <= 0 and row["count_nms_correct"] == float(row["count_nms"] == 2)
     result = run_cli(*base, "--prompt", "red circles", tmp_path=tmp_path)
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [

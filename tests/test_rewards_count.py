@@ -225,10 +225,10 @@ def test_count_reward_matches_soft_count_of_head(reward):
 def test_targets_count_with_nms(reward):
     images = torch.rand(2, 3, 64, 64)
     out = reward.targets(images, ["two circles", "a square"])
-    assert set(out) == {"count_nms", "count_correct"}
+    assert set(out) == {"count_nms", "count_nms_correct"}
     counts = out["count_nms"]
     assert counts.shape == (2,) and (counts >= 0).all() and (counts == counts.round()).all()
-    torch.testing.assert_close(out["count_correct"], (counts == torch.tensor([2.0, 1.0])).float())
+    torch.testing.assert_close(out["count_nms_correct"], (counts == torch.tensor([2.0, 1.0])).float())
 
 
 def test_prompt_without_number_is_one_line(reward):

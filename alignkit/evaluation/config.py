@@ -28,6 +28,11 @@ class EvalConfig:
     heldout: str | None = None
     # NAME.OPTION=VALUE overrides for any reward factory, trained or held out.
     reward_options: list[str] = field(default_factory=list)
+    # Independent judges of the trained reward's true target (evaluation/judges.py); empty:
+    # the defaults (the toy world's rules on toy models).
+    judges: list[str] = field(default_factory=list)
+    # [JUDGE.]KEY=VALUE options of the judges, e.g. count.detector=PATH.
+    judge_options: list[str] = field(default_factory=list)
     # A prompt set name or file (its held-out `eval` split is used), or one prompt.
     prompts: str | None = None
     prompt: str | None = None

@@ -20,8 +20,10 @@ from alignkit.evaluation import metrics as M
 from alignkit.evaluation.config import (Condition, EvalConfig, Settings, plan_conditions, resolve_prompts,
                                         resolve_seeds, resolve_settings)
 from alignkit.evaluation.generate import Sampler
-from alignkit.evaluation.heldout import Scorer, default_heldout, heldout_scorers, trained_scorer
-from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, pick_candidate
+from alignkit.evaluation.heldout import (Scorer, confirming_targets, default_heldout, heldout_scorers,
+                                        trained_scorer)
+from alignkit.evaluation.judges import JudgeScorer, check_independent, default_judges
+from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, find_unconfirmed, pick_candidate
 from alignkit.evaluation.source import EvalSource, is_toy, open_source
 from alignkit.evaluation.store import Store
 
@@ -58,7 +60,8 @@ class EvalResult:
     records: list[ImageRecord]
     # condition label -> metric -> Stat
     stats: dict[str, dict[str, M.Stat]]
-    # metric -> "trained reward", "reward part", "held-out reward", "true target", "diversity", "drift"
+    # metric -> "trained reward", "reward part", "held-out reward", "true target", "proxy target",
+    # "diversity", "drift"
     kinds: dict[str, str]
     watches: list[Watch]
     flags: list[Flag]
@@ -68,6 +71,12 @@ class EvalResult:
     # image key -> its PNG, relative to output_dir.
     image_paths: dict[str, str] = field(default_factory=dict)
     pipeline_calls: int = 0
+    # condition label -> metric -> paired gain over the base images (trained reward, targets).
+    gains: dict[str, dict[str, M.Gain]] = field(default_factory=dict)
+    # The true targets that must rise with the trained reward (metric -> direction).
+    confirms: dict[str, int] = field(default_factory=dict)
+    # The judges used, as "name: what it reads with".
+    judges: list[str] = field(default_factory=list)
 
 
 def evaluate(config: EvalConfig, log=print) -> EvalResult:
@@ -87,6 +96,7 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     trained = trained_scorer(str(spec), options, device)
     # Notes (skipped rewards, fallbacks) go into the report, printed once at the end.
     heldout, notes = heldout_scorers(config.heldout, trained.names, is_toy(source.model), options, device)
+    judges = _judges(config, trained, is_toy(source.model), device)
     # Only now, with every input checked, does anything get written.
     store = Store(Path(config.output_dir) if config.output_dir else source.root / "eval")
 
@@ -100,24 +110,74 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
         for checkpoint in source.checkpoints:
             sampler.load_lora(checkpoint)
     records = _generate(conditions, prompts, seeds, settings, source.model, sampler, store, log)
-    heldout = _score(records, [trained, *heldout], store, config.batch_size, notes, log)
+    heldout = _score(records, [trained, *heldout, *judges], store, config.batch_size, notes, log)
     embedder = _image_metrics(records, [*heldout, trained], store, notes, config.batch_size)
     store.flush()
 
     lpips, note = M.lpips_metric(device)
     if note:
         notes.append(note)
-    kinds = _kinds(records, trained, heldout)
+    proxies = set(store.meta.get("proxy_targets", []))
+    kinds = _kinds(records, trained, heldout, proxies)
     stats = _stats(records, conditions, prompts, lpips)
-    watches = _watches(kinds, trained, heldout, stats)
+    watches = _watches(kinds, trained, [*heldout, *judges], stats)
     candidates = [c.label for c in conditions if c.checkpoint is not None and c.scale > 0]
     flags = find_flags(stats, candidates, watches, config.tolerance, config.rel_tolerance)
+    # A gain must show in an independent true target of the trained reward, not only in proxies.
+    confirms = {name: sign for name, sign in confirming_targets(trained, judges).items() if kinds.get(name) == "true target"}
+    proxy_directions = {TRAINED: +1, **{name: sign for name, sign in trained.target_directions().items() if name in proxies}}
+    gains = _gains(records, conditions, [*proxy_directions, *confirms])
+    flags += find_unconfirmed(stats, gains, candidates, confirms, proxy_directions)
     where = {c.label: (c.step, c.scale) for c in conditions}
     drift = "drift/embed" if any("drift/embed" in s for s in stats.values()) else "drift/mse"
     pick = pick_candidate(stats, candidates, flags, where, drift)
     return EvalResult(config, source, store.root, settings, str(spec), prompts, seeds, conditions, records,
                       stats, kinds, watches, flags, pick, embedder, notes,
-                      {r.key: store.relpath(r.key) for r in records}, sampler.calls)
+                      {r.key: store.relpath(r.key) for r in records}, sampler.calls, gains, confirms,
+                      [f"{j.spec}: {j.judge.description}" for j in judges])
+
+
+def _judges(config: EvalConfig, trained: Scorer, toy: bool, device: str) -> list[JudgeScorer]:
+    """The independent judges: the ones named with --judge, else the defaults (the toy world's rules)."""
+    names = config.judges if config.judges else default_judges(trained.names, toy)
+    options = _parse_judge_options(config.judge_options, names)
+    judges = [JudgeScorer(name, options.get(name, {}), device) for name in names]
+    for judge in judges:
+        check_independent(judge, lambda: trained.reward)
+    return judges
+
+
+def _parse_judge_options(items: list[str], names: list[str]) -> dict[str, dict]:
+    """--judge-option [NAME.]KEY=VALUE (the name may be left out when there is one judge)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AlignkitError(f"--judge-option '{item}' must be KEY=VALUE or JUDGE.KEY=VALUE")
+        name, dot, key = key.rpartition(".")
+        if not dot:
+            if len(names) != 1:
+                raise AlignkitError(f"--judge-option '{item}': say which judge, e.g. {names[0] if names else 'count'}.{key}=VALUE")
+            name = names[0]
+        if name not in names:
+            raise AlignkitError(f"--judge-option '{item}': '{name}' is not a judge of this evaluation ({', '.join(names) or 'none'})")
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _gains(records: list[ImageRecord], conditions: list[Condition], metrics: list[str]) -> dict[str, dict[str, M.Gain]]:
+    """Paired gains over the base images (same prompt and seed) of each condition."""
+    base = {(r.prompt, r.seed): r for r in records if r.condition.checkpoint is None}
+    out: dict[str, dict[str, M.Gain]] = {}
+    for condition in conditions:
+        rows = [r for r in records if r.condition == condition]
+        out[condition.label] = {}
+        for metric in metrics:
+            pairs = [(base[(r.prompt, r.seed)].scores[metric], r.scores[metric]) for r in rows
+                     if metric in r.scores and metric in base[(r.prompt, r.seed)].scores]
+            if pairs:
+                out[condition.label][metric] = M.Gain.paired([b for b, _ in pairs], [c for _, c in pairs])
+    return out
 
 
 def _reward_options(config: EvalConfig, source: EvalSource, spec: str) -> dict:
@@ -171,6 +231,11 @@ def _score(records, scorers: list[Scorer], store: Store, batch_size: int, notes,
     working = []
     for scorer in scorers:
         todo = [r for r in records if store.scores(r.key, scorer.scorer_id) is None]
+        if todo and scorer.role == "trained":
+            # Which of its targets the reward reads with its own weights, remembered for re-runs
+            # that load nothing.
+            store.meta["proxy_targets"] = sorted(scorer.reward.proxy_targets)
+            store.mark()
         try:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
@@ -179,7 +244,7 @@ def _score(records, scorers: list[Scorer], store: Store, batch_size: int, notes,
                 for i, r in enumerate(chunk):
                     store.set_scores(r.key, scorer.scorer_id, {k: float(v[i]) for k, v in columns.items()})
         except AlignkitError as exc:
-            if scorer.role == "trained":
+            if scorer.role in ("trained", "judge"):
                 raise
             # A held-out reward that cannot load is a note, never a failed evaluation.
             notes.append(f"skipped held-out reward '{scorer.spec}': {exc}")
@@ -277,7 +342,7 @@ def _embed_diversity(group: list[ImageRecord]) -> float | None:
     return M.diversity(torch.stack(features), "cosine")
 
 
-def _kinds(records, trained: Scorer, heldout: list[Scorer]) -> dict[str, str]:
+def _kinds(records, trained: Scorer, heldout: list[Scorer], proxies: set[str]) -> dict[str, str]:
     kinds: dict[str, str] = {TRAINED: "trained reward"}
     names = {name for r in records for name in r.scores}
     held = {s.spec for s in heldout}
@@ -288,14 +353,17 @@ def _kinds(records, trained: Scorer, heldout: list[Scorer]) -> dict[str, str]:
             kinds[name] = "held-out reward"
         elif name.startswith("drift/"):
             kinds[name] = "drift"
+        elif name in proxies:
+            kinds[name] = "proxy target"  # read with the reward's own weights: never the truth
         else:
             kinds[name] = "true target"
     kinds["diversity/embed"] = kinds["diversity/pixel"] = kinds["diversity/lpips"] = "diversity"
     return kinds
 
 
-def _watches(kinds, trained: Scorer, heldout: list[Scorer], stats) -> list[Watch]:
-    """Held-out rewards, true targets with a known direction, and the primary diversity."""
+def _watches(kinds, trained: Scorer, heldout: list, stats) -> list[Watch]:
+    """Held-out rewards, true targets with a known direction (the judges' among them), and the
+    primary diversity. Proxy targets are never watched: they share the reward's weights."""
     directions: dict[str, int] = {}
     for scorer in [trained, *heldout]:
         for name, sign in scorer.target_directions().items():

@@ -3,18 +3,18 @@
 A model tuned on one reward can learn to please that reward alone (reward hacking). Rewards
 it never saw, and the true quantities behind a proxy, tell whether the gain is real:
 
-| trained on             | held-out rewards watched            | true targets watched          |
-|------------------------|-------------------------------------|-------------------------------|
-| aesthetic              | hps, pickscore, clip                |                               |
-| hps                    | aesthetic, pickscore, clip          |                               |
-| pickscore              | hps, aesthetic, clip                |                               |
-| clip                   | hps, pickscore, aesthetic           |                               |
-| count                  | clip                                | count_correct (detector + NMS)|
-| compress / incompress  | clip                                | jpeg_kb (PIL JPEG, quality 95)|
+| trained on             | held-out rewards watched  | true targets (independent)     | proxy targets (reward's weights) |
+|------------------------|---------------------------|--------------------------------|----------------------------------|
+| aesthetic              | hps, pickscore, clip      |                                |                                  |
+| hps                    | aesthetic, pickscore, clip|                                |                                  |
+| pickscore              | hps, aesthetic, clip      |                                |                                  |
+| clip                   | hps, pickscore, aesthetic |                                |                                  |
+| count                  | clip                      | a judge's count (`judges.py`)  | count_nms, count_nms_correct     |
+| compress / incompress  | clip                      | jpeg_kb (PIL JPEG, quality 95) |                                  |
 
-On the embedded toy world `clip` means `toy_clip`, the CLIP trained on that world. A default
-held-out reward whose package or weights are absent is skipped with a note; one named with
-`--rewards` must at least exist.
+On the embedded toy world `clip` means `toy_clip`, the CLIP trained on that world, and the
+count's judge is the world's own rules (`toy_rules`). A default held-out reward whose package
+or weights are absent is skipped with a note; one named with `--rewards` must at least exist.
 """
 
 from __future__ import annotations
@@ -40,13 +40,17 @@ HELDOUT: dict[str, tuple[str, ...]] = {
 # The toy world's own reward that stands in for a real one on its images.
 TOY_SUBSTITUTES: dict[str, str] = {"clip": "toy_clip"}
 
-# Which way is better for each true target, by the reward that reports it (+1: higher).
-# Targets not listed (e.g. the raw detector count) are reported but never flag anything.
+# Which way is better for each target a reward reports (+1: higher). The independent ones are
+# watched and must confirm the reward's gain; the proxies (`Reward.proxy_targets`) only serve
+# to catch a gain the judge does not see. Targets not listed (the raw detector count) are
+# reported but never flag anything.
 TARGET_DIRECTIONS: dict[str, dict[str, int]] = {
     "compress": {"jpeg_kb": -1},
     "incompress": {"jpeg_kb": +1},
-    "count": {"count_correct": +1},
+    "count": {"count_nms_correct": +1},
 }
+# Bumped when the columns a reward reports change meaning, so that cached scores are redone.
+SCORES_VERSION = 2
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Scorer:
 
     @property
     def scorer_id(self) -> str:
-        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}"
+        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}:v{SCORES_VERSION}"
 
     @property
     def reward(self) -> Reward:
@@ -98,6 +102,18 @@ class Scorer:
         for name in self.names:
             out.update(TARGET_DIRECTIONS.get(name, {}))
         return out
+
+
+def confirming_targets(trained: Scorer, judges: list) -> dict[str, int]:
+    """The target columns that must rise when the trained reward rises (-> direction): its own
+    targets and its judges' (evaluation keeps only those that are independent, not proxies)."""
+    out = dict(trained.target_directions())
+    for judge in judges:
+        directions = judge.target_directions()
+        for column, rewards in judge.confirms().items():
+            if set(rewards) & set(trained.names):
+                out[column] = directions.get(column, +1)
+    return out
 
 
 def trained_scorer(spec: str, options: dict, device: str) -> Scorer:

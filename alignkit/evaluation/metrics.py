@@ -163,3 +163,38 @@ class Stat:
 
     def as_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std, "n": self.n}
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A condition's paired gain over the base model on one metric: the mean over images of
+    (its value - the base image's value with the same prompt and seed), with a 95% interval
+    (Student's t on the paired differences)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def paired(cls, base: list[float], cand: list[float]) -> "Gain":
+        from scipy.stats import t as student_t
+
+        d = torch.tensor(cand, dtype=torch.float64) - torch.tensor(base, dtype=torch.float64)
+        n = len(d)
+        mean = float(d.mean())
+        if n < 2:
+            return cls(mean, float("-inf"), float("inf"), n)
+        half = float(student_t.ppf(0.975, n - 1)) * float(d.std()) / n ** 0.5
+        return cls(mean, mean - half, mean + half, n)
+
+    def rose(self, direction: int = 1) -> bool:
+        """Better than the base beyond noise (the interval excludes 0 on the good side)."""
+        return self.low > 0 if direction > 0 else self.high < 0
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "ci95": [self.low, self.high], "n": self.n}
+
+    def text(self, scale: float = 1.0, unit: str = "") -> str:
+        return (f"{scale * self.mean:+.3g}{unit} (95% CI {scale * self.low:+.3g} to {scale * self.high:+.3g}{unit}, "
+                f"n={self.n} paired)")

@@ -18,6 +18,12 @@ flagged when it falls by at least MIN_EFFECT base std (a "small" effect) AND the
 beyond noise, z = drop / sqrt(s_base^2/n_base + s_cand^2/n_cand) >= Z_CRIT (one-sided, p < 0.01).
 E.g. a toy_clip fall of 6.5 points (0.36 base std) over 144 images has z = 2.8: flagged.
 
+A candidate is also FLAGGED when its gain is not confirmed: the trained reward (or a proxy
+target read with the reward's own weights, such as the detector's NMS count) rose beyond noise
+(the 95% interval of its paired gain over the base images excludes 0), while an independent
+true target that stands for that reward (a judge's count, the real JPEG size) did not rise
+beyond noise (`find_unconfirmed`). The aligner may have learnt to fool the reward's weights.
+
 The pick: among the candidates not flagged, the best mean trained reward; a tie (within
 0.05 base std of the trained reward) goes to the smaller drift from the base images. When the
 trained reward prefers a flagged candidate, the held-out and true-target side wins: flagged
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from alignkit.evaluation.metrics import Stat
+from alignkit.evaluation.metrics import Gain, Stat
 
 TRAINED = "reward"
 # The significance clause (see the module docstring): smallest effect, in base stds, and the
@@ -64,9 +70,21 @@ class Flag:
     unit: str
     reward_gain: float
     direction: int = 1
+    # "fell": the metric got worse; "unconfirmed": it did not rise while a proxy of it did.
+    reason: str = "fell"
+    # For "unconfirmed": the 95% intervals of the two paired gains, and what rose.
+    interval: tuple[float, float] | None = None
+    proxy: str = ""
+    proxy_interval: tuple[float, float] | None = None
 
     @property
     def message(self) -> str:
+        if self.reason == "unconfirmed":
+            lo, hi = self.interval
+            plo, phi = self.proxy_interval
+            return (f"{self.condition}: the {self.proxy} rose ({plo:+.4g} to {phi:+.4g}, 95% CI of the paired gain) "
+                    f"but the independent {self.kind} '{self.metric}' did not rise beyond noise "
+                    f"({self.base:.4g} -> {self.value:.4g}, 95% CI {lo:+.4g} to {hi:+.4g}): a gain the judge does not see")
         amount = f"{self.drop:.2f} base std" if self.unit == "std" else f"{100 * self.drop:.1f}%"
         return (f"{self.condition}: {self.kind} '{self.metric}' {self.verb} {amount} "
                 f"({self.base:.4g} -> {self.value:.4g}) while the trained reward rose {self.reward_gain:+.4g}")
@@ -114,6 +132,30 @@ def find_flags(stats: dict[str, dict[str, Stat]], candidates: list[str], watches
             if drop > limit:
                 flags.append(Flag(label, watch.metric, watch.kind, ref.mean, cur.mean, drop, unit, gain,
                                   watch.direction))
+    return flags
+
+
+def find_unconfirmed(stats: dict[str, dict[str, Stat]], gains: dict[str, dict[str, Gain]], candidates: list[str],
+                     confirms: dict[str, int], proxies: dict[str, int], base: str = "base") -> list[Flag]:
+    """Candidates whose trained reward, or a proxy target, rose beyond noise while an
+    independent true target of that reward did not (`confirms`: column -> direction;
+    `proxies`: the trained reward and proxy target columns -> direction)."""
+    flags: list[Flag] = []
+    for label in candidates:
+        risen = [(name, gains[label][name]) for name, sign in proxies.items()
+                 if sign and name in gains[label] and gains[label][name].rose(sign)]
+        if not risen:
+            continue
+        proxy, proxy_gain = risen[0]
+        what = "trained reward" if proxy == TRAINED else f"proxy target '{proxy}'"
+        for metric, sign in confirms.items():
+            gain = gains[label].get(metric)
+            if gain is None or gain.rose(sign):
+                continue
+            ref, cur = stats[base][metric], stats[label][metric]
+            flags.append(Flag(label, metric, "true target", ref.mean, cur.mean, -sign * gain.mean, "abs",
+                              stats[label][TRAINED].mean - stats[base][TRAINED].mean, sign, "unconfirmed",
+                              (gain.low, gain.high), what, (proxy_gain.low, proxy_gain.high)))
     return flags
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from alignkit.evaluation.evaluate import EvalResult
 
 # Column order in the table and in summary.json.
-KIND_ORDER = ("trained reward", "reward part", "held-out reward", "true target", "diversity", "drift")
+KIND_ORDER = ("trained reward", "reward part", "held-out reward", "true target", "proxy target", "diversity", "drift")
 
 
 def metric_order(result: EvalResult) -> list[str]:
@@ -66,6 +66,8 @@ def write_summary(result: EvalResult, path: Path) -> dict:
              "flags": flagged.get(c.label, [])}
             for c in result.conditions
         ],
+        "judges": result.judges,
+        "gains": {label: {name: g.as_dict() for name, g in gains.items()} for label, gains in result.gains.items()},
         "flags": [f.as_dict() for f in result.flags],
         "pick": result.pick.as_dict(),
         "notes": result.notes,
@@ -100,11 +102,39 @@ def print_table(result: EvalResult, console: Console | None = None) -> None:
         mark = "[red]over-opt[/]" if c.label in flagged else ("[green]pick[/]" if c.label == result.pick.condition else "")
         table.add_row(c.label, "-" if c.step is None else str(c.step), f"{c.scale:g}", *cells, mark)
     console.print(table)
+    for line in gain_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
     for flag in result.flags:
         console.print(f"[red]flag[/] {flag.message}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"[bold]{result.pick.reason}[/]", highlight=False, soft_wrap=True)
+
+
+def gain_lines(result: EvalResult) -> list[str]:
+    """The gains that decide whether alignment worked: the independent true targets that stand
+    for the trained reward, for the final LoRA and the pick, with 95% intervals."""
+    if not result.confirms:
+        return []
+    final = next((c.label for c in reversed(result.conditions) if c.checkpoint is not None and c.scale == 1), None)
+    lines = []
+    for label in dict.fromkeys(x for x in (final, result.pick.condition) if x and x != "base"):
+        for metric in result.confirms:
+            gain = result.gains.get(label, {}).get(metric)
+            if gain is None:
+                continue
+            base, cur = result.stats["base"][metric].mean, result.stats[label][metric].mean
+            binary = all(v in (0.0, 1.0) for v in _values(result, metric))
+            if binary:  # an accuracy: say it in percentage points
+                text = f"{100 * base:.1f}% -> {100 * cur:.1f}%, {gain.text(100, ' points')}"
+            else:
+                text = f"{base:.4g} -> {cur:.4g}, {gain.text()}"
+            lines.append(f"[bold]true target[/] {metric} ({result.kinds.get(metric, '')}), base -> {label}: {text}")
+    return lines
+
+
+def _values(result: EvalResult, metric: str) -> list[float]:
+    return [r.scores[metric] for r in result.records if metric in r.scores]
 
 
 class _atomic:

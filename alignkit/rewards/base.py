@@ -31,6 +31,11 @@ class Reward(nn.Module):
 
     name: str = "reward"
     differentiable: bool = True
+    # Columns of `targets()` computed with this reward's own weights (the count detector's NMS
+    # count): the aligner optimised against those weights and can fool them, so evaluation
+    # labels them proxies, never true targets. A target with no weights (a real JPEG size) is
+    # independent and stays off this list.
+    proxy_targets: frozenset[str] = frozenset()
 
     def forward(self, images: Tensor, prompts: list[str]) -> Tensor:
         check_inputs(images, prompts)
@@ -46,8 +51,9 @@ class Reward(nn.Module):
 
     @torch.no_grad()
     def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
-        """The true, usually non-differentiable, quantities this reward is a proxy for
-        (a real JPEG size, a detector count with NMS), for evaluation. None by default."""
+        """The quantities this reward stands for, usually non-differentiable (a real JPEG size,
+        a detector count with NMS), for evaluation; those named in `proxy_targets` are read
+        with the reward's own weights. None by default."""
         return {}
 
     def freeze(self) -> "Reward":

@@ -20,8 +20,12 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
 * reward = -(sqrt((count - n)^2 + delta^2) - delta): |count - n| smoothed near 0 (pseudo-Huber),
   so it is 0 at the right count and its gradient does not flip sign abruptly there.
 
-`targets()` reports the detector's real count (ultralytics' own non_max_suppression, conf
-0.25, IoU 0.7 as its predictor uses) and whether it equals n: the truth beside the proxy.
+`targets()` reports the detector's count after ultralytics' own non_max_suppression (conf
+0.25, IoU 0.7 as its predictor uses) and whether it equals n. Both are read by the same
+detector the reward is built on, so they are *proxy* targets: an aligner can learn to fool the
+detector, and its NMS count with it. The truth needs a judge that shares no weights with the
+reward (on the toy world, `alignkit.toy.counter`; on real models, another detector:
+`alignkit eval --judge count --judge-option detector=...`).
 
 Detector format (shared with the toy world): a folder or hub repo holding `model.yaml`
 (an ultralytics model YAML with `nc` and `names`) and `model.safetensors` (the
@@ -395,6 +399,8 @@ def pad_to_stride(images: Tensor, stride: int, imgsz: int | None = None) -> Tens
 class CountReward(Reward):
     """Minus the (smoothed) gap between the soft count of the prompted class and its number."""
 
+    proxy_targets = frozenset({"count_nms", "count_nms_correct"})
+
     def __init__(self, model, imgsz: int | None = None, config: SoftCountConfig = SoftCountConfig()):
         super().__init__()
         _, self._nms = import_ultralytics()
@@ -440,7 +446,7 @@ class CountReward(Reward):
         detections = self._nms(decoded, conf_thres=self.config.conf, iou_thres=self.config.iou)
         counts = torch.tensor([float((det[:, 5].long() == int(c)).sum()) for det, c in zip(detections, classes)])
         return {"count_nms": counts.to(images.device),
-                "count_correct": (counts == numbers).float().to(images.device)}
+                "count_nms_correct": (counts == numbers).float().to(images.device)}
 
 
 def _default_detector() -> str:

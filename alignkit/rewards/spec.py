@@ -61,6 +61,7 @@ class CombinedReward(Reward):
         self.rewards = nn.ModuleDict({name: reward for name, reward, _ in parts})
         self.weights = {name: weight for name, _, weight in parts}
         self.differentiable = all(r.differentiable for r in self.rewards.values())
+        self.proxy_targets = frozenset().union(*(r.proxy_targets for r in self.rewards.values()))
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         return self._total(self._parts(images, prompts))

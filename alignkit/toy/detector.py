@@ -10,6 +10,7 @@ ultralytics is AGPL-3.0 and an optional extra; it is imported only inside these 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,24 +71,76 @@ def _ultralytics():
     return ultralytics
 
 
-def write_yolo_dataset(folder: Path, n_train: int, n_val: int, seed: int) -> Path:
-    """Scenes as PNGs with YOLO labels (class cx cy w h, normalised); returns data.yaml."""
+@dataclass
+class Examples:
+    """Labelled images for the detector: uint8 (N,H,W,3), per image float (n,4) xyxy pixel boxes
+    and int (n,) classes; `source` says where they came from (for the training record)."""
+
+    images: np.ndarray
+    boxes: list[np.ndarray]
+    classes: list[np.ndarray]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def rendered_examples(n: int, rng: np.random.Generator) -> Examples:
+    """Fresh scenes with their exact boxes."""
+    batches = [world.generate(min(256, n - start), rng=rng) for start in range(0, n, 256)]
+    return Examples(np.concatenate([b.images for b in batches]), [x for b in batches for x in b.boxes],
+                    [x for b in batches for x in b.classes], "rendered scenes (exact labels)")
+
+
+@torch.no_grad()
+def round_trip_examples(vae, n: int, rng: np.random.Generator, batch_size: int = 64) -> Examples:
+    """Scenes encoded and decoded by the toy VAE: exact labels on images blurred as samples are."""
+    scenes = rendered_examples(n, rng)
+    out = []
+    for start in range(0, n, batch_size):
+        x = torch.from_numpy(scenes.images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        x = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mode()).sample
+        out.append(x.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return Examples(np.concatenate(out), scenes.boxes, scenes.classes, "VAE round trips of scenes (exact labels)")
+
+
+def counter_labelled(images: Tensor, prompts: list[str], source: str) -> tuple[Examples, dict]:
+    """Samples labelled by the world-rules counter, where its reading is unambiguous and its
+    objects have the prompted shape (the world's rule); every object gets the prompted class.
+    Wrong counts are kept: they are what the detector must learn to see."""
+    from alignkit.toy.counter import read_images
+
+    pixels = images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    keep, boxes, classes = [], [], []
+    for i, (reading, prompt) in enumerate(zip(read_images(pixels), prompts)):
+        spec = world.parse_prompt(prompt)
+        if reading.ambiguous or reading.count == 0 or reading.shape != spec.shape:
+            continue
+        keep.append(i)
+        boxes.append(np.array([r.box for r in reading.regions], dtype=np.float32))
+        classes.append(np.full(reading.count, spec.shape_id, dtype=np.int64))
+    stats = {"samples": len(prompts), "kept": len(keep)}
+    return Examples(pixels[keep], boxes, classes, source), stats
+
+
+def write_yolo_dataset(folder: Path, train: list[Examples], val: list[Examples]) -> Path:
+    """Images as PNGs with YOLO labels (class cx cy w h, normalised); returns data.yaml."""
     import yaml
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, parts in (("train", train), ("val", val)):
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
         (folder / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for start in range(0, n, 256):
-            batch = world.generate(min(256, n - start), rng=rng)
-            for j, (img, boxes, classes) in enumerate(zip(batch.images, batch.boxes, batch.classes)):
-                name = f"{start + j:06d}"
+        index = 0
+        for part in parts:
+            for img, boxes, classes in zip(part.images, part.boxes, part.classes):
+                name = f"{index:06d}"
+                index += 1
                 Image.fromarray(img).save(folder / "images" / split / f"{name}.png")
-                size = world.IMAGE_SIZE
-                cxcy = (boxes[:, :2] + boxes[:, 2:]) / 2 / size
-                wh = (boxes[:, 2:] - boxes[:, :2]) / size
-                rows = [f"{c} {x:.5f} {y:.5f} {w:.5f} {h:.5f}" for c, (x, y), (w, h) in zip(classes, cxcy, wh)]
+                h, w = img.shape[:2]
+                cxcy = (boxes[:, :2] + boxes[:, 2:]) / 2 / np.array([w, h])
+                wh = (boxes[:, 2:] - boxes[:, :2]) / np.array([w, h])
+                rows = [f"{c} {x:.5f} {y:.5f} {bw:.5f} {bh:.5f}" for c, (x, y), (bw, bh) in zip(classes, cxcy, wh)]
                 (folder / "labels" / split / f"{name}.txt").write_text("\n".join(rows) + "\n")
     data = {"path": str(folder), "train": "images/train", "val": "images/val",
             "names": dict(enumerate(world.SHAPES))}
@@ -183,3 +236,22 @@ def count_accuracy(net: torch.nn.Module, n: int = 512, seed: int = 0, conf: floa
             class_ok.append(len(det["classes"]) > 0 and bool(np.all(det["classes"] == spec.shape_id)))
     return {"count_accuracy_nms": round(float(np.mean(count_ok)), 4),
             "all_classes_right": round(float(np.mean(class_ok)), 4), "conf": conf, "scenes": n}
+
+
+@torch.no_grad()
+def counter_agreement(net: torch.nn.Module, images: Tensor, prompts: list[str], conf: float = 0.25,
+                      iou: float = 0.7) -> dict:
+    """How often the detector's NMS count of the prompted class (the `count` reward's
+    `targets()` settings) equals the world-rules counter's count, where the counter is sure."""
+    from alignkit.toy.counter import read_images
+
+    readings = read_images(images)
+    detections = detect(net, images, conf=conf, iou=iou)
+    agree, sure = [], []
+    for reading, det, prompt in zip(readings, detections, prompts):
+        sure.append(not reading.ambiguous)
+        if not reading.ambiguous:
+            n = int((det["classes"] == world.parse_prompt(prompt).shape_id).sum())
+            agree.append(n == reading.count)
+    return {"agreement_where_unambiguous": round(float(np.mean(agree)), 4) if agree else None,
+            "unambiguous": int(np.sum(sure)), "images": len(prompts), "conf": conf, "iou": iou}

@@ -2,8 +2,9 @@
 
 - `vae_reconstruction`: MSE of the autoencoder on fresh scenes.
 - `clip_retrieval`: how often the toy CLIP picks an image's own prompt among 32.
-- `scene_metrics`: what a generated image shows, read by the detector (count with NMS, shape)
-  and by pixel colours (object colour, background), compared with its prompt.
+- `scene_metrics`: what a generated image shows, read by the world's rules (count, shape,
+  colour, background: `alignkit.toy.counter`), compared with its prompt; the detector's NMS
+  count (the `count` reward's proxy) beside it.
 - `pipeline_quality`: `scene_metrics` over samples of a pipeline: the base model's figures,
   and the same function scores an aligned model in evaluation.
 """
@@ -80,56 +81,66 @@ def read_colours(image: np.ndarray) -> tuple[str, str | None]:
     return _nearest(bg_rgb, world.BACKGROUNDS), colour
 
 
-def scene_metrics(images: Tensor, prompts: list[str], net=None, conf: float = 0.5) -> dict:
-    """Compare what images (B,3,H,W in [0,1]) show with what their toy prompts ask for."""
-    from alignkit.toy import detector
+def scene_metrics(images: Tensor, prompts: list[str], net=None, conf: float = 0.25) -> dict:
+    """Compare what images (B,3,H,W in [0,1]) show with what their toy prompts ask for.
 
-    net = net if net is not None else detector.load_detector(device=images.device)
+    Count, shape, colour and background are read by the world's rules (`alignkit.toy.counter`),
+    which share nothing with any reward. With `net`, the detector's NMS count of the prompted
+    class (the `count` reward's proxy) is reported beside it as `detector_count_accuracy`.
+    """
+    from alignkit.toy.counter import read_images
+
     specs = [world.parse_prompt(p) for p in prompts]
-    detections = detector.detect(net, images, conf=conf)
-    pixels = images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    count_ok, shape_ok, colour_ok, bg_ok, errors = [], [], [], [], []
+    readings = read_images(images)
+    count_ok, shape_ok, colour_ok, bg_ok, errors, sure = [], [], [], [], [], []
     by_count: dict[int, list[bool]] = {}
-    for spec, det, img in zip(specs, detections, pixels):
-        n = len(det["classes"])
-        count_ok.append(n == spec.count)
-        errors.append(n - spec.count)
-        by_count.setdefault(spec.count, []).append(n == spec.count)
-        # The shape is the detector's majority class; no detection is a wrong shape.
-        shape_ok.append(n > 0 and np.bincount(det["classes"], minlength=3).argmax() == spec.shape_id)
-        background, colour = read_colours(img)
-        colour_ok.append(colour == spec.colour)
-        bg_ok.append(background == spec.background)
+    for spec, reading in zip(specs, readings):
+        count_ok.append(reading.count == spec.count)
+        errors.append(reading.count - spec.count)
+        sure.append(not reading.ambiguous)
+        by_count.setdefault(spec.count, []).append(reading.count == spec.count)
+        # The majority shape and colour of the objects; no object is a wrong shape and colour.
+        shape_ok.append(reading.shape == spec.shape)
+        colour_ok.append(reading.colour == spec.colour)
+        bg_ok.append(reading.background == spec.background)
     errors = np.array(errors)
-    return {
+    out = {
         "count_accuracy": round(float(np.mean(count_ok)), 4),
         "count_mean_abs_error": round(float(np.abs(errors).mean()), 4),
         "count_error_histogram": {int(k): int(v) for k, v in zip(*np.unique(errors, return_counts=True))},
         "count_accuracy_by_prompted_count": {k: round(float(np.mean(v)), 3) for k, v in sorted(by_count.items())},
+        "unambiguous": round(float(np.mean(sure)), 4),
         "shape_accuracy": round(float(np.mean(shape_ok)), 4),
         "colour_accuracy": round(float(np.mean(colour_ok)), 4),
         "background_accuracy": round(float(np.mean(bg_ok)), 4),
         "images": len(prompts),
     }
+    if net is not None:
+        from alignkit.toy import detector
+
+        detections = detector.detect(net, images, conf=conf, iou=0.7)
+        out["detector_count_accuracy"] = round(float(np.mean(
+            [int((d["classes"] == s.shape_id).sum()) == s.count for d, s in zip(detections, specs)])), 4)
+    return out
 
 
-def balanced_prompts(n: int, seed: int = 0) -> list[str]:
+def balanced_prompts(n: int, seed: int = 0, specs: list | None = None) -> list[str]:
     """n prompts cycling through every (count, shape, colour, background), shuffled by seed."""
-    specs = world.all_specs()
+    specs = specs if specs is not None else world.all_specs()
     order = np.random.default_rng(seed).permutation(len(specs))
     return [specs[order[i % len(specs)]].prompt for i in range(n)]
 
 
 @torch.no_grad()
 def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance_scale: float = 7.5,
-           batch_size: int = 64) -> Tensor:
+           batch_size: int = 64, eta: float = 0.0) -> Tensor:
     """Images (B,3,64,64) in [0,1] from a pipeline, batch by batch, each batch seeded."""
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         gen = torch.Generator().manual_seed(seed + start)
         images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
-                      output_type="pt").images
+                      eta=eta, output_type="pt").images
         out.append(images.float().clamp(0, 1))
     return torch.cat(out)
 

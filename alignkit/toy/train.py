@@ -2,8 +2,8 @@
 
     python -m alignkit.toy.train vae --minutes 6              # CPU budgets of a 2-core machine
     python -m alignkit.toy.train clip --minutes 5
-    python -m alignkit.toy.train detector --minutes 10        # ultralytics
-    python -m alignkit.toy.train unet --minutes 28            # needs vae, clip and detector
+    python -m alignkit.toy.train unet --minutes 28            # needs vae and clip
+    python -m alignkit.toy.train detector --minutes 10        # ultralytics; needs the pipeline
     python -m alignkit.toy.train all
 
     # what made the shipped weights (TRAINING.md): the detector on CPU, the rest on a GPU
@@ -68,6 +68,8 @@ class RunConfig:
     snapshots: tuple[int, ...] = ()
     # Fresh scenes drawn for the final quality figures.
     eval_samples: int = 512
+    # Detector only: LoRA folders of aligned toy models whose samples it also learns from.
+    loras: tuple[str, ...] = ()
     # UNet only: scenes pre-encoded to latents and reused across steps.
     cache_size: int = 65536
 
@@ -280,7 +282,8 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet):
 
 
 def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int) -> dict:
-    """Reload a saved pipeline as a user would, and measure what it draws."""
+    """Reload a saved pipeline as a user would, and measure what it draws (read by the world's
+    rules; the detector's proxy count beside it when one has been trained)."""
     from diffusers import StableDiffusionPipeline
 
     from alignkit.toy import detector
@@ -288,7 +291,8 @@ def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
-    return pipeline_quality(pipe, n=n, seed=seed, net=detector.load_detector(detector_dir, device=device))
+    net = detector.load_detector(detector_dir, device=device) if (detector_dir / "model.yaml").is_file() else None
+    return pipeline_quality(pipe, n=n, seed=seed, net=net)
 
 
 def train_unet(cfg: RunConfig) -> dict:
@@ -301,8 +305,7 @@ def train_unet(cfg: RunConfig) -> dict:
     torch.manual_seed(cfg.seed)
     device = cfg.device
     pipe_dir, clip_dir = cfg.output_dir / "pipeline", cfg.output_dir / "clip"
-    for needed, part in ((pipe_dir / "vae" / "config.json", "vae"), (clip_dir / "config.json", "clip"),
-                         (cfg.output_dir / "detector" / "model.yaml", "detector")):
+    for needed, part in ((pipe_dir / "vae" / "config.json", "vae"), (clip_dir / "config.json", "clip")):
         if not needed.is_file():
             raise MissingWeightsError(f"unet training needs the {part} first: no {needed}; run "
                                       f"`python -m alignkit.toy.train {part} --output-dir {cfg.output_dir}`")
@@ -393,18 +396,66 @@ def train_unet(cfg: RunConfig) -> dict:
 # ----------------------------------------------------------------------------- detector
 
 
-def train_detector(cfg: RunConfig) -> dict:
-    """An ultralytics YOLO trained on a YOLO-format dataset of scenes, exported to the count
-    reward's contract: `detector/model.yaml` + `detector/model.safetensors` (fp16)."""
-    from alignkit.toy import detector
+# Samples the detector learns from, labelled by the world-rules counter: (name, eta, guidance
+# scale, how many). eta 1 is the aligner's training sampler, eta 0 plain DDIM (what users
+# generate with); the count reward must read the model's own images, not only clean scenes.
+DETECTOR_SAMPLERS = (("eta1_cfg7.5", 1.0, 7.5, 1280), ("eta0_cfg7.5", 0.0, 7.5, 512), ("eta1_cfg5", 1.0, 5.0, 256))
+# Per LoRA given with --loras (aligned models draw differently: the detector must hold there too).
+DETECTOR_LORA_SAMPLES = 384
 
+
+def _detector_samples(pipe, cfg: RunConfig, specs: list, seed: int, log: dict) -> list:
+    from alignkit.toy import detector
+    from alignkit.toy.quality import balanced_prompts, sample
+
+    out = []
+    runs = [(name, None, eta, scale, n) for name, eta, scale, n in DETECTOR_SAMPLERS]
+    runs += [(f"lora {path}", path, 1.0, 7.5, DETECTOR_LORA_SAMPLES) for path in cfg.loras]
+    for i, (name, lora, eta, scale, n) in enumerate(runs):
+        if lora is not None:
+            pipe.load_lora_weights(lora)
+        prompts = balanced_prompts(n, seed=seed + i, specs=specs)
+        images = sample(pipe, prompts, seed=seed + 100 * i, eta=eta, guidance_scale=scale)
+        if lora is not None:
+            pipe.unload_lora_weights()
+        examples, stats = detector.counter_labelled(images, prompts, f"samples {name} (counter labels)")
+        log[name] = stats
+        print(f"  {name}: kept {stats['kept']} of {stats['samples']} samples (counter unambiguous)", flush=True)
+        out.append(examples)
+    return out
+
+
+def train_detector(cfg: RunConfig) -> dict:
+    """An ultralytics YOLO trained on scenes, VAE round trips of scenes, and the toy pipeline's
+    own samples labelled by the world-rules counter; exported to the count reward's contract:
+    `detector/model.yaml` + `detector/model.safetensors` (fp16). Needs the pipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    from alignkit.toy import detector
+    from alignkit.toy.prompts import EVAL_COMBINATIONS
+    from alignkit.toy.quality import balanced_prompts, sample
+
+    pipe_dir = cfg.output_dir / "pipeline"
+    if not (pipe_dir / "model_index.json").is_file():
+        raise MissingWeightsError(f"the detector learns from the pipeline's samples: train it first "
+                                  f"(python -m alignkit.toy.train unet --output-dir {cfg.output_dir})")
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32).to(cfg.device)
+    pipe.set_progress_bar_config(disable=True)
+    # Alignment's held-out prompts stay out of the detector's data too.
+    specs = [s for s in world.all_specs() if (s.colour, s.background) not in EVAL_COMBINATIONS]
     folder = cfg.output_dir / "detector"
+    rng = np.random.default_rng(cfg.seed)
+    samples_log: dict = {}
+    train = [detector.rendered_examples(3000, rng), detector.round_trip_examples(pipe.vae, 1000, rng),
+             *_detector_samples(pipe, cfg, specs, cfg.seed, samples_log)]
+    val = [detector.rendered_examples(250, rng),
+           *detector.counter_labelled(sample(pipe, balanced_prompts(256, cfg.seed + 7, specs), seed=cfg.seed + 7,
+                                             eta=1.0), balanced_prompts(256, cfg.seed + 7, specs), "val samples")[:1]]
     with tempfile.TemporaryDirectory(prefix="alignkit-toy-yolo-") as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("YOLO_OFFLINE", "1")
         os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "config"))
-        n_train, n_val = 6000, 500
-        data_yaml = detector.write_yolo_dataset(tmp / "data", n_train, n_val, seed=cfg.seed)
+        data_yaml = detector.write_yolo_dataset(tmp / "data", train, val)
         t0 = time.monotonic()
         net, info = detector.fit(data_yaml, tmp / "runs", minutes=cfg.minutes, epochs=cfg.steps, seed=cfg.seed,
                                  threads=cfg.threads, device=cfg.device)
@@ -413,18 +464,26 @@ def train_detector(cfg: RunConfig) -> dict:
     # Reload through the public path: the figures below are those of the shipped files.
     reloaded = detector.load_detector(folder)
     quality = detector.count_accuracy(reloaded, n=cfg.eval_samples, seed=cfg.seed + 2000)
+    # On fresh samples of every prompt (held-out ones included), at both samplers.
+    for name, eta in (("eta1_cfg7.5", 1.0), ("eta0_cfg7.5", 0.0)):
+        prompts = balanced_prompts(cfg.eval_samples, seed=cfg.seed + 3000)
+        images = sample(pipe, prompts, seed=cfg.seed + 3000, eta=eta)
+        quality[f"counter_agreement_{name}"] = detector.counter_agreement(reloaded, images, prompts)
     # The exported fp16 files must find what the trained model found.
     scenes = world.generate(128, seed=cfg.seed + 3000).tensor()
     before = detector.detect(net.float().cpu().eval(), scenes)
     after = detector.detect(reloaded, scenes)
     quality["reload_same_detections"] = float(np.mean([
         sorted(a["classes"].tolist()) == sorted(b["classes"].tolist()) for a, b in zip(before, after)]))
-    return dict(epochs=info["epochs"], train_images=n_train, train_seconds=round(train_seconds),
-                params=models.n_params(reloaded), quality=quality, saved=str(folder))
+    data = {part.source: len(part) for part in train}
+    return dict(epochs=info["epochs"], train_images=sum(data.values()), data=data, samples=samples_log,
+                train_seconds=round(train_seconds), params=models.n_params(reloaded), quality=quality,
+                saved=str(folder))
 
 
-# In dependency order: the UNet reads the VAE and the CLIP text tower, and is scored by the detector.
-TRAINERS = {"vae": train_vae, "clip": train_clip, "detector": train_detector, "unet": train_unet}
+# In dependency order: the UNet reads the VAE and the CLIP text tower; the detector learns from
+# the pipeline's samples.
+TRAINERS = {"vae": train_vae, "clip": train_clip, "unet": train_unet, "detector": train_detector}
 # Default budgets (minutes) and seeds, as used for the shipped weights.
 DEFAULTS = {"vae": (6.0, 0), "clip": (5.0, 1), "detector": (10.0, 3), "unet": (28.0, 2)}
 
@@ -449,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-size", type=int, default=65536, help="unet: scenes pre-encoded to latents")
     parser.add_argument("--snapshots", default="", help="unet: comma-separated steps to save and measure")
     parser.add_argument("--eval-samples", type=int, default=512)
+    parser.add_argument("--loras", default="", help="detector: comma-separated LoRA folders of aligned toy models to sample")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -473,7 +533,8 @@ def run(args: argparse.Namespace) -> None:
                         seed=args.seed if args.seed is not None else seed, output_dir=args.output_dir,
                         steps=args.steps, threads=args.threads, eval_samples=args.eval_samples,
                         device=args.device, workers=args.workers, batch_size=args.batch_size,
-                        snapshots=tuple(int(x) for x in args.snapshots.split(",") if x), cache_size=args.cache_size)
+                        snapshots=tuple(int(x) for x in args.snapshots.split(",") if x), cache_size=args.cache_size,
+                        loras=tuple(x for x in args.loras.split(",") if x))
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         print(f"[{part}] training for {cfg.steps} steps / {cfg.minutes} min, seed {cfg.seed}, on {cfg.device}",
               flush=True)
@@ -482,7 +543,8 @@ def run(args: argparse.Namespace) -> None:
         result["total_seconds"] = round(time.monotonic() - start)
         command = f"python -m alignkit.toy.train {part} --seed {cfg.seed}" + (
             f" --steps {cfg.steps}" if cfg.steps else "") + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "") + (
-            f" --device {cfg.device} --workers {cfg.workers}") + (f" --batch-size {cfg.batch_size}" if cfg.batch_size else "")
+            f" --device {cfg.device} --workers {cfg.workers}") + (f" --batch-size {cfg.batch_size}" if cfg.batch_size else "") + (
+            f" --loras {','.join(cfg.loras)}" if cfg.loras else "")
         entry = dict(command=command, config={k: (str(v) if isinstance(v, Path) else v)
                                               for k, v in asdict(cfg).items()},
                      machine=_machine(cfg.device), torch=torch.__version__,

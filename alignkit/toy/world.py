@@ -175,16 +175,23 @@ def _box(centre: np.ndarray, half: float) -> np.ndarray:
 
 def render(specs: list[SceneSpec], rng: np.random.Generator, size: int = IMAGE_SIZE) -> SceneBatch:
     """Draw one scene per spec (positions and sizes from `rng`)."""
-    shape_ids, centres, halves, owner = [], [], [], []
-    boxes, classes = [], []
-    for i, spec in enumerate(specs):
-        c, h = _place(spec.count, rng, size)
-        centres.append(c)
-        halves.append(h)
-        shape_ids += [spec.shape_id] * spec.count
-        owner += [i] * spec.count
+    placed = [_place(spec.count, rng, size) for spec in specs]
+    return draw(specs, [c for c, _ in placed], [h for _, h in placed], size)
+
+
+def draw(specs: list[SceneSpec], centres: list[np.ndarray], halves: list[np.ndarray],
+         size: int = IMAGE_SIZE) -> SceneBatch:
+    """Draw scenes with given object centres (n, 2) and half-sizes (n,), one pair per spec.
+
+    `render` places objects so that they never touch; tests draw near-touching or touching
+    ones on purpose.
+    """
+    shape_ids, owner, boxes, classes = [], [], [], []
+    for i, (spec, c, h) in enumerate(zip(specs, centres, halves)):
+        shape_ids += [spec.shape_id] * len(h)
+        owner += [i] * len(h)
         boxes.append(np.stack([_box(ci, hi) for ci, hi in zip(c, h)]).astype(np.float32))
-        classes.append(np.full(spec.count, spec.shape_id, dtype=np.int64))
+        classes.append(np.full(len(h), spec.shape_id, dtype=np.int64))
     cover = _coverage(np.array(shape_ids), np.concatenate(centres), np.concatenate(halves), size)
     # Objects never overlap, so one scene's coverage is the sum of its objects' masks.
     owner = np.array(owner)

@@ -1,0 +1,152 @@
+"""Independent judges: true targets read with nothing the trained reward uses.
+
+A reward's own `targets()` are read with its own weights when it has any (the `count`
+detector's NMS count): the aligner optimised against those weights and can fool them, so those
+columns are *proxy targets*. A judge shares no weights with the reward; its columns are the
+*true targets* that vouch for a gain (`overopt.find_unconfirmed`: a trained reward that rises
+while its judge does not is flagged, and that candidate is never kept).
+
+| judge      | for the trained reward | columns (better)                                          | when                   |
+|------------|------------------------|-----------------------------------------------------------|------------------------|
+| toy_rules  | count                  | pixel_count_correct (+), pixel_shape_correct (+),         | toy models, by default |
+|            |                        | pixel_colour_correct (+); pixel_count, pixel_ambiguous    |                        |
+| count      | count                  | judge_count_nms_correct (+); judge_count_nms              | `--judge count` with   |
+|            |                        |                                                           | `detector=` another    |
+|            |                        |                                                           | detector than the      |
+|            |                        |                                                           | reward's               |
+
+A judge is registered with `register_judge(name, factory)`; the factory takes the judge's
+options and the device and returns a `Judge`. The toy world registers `toy_rules` itself
+(`alignkit.toy.judge`), as a plugin would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from alignkit.errors import AlignkitError
+
+
+@dataclass
+class Judge:
+    name: str
+    # (images (B,3,H,W) float in [0,1], prompts) -> {column: (B,) tensor}.
+    read: Callable[[Tensor, list[str]], dict[str, Tensor]]
+    # Which way is better for each column that can vouch for a gain (+1: higher).
+    directions: dict[str, int]
+    # The columns that tell the truth about a trained reward: when one of those rewards
+    # rises, the column must rise too (column -> reward names).
+    confirms: dict[str, tuple[str, ...]]
+    # What the judge reads with, for the report.
+    description: str = ""
+    # A fingerprint of the weights it reads with (None: none), to refuse a judge that is the reward.
+    weights_digest: str | None = None
+
+
+_JUDGES: dict[str, Callable[..., Judge]] = {}
+
+
+def register_judge(name: str, factory: Callable[..., Judge]) -> None:
+    _JUDGES[name] = factory
+
+
+def _builtin() -> None:
+    # The toy world's judge registers itself on import; `count` is alignkit's own.
+    import alignkit.toy.judge  # noqa: F401
+
+
+def judge_names() -> list[str]:
+    _builtin()
+    return sorted(_JUDGES)
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """A fingerprint of a module's weights: two detectors with the same digest are one detector."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _count_judge(options: dict, device: str) -> Judge:
+    """Another detector's NMS count: a true target for `count` only when it is not the reward's."""
+    from alignkit.rewards import load_reward
+
+    if not options.get("detector"):
+        raise AlignkitError("--judge count needs another detector than the reward's: "
+                            "--judge-option detector=PATH_OR_HUB_ID (a folder with model.yaml + "
+                            "model.safetensors, or an ultralytics .pt)")
+    reward = load_reward("count", device=device, **options)
+
+    def read(images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        return {f"judge_{k}": v for k, v in reward.targets(images, prompts).items()}
+
+    return Judge("count", read, {"judge_count_nms_correct": +1}, {"judge_count_nms_correct": ("count",)},
+                 f"detector {options['detector']} (NMS count)", state_digest(reward.model))
+
+
+register_judge("count", _count_judge)
+
+
+@dataclass
+class JudgeScorer:
+    """A judge used by evaluation, with the Scorer interface (`scorer_id`, `score`)."""
+
+    spec: str
+    options: dict = field(default_factory=dict)
+    device: str = "cpu"
+    role: str = "judge"
+    _judge: Judge | None = None
+
+    @property
+    def scorer_id(self) -> str:
+        return f"judge:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}"
+
+    @property
+    def judge(self) -> Judge:
+        if self._judge is None:
+            _builtin()
+            if self.spec not in _JUDGES:
+                raise AlignkitError(f"--judge: unknown judge '{self.spec}'; known: {', '.join(judge_names())}")
+            self._judge = _JUDGES[self.spec](dict(self.options), self.device)
+        return self._judge
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        return {k: v.detach().float().cpu() for k, v in self.judge.read(images, prompts).items()}
+
+    def target_directions(self) -> dict[str, int]:
+        return dict(self.judge.directions)
+
+    def confirms(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.judge.confirms)
+
+
+def default_judges(trained: list[str], toy: bool) -> list[str]:
+    """The judges evaluation uses unless told otherwise: the toy world's rules on toy models."""
+    _builtin()
+    if not toy:
+        return []
+    return [name for name in ("toy_rules",) if name in _JUDGES]
+
+
+def check_independent(judge: JudgeScorer, trained_reward: Callable[[], torch.nn.Module]) -> None:
+    """Refuse a judge that reads with the trained reward's own weights: it would be a proxy.
+    (`trained_reward` loads the reward; only judges with weights need it.)"""
+    digest = judge.judge.weights_digest
+    if digest is None:
+        return
+    reward = trained_reward()
+    parts = getattr(reward, "rewards", {"_": reward})
+    for reward in parts.values():
+        model = getattr(reward, "model", None)
+        if isinstance(model, torch.nn.Module) and state_digest(model) == digest:
+            raise AlignkitError(f"--judge {judge.spec}: it reads with the same weights as the trained reward "
+                                f"'{reward.name}', so it is a proxy, not a judge; point it at another model")
