@@ -8,8 +8,8 @@ import torch
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.config import parse_scales
 from alignkit.evaluation.heldout import default_heldout
-from alignkit.evaluation.metrics import Stat, diversity, find_embedder, pixel_embedder
-from alignkit.evaluation.overopt import Watch, find_flags, pick_candidate
+from alignkit.evaluation.metrics import Gain, Stat, diversity, find_embedder, pixel_embedder
+from alignkit.evaluation.overopt import Watch, find_flags, find_unconfirmed, pick_candidate
 
 
 def stats_of(**conditions):
@@ -166,3 +166,38 @@ def test_small_but_significant_fall_is_flagged_only_with_enough_images():
     stats = {"base": {"reward": Stat(0.0, 1.0, 10**6), "toy_clip": Stat(70.0, 18.0, 10**6)},
              "a": {"reward": Stat(1.0, 1.0, 10**6), "toy_clip": Stat(69.0, 18.0, 10**6)}}
     assert find_flags(stats, ["a"], watch, 0.5, 0.05) == []
+
+
+def test_paired_gain_interval():
+    # Five images, each +1 on the candidate: no spread, so the interval is the point.
+    g = Gain.paired([0, 0, 1, 0, 1], [1, 1, 2, 1, 2])
+    assert (g.mean, g.low, g.high, g.n) == (1.0, 1.0, 1.0, 5) and g.rose(+1) and not g.rose(-1)
+    # Half the images better, half worse: the interval straddles 0.
+    g = Gain.paired([0, 1, 0, 1], [1, 0, 1, 0])
+    assert g.low < 0 < g.high and not g.rose(+1) and not g.rose(-1)
+    # t(3) at 97.5% = 3.182: mean 0.5, sd 0.577, n 4 -> half-width 0.918.
+    g = Gain.paired([0, 0, 0, 0], [1, 0, 1, 0])
+    assert g.high - g.mean == pytest.approx(3.1824 * 0.57735 / 2, rel=1e-3)
+
+
+def test_a_proxy_gain_the_judge_does_not_see_is_flagged_and_never_picked():
+    # The trained reward and the detector's count rose beyond noise on every candidate; the
+    # judge's count rose with ck@1 only (the others fooled the detector).
+    stats = stats_of(base={"reward": (-1.0, 0.5), "count_nms_correct": (0.3, 0.4), "pixel_count_correct": (0.5, 0.5)},
+                     **{"ck@1": {"reward": (-0.6, 0.5), "count_nms_correct": (0.5, 0.5), "pixel_count_correct": (0.7, 0.4)},
+                        "final@1": {"reward": (-0.2, 0.3), "count_nms_correct": (0.8, 0.4), "pixel_count_correct": (0.5, 0.5)}})
+    up = Gain(0.3, 0.1, 0.5, 288)
+    gains = {"ck@1": {"reward": up, "count_nms_correct": up, "pixel_count_correct": Gain(0.2, 0.1, 0.3, 288)},
+             "final@1": {"reward": up, "count_nms_correct": up, "pixel_count_correct": Gain(0.0, -0.08, 0.08, 288)}}
+    flags = find_unconfirmed(stats, gains, ["ck@1", "final@1"], {"pixel_count_correct": +1},
+                             {"reward": +1, "count_nms_correct": +1})
+    assert [(f.condition, f.metric, f.reason) for f in flags] == [("final@1", "pixel_count_correct", "unconfirmed")]
+    assert "did not rise beyond noise" in flags[0].message and "trained reward rose" in flags[0].message
+    # The held-out rules alone would keep final@1 (the best trained reward); the judge wins.
+    pick = pick_candidate(stats, ["ck@1", "final@1"], flags, WHERE, None)
+    assert pick.condition == "ck@1" and "final@1 scores higher" in pick.reason
+    # A judge that falls is also unconfirmed; a proxy that did not rise raises no flag.
+    gains["final@1"]["pixel_count_correct"] = Gain(-0.2, -0.3, -0.1, 288)
+    assert len(find_unconfirmed(stats, gains, ["final@1"], {"pixel_count_correct": +1}, {"reward": +1})) == 1
+    flat = {"final@1": {"reward": Gain(0.1, -0.1, 0.3, 288), "pixel_count_correct": Gain(0, -0.1, 0.1, 288)}}
+    assert find_unconfirmed(stats, flat, ["final@1"], {"pixel_count_correct": +1}, {"reward": +1}) == []

@@ -19,6 +19,7 @@ import yaml
 
 from alignkit.errors import AlignkitError
 from alignkit.evaluation import EvalConfig, run
+from alignkit.evaluation.judges import register_judge
 from alignkit.rewards import Reward, register
 
 PROMPTS = ["a red cat", "two blue dogs"]
@@ -122,6 +123,39 @@ class TinyClipReward(Reward):
 
 
 CLIP_BUILDS = {"n": 0}
+
+
+class AlongWithProxy(Along):
+    """`Along` with a proxy target read by its own weights, as `count` has its detector's NMS count."""
+
+    proxy_targets = frozenset({"along_proxy"})
+
+    @torch.no_grad()
+    def targets(self, images, prompts):
+        return {"along_proxy": self.score(images, prompts)}
+
+
+@register("eval_along_proxy", "test: Along with a proxy target")
+def _along_proxy(device=None, dtype=None, tag: str = ""):
+    return AlongWithProxy(tag)
+
+
+def _judge(options, device):
+    """A test judge of `eval_along_proxy`: `mode=blind` sees nothing change (the planted case:
+    the proxy rose, the truth did not); `mode=sees` reads what the reward reads."""
+    from alignkit.evaluation.judges import Judge
+
+    along = Along(options["tag"])
+
+    def read(images, prompts):
+        if options["mode"] == "blind":
+            return {"judged": torch.zeros(len(prompts))}
+        return {"judged": along(images, prompts)}
+
+    return Judge("eval_judge", read, {"judged": +1}, {"judged": ("eval_along_proxy",)}, "test judge")
+
+
+register_judge("eval_judge", _judge)
 
 
 @register("eval_tinyclip", "test: a reward with a CLIP image tower inside")
@@ -361,6 +395,56 @@ def test_planted_overoptimisation_is_flagged_and_pick_follows_heldout(world, eva
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pick"]["condition"] == rest[-1]
     assert {f["condition"] for f in summary["flags"]} == set(top2)
+
+
+def _plant_direction(evaluated, tag: str) -> None:
+    images = {(r.condition.label, r.prompt, r.seed): r.as_float() for r in evaluated[0].records}
+    DIRECTIONS[tag] = {p: torch.stack([images[("final@1", p, s)] - images[("base", p, s)]
+                                       for s in evaluated[0].seeds]).mean(0) for p in PROMPTS}
+
+
+@pytest.mark.parametrize("mode", ["blind", "sees"])
+def test_a_gain_the_independent_judge_does_not_see_is_flagged(world, evaluated, tmp_path, mode):
+    out = copy_of(evaluated, tmp_path)
+    _plant_direction(evaluated, "judged")
+    result = evaluate(world, out, reward="eval_along_proxy", heldout="eval_dark", tolerance=1e9, rel_tolerance=1e9,
+                      reward_options=["eval_along_proxy.tag=judged"], judges=["eval_judge"],
+                      judge_options=[f"mode={mode}", "tag=judged"])
+    assert result.pipeline_calls == 0
+    assert result.kinds["along_proxy"] == "proxy target" and result.kinds["judged"] == "true target"
+    assert result.confirms == {"judged": +1}
+    risen = [c for c, g in result.gains.items() if c != "base" and g["reward"].rose()]
+    assert "final@1" in risen  # the planted direction: the trained reward rises beyond noise
+    unconfirmed = {f.condition for f in result.flags if f.reason == "unconfirmed"}
+    if mode == "blind":
+        assert unconfirmed == set(risen)
+        assert result.pick.condition not in risen
+    else:
+        assert unconfirmed == set()
+        assert result.pick.condition in risen
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["along_proxy"] == "proxy target"
+    assert summary["gains"]["final@1"]["judged"]["n"] == len(PROMPTS) * 2
+
+
+def test_a_judge_with_the_rewards_own_weights_is_refused(world, tmp_path):
+    from alignkit.evaluation.judges import Judge, check_independent, state_digest
+
+    net = torch.nn.Linear(2, 2)
+
+    class WithModel(Brightness):
+        def __init__(self):
+            super().__init__()
+            self.model = net
+
+    class Fake:
+        spec = "same"
+        judge = Judge("same", lambda i, p: {}, {}, {}, "", state_digest(net))
+
+    with pytest.raises(AlignkitError, match="same weights as the trained reward"):
+        check_independent(Fake(), WithModel)
+    Fake.judge = Judge("other", lambda i, p: {}, {}, {}, "", state_digest(torch.nn.Linear(2, 2)))
+    check_independent(Fake(), WithModel)
 
 
 def test_clip_embeddings_for_diversity_and_drift(world, evaluated, tmp_path):
