@@ -7,16 +7,18 @@
     python -m alignkit.toy.train all
 
     # what made the shipped weights (TRAINING.md): the detector on CPU, the rest on a GPU
-    python -m alignkit.toy.train detector --seed 3 --minutes 12
     python -m alignkit.toy.train vae --seed 0 --steps 3000 --minutes 0.8 --device cuda --workers 12 --batch-size 64
     python -m alignkit.toy.train clip --seed 1 --steps 3000 --minutes 0.8 --device cuda --workers 12
     python -m alignkit.toy.train unet --seed 2 --steps 2012 --device cuda --workers 12
+    python -m alignkit.toy.train detector --seed 3 --minutes 15 --loras LORA_DIR
 
 Each part trains on fresh scenes from `alignkit.toy.world` for a number of steps and/or a
 wall-clock budget, measures its quality on fresh scenes, saves fp16 safetensors under
 `--output-dir` (default: the package's `weights/`), and records command, steps, time, losses
-and quality in `training_log.json` and `TRAINING.md` there. The UNet waits for the detector
-because its quality (count, shape) is read by it.
+and quality in `training_log.json` and `TRAINING.md` there. Quality is read by the world's
+own rules (`alignkit.toy.counter`), never by a trained model. The detector comes last: it
+learns from the pipeline's own samples (labelled by those rules) as well as from scenes, so
+that the `count` reward holds on the images the aligner actually produces.
 """
 
 from __future__ import annotations
