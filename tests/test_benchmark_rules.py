@@ -146,3 +146,37 @@ def test_report_on_a_result_without_per_image_truth_is_one_line(tmp_path):
         rereport(path)
     assert "\n" not in str(exc.value)
     assert path.read_text() == before  # nothing on disk is touched
+
+
+# ---- DDPO given the truth: the same judge, through the bridge ----------------------------------------
+
+def test_ddpo_given_the_truth_gets_the_judge_and_a_sign():
+    from argparse import Namespace
+
+    from vs_ddpo import World, ddpo_reward
+
+    toy = World("m", [], TRUTHS["count", "toy"], "toy")
+    assert ddpo_reward(toy, Namespace(ddpo_reward="soft", judge_detector=None)) == {
+        "reward_key": "reward", "reward_sign": 1.0, "judge": None}
+    assert ddpo_reward(toy, Namespace(ddpo_reward="truth", judge_detector=None)) == {
+        "reward_key": "pixel_count_correct", "reward_sign": 1.0, "judge": {"name": "toy_rules", "options": {}}}
+    other = World("m", [], TRUTHS["count", "detector"], "detector")
+    assert ddpo_reward(other, Namespace(ddpo_reward="truth", judge_detector="/d"))["judge"] == {
+        "name": "count", "options": {"detector": "/d"}}
+    # DDPO maximises: a JPEG size given to it for `compress` is negated.
+    jpeg = World("m", [], TRUTHS["compress", "any"], "any")
+    assert ddpo_reward(jpeg, Namespace(ddpo_reward="truth", judge_detector=None)) == {
+        "reward_key": "jpeg_kb", "reward_sign": -1.0, "judge": None}
+
+
+def test_the_bridge_serves_the_judges_columns():
+    import torch
+    from reward_bridge import RewardClient
+
+    client = RewardClient(sys.executable, "compress", judge={"name": "toy_rules", "options": {}})
+    try:
+        out = client(torch.ones(1, 3, 64, 64), ["two red circles on a white background"])
+    finally:
+        client.close()
+    assert {"reward", "jpeg_kb", "pixel_count_correct"} <= set(out)
+    assert out["pixel_count_correct"].tolist() == [0.0]  # a blank white image draws no circles
