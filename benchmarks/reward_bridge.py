@@ -6,11 +6,15 @@ to live in the trainer's process, so the peer starts this script with alignkit's
 and exchanges length-prefixed `torch.save` frames with it:
 
     request : {"images": float (B,3,H,W) in [0,1], "prompts": [str] * B}
-    response: {"reward": (B,), <each target>: (B,)}   or   {"error": "one line"}
+    response: {"reward": (B,), <each target>: (B,), <each judge column>: (B,)}   or   {"error": "one line"}
+
+With a judge (`alignkit.evaluation.judges`, e.g. `toy_rules`), its columns (the independent
+truth, e.g. `pixel_count_correct`) are served beside the reward's own targets, so that a peer can
+be given the same truth the evaluation reads.
 
 Frames are read with `torch.load(weights_only=True)`: tensors, strings and lists only.
 
-    python benchmarks/reward_bridge.py SPEC        (then speak the protocol on stdin/stdout)
+    python benchmarks/reward_bridge.py SPEC [JUDGE [OPTIONS_JSON]]   (then speak the protocol on stdin/stdout)
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ def read_frame(stream: BinaryIO):
 class RewardClient:
     """The peer's side: start the bridge under `python` and score batches through it."""
 
-    def __init__(self, python: str, spec: str, env: dict | None = None):
+    def __init__(self, python: str, spec: str, env: dict | None = None, judge: dict | None = None):
+        """`judge`: {"name": ..., "options": {...}} to serve a judge's columns too."""
+        import json
         import subprocess
 
-        self.proc = subprocess.Popen([python, __file__, spec], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        extra = [judge["name"], json.dumps(judge.get("options") or {})] if judge else []
+        self.proc = subprocess.Popen([python, __file__, spec, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=env)
         ready = read_frame(self.proc.stdout)
         if ready is None or "error" in ready:
@@ -72,7 +79,7 @@ class RewardClient:
             self.proc.wait(timeout=60)
 
 
-def serve(spec: str) -> None:
+def serve(spec: str, judge_name: str | None = None, judge_options: str = "{}") -> None:
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -85,6 +92,14 @@ def serve(spec: str) -> None:
         from alignkit.rewards import load_reward
 
         reward = load_reward(spec, device="cuda" if torch.cuda.is_available() else "cpu")
+        judge = None
+        if judge_name:
+            import json
+
+            from alignkit.evaluation.judges import JudgeScorer
+
+            judge = JudgeScorer(judge_name, json.loads(judge_options), str(reward.device))
+            judge.judge  # built now: a missing judge is the bridge's one-line error, before training
     except AlignkitError as exc:
         write_frame(proto_out, {"error": str(exc)})
         return
@@ -96,6 +111,8 @@ def serve(spec: str) -> None:
             with torch.no_grad():
                 scores = reward(images, request["prompts"])
                 targets = reward.targets(images, request["prompts"])
+                if judge is not None:
+                    targets.update(judge.score(images, request["prompts"]))
         except AlignkitError as exc:
             write_frame(proto_out, {"error": str(exc)})
             continue
@@ -103,4 +120,4 @@ def serve(spec: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(*sys.argv[1:4])

@@ -4,20 +4,37 @@ The job: make the toy model draw as many objects as the prompt says (`toy_counti
 the `count` reward). Both methods start from the same base model with the same T DDIM steps
 (eta 1), guidance, LoRA (rank 4, alpha 4: trl hard-codes it) and the same budget of sampled
 images; each gets its own small learning-rate sweep. alignkit backpropagates the soft count;
-DDPO gets the same soft count as a black-box scalar (or, with `--ddpo-reward truth`, the true
-NMS count accuracy), served from alignkit's environment by `reward_bridge.py`.
+DDPO gets the same soft count as a black-box scalar (or, with `--ddpo-reward truth`, the
+independent truth below), served from alignkit's environment by `reward_bridge.py`.
 
 Every saved LoRA (and the base model) is then scored the same way, outside both trainers:
-fixed prompts and seeds, plain diffusers sampling, the soft reward and the truth (detector
-count with NMS). Curves are against images sampled and training wall time (sampling, reward
-and update; not checkpointing or evaluation). alignkit is scored at doubling sample counts
-(one optimizer step, two, four, ...), DDPO at even intervals of a larger budget. The
-headline: how many samples each needs to reach DDPO's final level (best learning rate of
-each), counted conservatively for alignkit: DDPO's count is interpolated between its points,
-alignkit's is the first scored point from which every later point stays at the level.
+fixed prompts and seeds, plain diffusers sampling, and per image (all kept in the result, so
+that `--report` recomputes every figure):
+
+- the soft reward (what alignkit differentiates);
+- the truth, read by a judge that shares no weights with the reward (`TRUTHS`): on the toy
+  world the count read from pixels by the world's rules (`toy_rules`, `pixel_count_correct`);
+  on another model, another detector than the reward's (`--judge-detector PATH`, the `count`
+  judge); for `compress`/`incompress`, the real PIL JPEG size. A count read with the reward's
+  own detector is never the truth: the aligner optimises against that detector and can fool
+  it (it did, issue 10);
+- the proxy: the reward's own detector's NMS count accuracy, reported beside the truth and
+  labelled as such.
+
+Each point's truth carries a 95% interval over the evaluation images (Wilson's for an
+accuracy, Student's t otherwise), and each method's final truth its paired gain over the base
+model (same prompts and seeds) with a 95% t-interval. Curves are against images sampled and
+training wall time (sampling, reward and update; not checkpointing or evaluation). alignkit
+is scored at doubling sample counts (one optimizer step, two, four, ...), DDPO at even
+intervals of a larger budget. The headline, read on the independent truth: how many samples
+each needs to reach DDPO's final level (best learning rate of each), counted conservatively
+for alignkit: DDPO's count is interpolated between its points, alignkit's is the first scored
+point from which every later point stays at the level. The same ratios on the soft reward
+and on the proxy are shown beside it, without a target.
 
     python benchmarks/vs_ddpo.py --quick          # one learning rate each, a few dozen samples
     python benchmarks/vs_ddpo.py --full           # 3 learning rates each; 512 / 960 samples
+    python benchmarks/vs_ddpo.py --model DIR --judge-detector PATH   # count on another model
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import argparse
 import itertools
 import json
 import math
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -44,19 +62,49 @@ TARGET_SAMPLE_RATIO = ">= 25"
 
 @dataclass(frozen=True)
 class Truth:
-    """The true quantity a reward is a proxy for: its `targets()` key and which way is better."""
+    """The true quantity a reward is a proxy for, read by something that shares no weights with
+    the reward: a judge of `alignkit.evaluation.judges` (`judge`), or a model-free column of the
+    reward's own `targets()` (`judge` None, e.g. the PIL JPEG size). `proxy`: a `targets()`
+    column read with the reward's own weights, shown beside the truth and never as it."""
 
     key: str
     label: str
     sign: float = 1.0
+    judge: str | None = None
+    proxy: str | None = None
+    proxy_label: str = ""
+    # A 0/1 column (an accuracy): its interval is Wilson's, not Student's t.
+    binary: bool = False
 
 
-# reward name -> the truth reported beside it (a table, not an if/elif on names).
+COUNT_PROXY = dict(proxy="count_nms_correct", proxy_label="count accuracy, proxy (reward's detector)")
+
+# (reward name, where its truth is read) -> the truth (a table, not an if/elif on names).
+# Where: "toy", the toy world's rules; "detector", another detector the user names with
+# --judge-detector; "any", a model-free target that needs no judge.
 TRUTHS = {
-    "count": Truth("count_correct", "count accuracy (NMS)"),
-    "compress": Truth("jpeg_kb", "JPEG size kB (PIL)", -1.0),
-    "incompress": Truth("jpeg_kb", "JPEG size kB (PIL)"),
+    ("count", "toy"): Truth("pixel_count_correct", "count accuracy, independent (toy rules)",
+                            judge="toy_rules", binary=True, **COUNT_PROXY),
+    ("count", "detector"): Truth("judge_count_nms_correct", "count accuracy, independent (judge detector)",
+                                 judge="count", binary=True, **COUNT_PROXY),
+    ("compress", "any"): Truth("jpeg_kb", "JPEG size kB, independent (PIL)", -1.0),
+    ("incompress", "any"): Truth("jpeg_kb", "JPEG size kB, independent (PIL)"),
 }
+
+
+def truth_source(reward: str, toy: bool, judge_detector: str | None) -> str:
+    """Where the truth of `reward` is read on this model: the key into TRUTHS. One line when only
+    the reward's own detector could read it: a proxy cannot be the truth."""
+    for source in ("detector" if judge_detector else "toy" if toy else None, "any"):
+        if (reward, source) in TRUTHS:
+            return source
+    if any(name == reward for name, _ in TRUTHS):
+        raise BenchError(f"--reward {reward}: off the toy world its truth needs a judge that shares no weights with "
+                         f"the reward (its own detector's count is a proxy, not the truth); pass "
+                         f"--judge-detector PATH (another detector)")
+    known = sorted({name for name, _ in TRUTHS})
+    raise BenchError(f"--reward {reward}: no true target is known for it (known: {', '.join(known)})")
+
 
 PRESETS = {
     # A few minutes on an idle 2-core CPU: one learning rate each, 32 samples each.
@@ -94,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddpo-batches-per-epoch", type=int, default=2)
     p.add_argument("--ddpo-train-batch", type=int, default=4)
     p.add_argument("--ddpo-reward", choices=["soft", "truth"], default="soft",
-                   help="what DDPO is given: the soft reward, or the true target (e.g. NMS count accuracy)")
+                   help="what DDPO is given: the soft reward, or the independent truth the evaluation reads "
+                        "(toy: the count by the world's rules; else the --judge-detector count; PIL JPEG size)")
+    p.add_argument("--judge-detector", metavar="PATH",
+                   help="--reward count off the toy world: another detector than the reward's (a folder with "
+                        "model.yaml + model.safetensors, or an ultralytics .pt), whose NMS count is the truth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     p.add_argument("--timeout", type=float, default=7200)
@@ -138,16 +190,27 @@ class World:
     model: str
     prompts: list[str]
     truth: Truth
+    truth_from: str  # its key in TRUTHS, with the reward's name
+    # The independent judge that reads the truth (None: a model-free column of the reward's targets).
+    judge: object | None = None  # alignkit.evaluation.judges.JudgeScorer
 
 
 def require_world(args) -> World:
-    """The toy world and the count reward, or one line saying what is missing."""
+    """The model, the reward, its independent judge and the prompts, or one line saying what is missing."""
     from alignkit.errors import AlignkitError
+    from alignkit.evaluation.source import is_toy
     from alignkit.prompts import load_prompt_set
     from alignkit.rewards import get_entry, load_reward, parse_spec
 
     harness.require_alignkit(args.reward)
     model = args.model
+    names = [name for name, _ in parse_spec(args.reward)]
+    if len(names) != 1:
+        raise BenchError(f"--reward {args.reward}: one reward, whose truth is known (known: "
+                         f"{', '.join(sorted({name for name, _ in TRUTHS}))})")
+    toy = is_toy(model)
+    source = truth_source(names[0], toy, args.judge_detector)
+    truth = TRUTHS[names[0], source]
     try:
         if model == "toy":
             try:
@@ -156,24 +219,45 @@ def require_world(args) -> World:
                 raise Unavailable("vs_ddpo needs the toy world: alignkit.toy.pipeline_path() is not in this checkout "
                                  "(merge the toy branch), or pass --model DIR") from None
             model = str(pipeline_path())
-        names = [name for name, _ in parse_spec(args.reward)]
         for name in names:
             ok, why = get_entry(name).status()
             if not ok:
                 raise Unavailable(f"reward '{name}' is not available here: {why}")
-        # Built once here so that a missing detector fails now, not after an hour of training.
-        load_reward(args.reward)
+        # Built once here so that a missing detector (the reward's or the judge's) fails now, not
+        # after an hour of training.
+        reward = load_reward(args.reward)
+        judge = make_judge(truth, args.judge_detector)
         prompts = load_prompt_set(args.prompts).train
     except BenchError:
         raise
     except AlignkitError as exc:
         raise Unavailable(f"vs_ddpo cannot run: {exc}") from None
+    if judge is not None:
+        from alignkit.evaluation.judges import check_independent
+
+        try:  # a judge that reads with the reward's own weights is a proxy: a wrong flag, not a missing part
+            check_independent(judge, lambda: reward)
+        except AlignkitError as exc:
+            raise BenchError(str(exc)) from None
     if not (Path(model) / "model_index.json").is_file():
         raise BenchError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
-    truth = TRUTHS.get(names[0]) if len(names) == 1 else None
-    if truth is None:
-        raise BenchError(f"--reward {args.reward}: no true target is known for it (known: {', '.join(TRUTHS)})")
-    return World(model, prompts, truth)
+    return World(model, prompts, truth, source, judge)
+
+
+def judge_options(truth: Truth, judge_detector: str | None) -> dict:
+    """The options of the truth's judge (the same for the evaluation and for DDPO's bridge)."""
+    return {"detector": judge_detector} if truth.judge == "count" else {}
+
+
+def make_judge(truth: Truth, judge_detector: str | None):
+    """The truth's judge through alignkit's registry (None for a model-free target)."""
+    if truth.judge is None:
+        return None
+    from alignkit.evaluation.judges import JudgeScorer
+
+    scorer = JudgeScorer(truth.judge, judge_options(truth, judge_detector))
+    scorer.judge  # built now: a missing judge detector is one line before any training
+    return scorer
 
 
 # ---- training runs ------------------------------------------------------------------------------------
@@ -222,13 +306,24 @@ def train_alignkit(world: World, lr: float, args) -> Run:
     return Run("alignkit", lr, points, log, child.peak_rss_mb)
 
 
+def ddpo_reward(world: World, args) -> dict:
+    """What the bridge serves DDPO: the soft reward, or the independent truth, read by the same
+    judge as the evaluation (the bridge loads it beside the reward), signed so that higher is
+    better (DDPO maximises; a JPEG size is better smaller for `compress`)."""
+    if args.ddpo_reward == "soft":
+        return {"reward_key": "reward", "reward_sign": 1.0, "judge": None}
+    judge = {"name": world.truth.judge, "options": judge_options(world.truth, args.judge_detector)}
+    return {"reward_key": world.truth.key, "reward_sign": world.truth.sign,
+            "judge": judge if world.truth.judge else None}
+
+
 def train_ddpo(world: World, lr: float, args, python: Path) -> Run:
     per_epoch = args.ddpo_sample_batch * args.ddpo_batches_per_epoch
     epochs = args.ddpo_samples // per_epoch
     out = _fresh(args.work_dir / f"ddpo-lr{lr:g}")
     out.mkdir(parents=True)
     job = {"model": world.model, "prompts": world.prompts, "reward": args.reward,
-           "reward_key": "reward" if args.ddpo_reward == "soft" else world.truth.key,
+           **ddpo_reward(world, args),
            "alignkit_python": sys.executable, "seed": args.seed, "epochs": epochs,
            "checkpoint_every": epochs // args.ddpo_evals, "mixed_precision": "no",
            "num_inference_steps": args.num_inference_steps, "eta": args.eta, "guidance_scale": args.guidance_scale,
@@ -264,8 +359,13 @@ def eval_prompts(prompts: list[str], n: int) -> list[str]:
     return shuffled[:n]
 
 
+EVAL_SEED = 10_000  # image i of the evaluation is drawn from seed EVAL_SEED + i, for every model alike
+
+
 def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, dict]:
-    """Score the base model (None) and each LoRA on the same prompts and seeds, with plain diffusers."""
+    """Score the base model (None) and each LoRA on the same prompts and seeds, with plain
+    diffusers: per image, the soft reward, the independent truth and the proxy (if any), in
+    prompt order, so that a gain over the base model is paired image by image."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -281,30 +381,80 @@ def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, di
     pipe.set_progress_bar_config(disable=True)
     reward = load_reward(args.reward)
     prompts = eval_prompts(world.prompts, args.eval_prompts)
+    truth = world.truth
     scores = {}
     for lora in loras:
         if lora is not None:
             pipe.load_lora_weights(lora)
-        rewards, truths = [], []
+        columns = {"reward": [], "truth": [], **({"proxy": []} if truth.proxy else {})}
         for start in range(0, len(prompts), 16):
             chunk = prompts[start:start + 16]
-            gens = [torch.Generator().manual_seed(10_000 + start + i) for i in range(len(chunk))]
+            gens = [torch.Generator().manual_seed(EVAL_SEED + start + i) for i in range(len(chunk))]
             with torch.no_grad():
                 images = pipe(chunk, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                               eta=args.eta, generator=gens, output_type="pt").images
-                rewards += reward(images, chunk).tolist()
-                truths += reward.targets(images, chunk)[world.truth.key].tolist()
+                columns["reward"] += reward(images, chunk).tolist()
+                targets = reward.targets(images, chunk)
+                # The truth from the judge when there is one; never from the reward's own weights.
+                read = world.judge.score(images, chunk) if world.judge is not None else targets
+                columns["truth"] += read[truth.key].tolist()
+                if truth.proxy:
+                    columns["proxy"] += targets[truth.proxy].tolist()
         if lora is not None:
             pipe.unload_lora_weights()
-        scores[lora] = {"reward": sum(rewards) / len(rewards), "truth": sum(truths) / len(truths)}
+        scores[lora] = columns
     return scores
 
 
 # ---- figures -------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Interval:
+    """A mean over the evaluation images with its 95% interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "ci95": [self.low, self.high], "n": self.n}
+
+    def text(self) -> str:
+        return f"95% CI {self.low:.3f} to {self.high:.3f}, n={self.n}"
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def interval(values: list[float], binary: bool) -> Interval:
+    """The mean of one point's per-image values with its 95% interval. For a 0/1 column (an
+    accuracy), Wilson's score interval: the normal one collapses to a width of 0 at 0% or 100%
+    and undercovers on a few dozen images. Otherwise Student's t on the values."""
+    n = len(values)
+    if n == 0:
+        raise BenchError("no evaluation images to read an interval from")
+    mean = sum(values) / n
+    if binary:
+        z2 = Z95 ** 2
+        centre = (mean + z2 / (2 * n)) / (1 + z2 / n)
+        half = Z95 * math.sqrt(mean * (1 - mean) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return Interval(mean, max(0.0, centre - half), min(1.0, centre + half), n)
+    if n < 2:
+        return Interval(mean, -math.inf, math.inf, n)
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def curve(run: Run, base: dict, metric: str, x: str = "samples") -> list[tuple[float, float]]:
-    start = [(0.0, base[metric])]
-    return start + [(getattr(p, x if x != "wall" else "wall_s"), p.scores[metric]) for p in run.points]
+    start = [(0.0, _mean(base[metric]))]
+    return start + [(getattr(p, x if x != "wall" else "wall_s"), _mean(p.scores[metric])) for p in run.points]
 
 
 def first_reach(points: list[tuple[float, float]], level: float, sign: float) -> float | None:
@@ -332,8 +482,19 @@ def reach_and_hold(points: list[tuple[float, float]], level: float, sign: float)
 
 
 def best(runs: list[Run], sign: float) -> Run:
-    """The learning rate whose final point is best on the truth (the reward breaks ties)."""
-    return max(runs, key=lambda r: (sign * r.points[-1].scores["truth"], r.points[-1].scores["reward"]))
+    """The learning rate whose final point is best on the independent truth (the reward breaks ties)."""
+    return max(runs, key=lambda r: (sign * _mean(r.points[-1].scores["truth"]), _mean(r.points[-1].scores["reward"])))
+
+
+def measures(truth: Truth) -> list[tuple[str, str, float, str | None]]:
+    """(column, label, sign, target) of what the headline is read on: the independent truth, held
+    to the target; then the soft reward and the proxy beside it, without one (both are read with
+    the reward's own weights, which the aligner optimises against: they can rise while the truth
+    does not)."""
+    out = [("truth", truth.label, truth.sign, TARGET_SAMPLE_RATIO), ("reward", "soft reward", 1.0, None)]
+    if truth.proxy:
+        out.append(("proxy", truth.proxy_label, 1.0, None))
+    return out
 
 
 def headline(ak: Run, dd: Run, base: dict, truth: Truth) -> list[Check]:
@@ -342,22 +503,23 @@ def headline(ak: Run, dd: Run, base: dict, truth: Truth) -> list[Check]:
     need not be its best, a lower bound: DDPO's whole budget over the samples alignkit needs
     to reach and hold the best point DDPO ever scored."""
     checks = []
-    for metric, label, sign in (("truth", truth.label, truth.sign), ("reward", "soft reward", 1.0)):
-        level = dd.points[-1].scores[metric]
+    for metric, label, sign, target in measures(truth):
+        level = _mean(dd.points[-1].scores[metric])
+        base_level = _mean(base[metric])
         name = f"samples to DDPO's final {label}: DDPO / alignkit"
-        if sign * level > sign * base[metric]:
+        if sign * level > sign * base_level:
             ddpo_n = first_reach(curve(dd, base, metric), level, sign)
             ak_n = reach_and_hold(curve(ak, base, metric), level, sign)
             ddpo_t = first_reach(curve(dd, base, metric, "wall"), level, sign)
             ak_t = reach_and_hold(curve(ak, base, metric, "wall"), level, sign)
-            checks.append(Check(name, _ratio(ddpo_n, ak_n), "{:.1f}x", TARGET_SAMPLE_RATIO,
+            checks.append(Check(name, _ratio(ddpo_n, ak_n), "{:.1f}x", target,
                                 f"{_fmt(ddpo_n)} vs {_fmt(ak_n)} images (level {level:.3g})"))
             checks.append(Check(f"wall time to DDPO's final {label}: DDPO / alignkit", _ratio(ddpo_t, ak_t),
                                 "{:.1f}x", None, f"{_fmt(ddpo_t, 's')} vs {_fmt(ak_t, 's')}"))
         else:
             checks.append(Check(name, None, "{:.1f}x", None,
-                                f"DDPO ended at {level:.3g}, not above the base model's {base[metric]:.3g}"))
-        best_dd = sign * max(sign * p.scores[metric] for p in dd.points)  # DDPO's best scored point
+                                f"DDPO ended at {level:.3g}, not better than the base model's {base_level:.3g}"))
+        best_dd = sign * max(sign * _mean(p.scores[metric]) for p in dd.points)  # DDPO's best scored point
         held = reach_and_hold(curve(ak, base, metric), best_dd, sign)
         budget = dd.points[-1].samples
         checks.append(Check(f"{label}: DDPO's budget / alignkit's samples to hold DDPO's best (lower bound)",
@@ -366,6 +528,44 @@ def headline(ak: Run, dd: Run, base: dict, truth: Truth) -> list[Check]:
                             else f"the base model already holds DDPO's best ({best_dd:.3g})" if held == 0
                             else f"alignkit did not hold DDPO's best ({best_dd:.3g})"))
     return checks
+
+
+RUN_NAMES = {"alignkit": "alignkit", "ddpo": "DDPO"}
+
+
+def levels(chosen: dict[str, Run], base: dict, truth: Truth) -> list[Check]:
+    """The base model's and each method's final truth (and proxy), each with its 95% interval over
+    the evaluation images, and each final's paired gain over the base model (same prompts and
+    seeds) with its 95% t-interval: whether a gain is beyond the noise of the evaluation."""
+    from alignkit.evaluation.metrics import Gain
+
+    checks = []
+    for metric, label in (("truth", truth.label), ("proxy", truth.proxy_label)):
+        if metric not in base:
+            continue
+        # (The proxy of a binary truth is an accuracy too: the same kind of interval.)
+        finals = {"base": base, **{f"{RUN_NAMES[m]} final": run.points[-1].scores for m, run in chosen.items()}}
+        for who, scores in finals.items():
+            iv = interval(scores[metric], truth.binary)
+            checks.append(Check(f"{who} {label}", iv.mean, "{:.3f}", None, iv.text()))
+        for method, run in chosen.items():
+            gain = Gain.paired(base[metric], run.points[-1].scores[metric])
+            checks.append(Check(f"{RUN_NAMES[method]} final gain over base, {label}", gain.mean, "{:+.3f}", None,
+                                f"95% CI {gain.low:+.3f} to {gain.high:+.3f}, n={gain.n} paired (same prompts, seeds)"))
+    return checks
+
+
+def curves(runs: list[Run], base: dict, truth: Truth) -> dict:
+    """Every point's means, with the 95% interval of its truth and proxy: the curves as the JSON keeps them."""
+    def row(samples: float, wall_s: float, scores: dict) -> dict:
+        out = {"samples": samples, "wall_s": wall_s, "reward": _mean(scores["reward"])}
+        for metric in ("truth", "proxy"):
+            if metric in scores:
+                out[metric] = interval(scores[metric], truth.binary).as_dict()
+        return out
+
+    return {"base": row(0, 0.0, base),
+            "runs": [{"run": r.label, "points": [row(p.samples, p.wall_s, p.scores) for p in r.points]} for r in runs]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -381,14 +581,18 @@ def _fmt(x: float | None, unit: str = "") -> str:
 def runs_table(runs: list[Run], base: dict, truth: Truth):
     from rich.table import Table
 
-    table = Table(title=f"alignkit vs trl DDPOTrainer on the toy world (base: reward {base['reward']:.3f}, "
-                        f"{truth.label} {base['truth']:.3f})", title_justify="left")
-    for column in ("run", "images", "train wall s", "final reward", f"final {truth.label}", "peak RSS MB"):
+    table = Table(title=f"alignkit vs trl DDPOTrainer (base: reward {_mean(base['reward']):.3f}, "
+                        f"{truth.label} {_mean(base['truth']):.3f})", title_justify="left")
+    columns = ["run", "images", "train wall s", "final reward", f"final {truth.label} [95% CI]",
+               *([f"final {truth.proxy_label}"] if truth.proxy else []), "peak RSS MB"]
+    for column in columns:
         table.add_column(column, justify="right" if column != "run" else "left")
     for run in runs:
         last = run.points[-1]
-        table.add_row(run.label, str(last.samples), f"{last.wall_s:.0f}", f"{last.scores['reward']:.3f}",
-                      f"{last.scores['truth']:.3f}", f"{run.peak_rss_mb:.0f}")
+        iv = interval(last.scores["truth"], truth.binary)
+        proxy = [f"{_mean(last.scores['proxy']):.3f}"] if truth.proxy else []
+        table.add_row(run.label, str(last.samples), f"{last.wall_s:.0f}", f"{_mean(last.scores['reward']):.3f}",
+                      f"{iv.mean:.3f} [{iv.low:.3f}, {iv.high:.3f}]", *proxy, f"{run.peak_rss_mb:.0f}")
     return table
 
 
@@ -398,10 +602,12 @@ def plot(runs: list[Run], chosen: dict, base: dict, truth: Truth, path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("reward", "samples", "soft reward", "images sampled"),
+    panels = [("reward", "samples", "soft reward", "images sampled"),
               ("truth", "samples", truth.label, "images sampled"),
-              ("truth", "wall", truth.label, "training wall time (s)"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+              ("truth", "wall", truth.label, "training wall time (s)")]
+    if truth.proxy:
+        panels.append(("proxy", "samples", truth.proxy_label, "images sampled"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     colours = {"alignkit": "tab:blue", "ddpo": "tab:orange"}
     for ax, (metric, x, ylabel, xlabel) in zip(axes, panels):
         for run in runs:
@@ -409,11 +615,16 @@ def plot(runs: list[Run], chosen: dict, base: dict, truth: Truth, path: Path) ->
             top = run is chosen[run.method]
             ax.plot(xs, ys, marker="o", ms=3, color=colours[run.method], alpha=1.0 if top else 0.35,
                     lw=2 if top else 1, label=run.label + (" (best)" if top else ""))
+            if top and metric != "reward":  # the 95% interval of each point of the best runs
+                ivs = [interval(s[metric], truth.binary) for s in [base, *(p.scores for p in run.points)]]
+                ax.fill_between(xs, [i.low for i in ivs], [i.high for i in ivs], color=colours[run.method], alpha=0.15,
+                                lw=0)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("alignkit (AlignProp) vs trl 0.23.1 DDPOTrainer, same base model, prompts, T and LoRA rank")
+    fig.suptitle("alignkit (AlignProp) vs trl 0.23.1 DDPOTrainer, same base model, prompts, T and LoRA rank "
+                 "(bands: 95% intervals over the evaluation images)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -445,35 +656,50 @@ def run(args: argparse.Namespace) -> Result:
             p.scores = scores[p.lora]
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.update(model=world.model, lora_rank=TRL_LORA_RANK, lora_alpha=TRL_LORA_ALPHA,
-                    truth=world.truth.key, train_prompts=len(world.prompts))
-    samples = {"base": base, "runs": [{"method": r.method, "lr": r.lr, "peak_rss_mb": r.peak_rss_mb,
+                    truth=world.truth.key, truth_from=world.truth_from, judge=world.truth.judge,
+                    proxy=world.truth.proxy, train_prompts=len(world.prompts))
+    prompts = eval_prompts(world.prompts, args.eval_prompts)
+    # Per image, in this order, for every model: what pairs a gain over the base model.
+    samples = {"eval": {"prompts": prompts, "seeds": [EVAL_SEED + i for i in range(len(prompts))]},
+               "base": base, "runs": [{"method": r.method, "lr": r.lr, "peak_rss_mb": r.peak_rss_mb,
                                        "points": [p.__dict__ for p in r.points], "train_log": r.train_log}
                                       for r in runs]}
     return summarize(args.name, settings, samples, args.results)
 
 
+def saved_truth(settings: dict, samples: dict) -> Truth:
+    """The truth a result was measured with. One line for a result saved before the truth was read
+    by an independent judge and kept per image: its means cannot be re-read, only re-measured."""
+    truth = TRUTHS.get((settings.get("reward"), settings.get("truth_from")))
+    if truth is None or not isinstance(samples.get("base", {}).get("truth"), list):
+        raise BenchError(f"no independent per-image truth in it (its truth '{settings.get('truth')}' is kept as means "
+                         f"only, read by the reward's own detector); re-run vs_ddpo to measure it")
+    return truth
+
+
 def summarize(name: str, settings: dict, samples: dict, results: Path) -> Result:
     """The figures, table and plot from the raw samples (a fresh run's, or a saved result's)."""
-    truth = TRUTHS[settings["reward"]]
+    truth = saved_truth(settings, samples)
     base = samples["base"]
     runs = [Run(r["method"], r["lr"], [Point(**p) for p in r["points"]], r["train_log"], r["peak_rss_mb"])
             for r in samples["runs"]]
     chosen = {m: best([r for r in runs if r.method == m], truth.sign) for m in ("alignkit", "ddpo")}
     checks = [Check("alignkit best learning rate", chosen["alignkit"].lr, "{:g}"),
               Check("DDPO best learning rate", chosen["ddpo"].lr, "{:g}"),
-              Check(f"base {truth.label}", base["truth"], "{:.3f}"),
-              Check(f"alignkit final {truth.label}", chosen["alignkit"].points[-1].scores["truth"], "{:.3f}"),
-              Check(f"DDPO final {truth.label}", chosen["ddpo"].points[-1].scores["truth"], "{:.3f}"),
+              *levels(chosen, base, truth),
               *headline(chosen["alignkit"], chosen["ddpo"], base, truth)]
     figure = plot(runs, chosen, base, truth, results / f"{name}.png")
-    return Result(name, settings, samples, checks, extra={"plot": str(figure), "runs_table": (runs, base, truth)})
+    return Result(name, settings, samples, checks,
+                  extra={"plot": str(figure), "curves": curves(runs, base, truth), "runs_table": (runs, base, truth)})
 
 
 def report(result: Result, con) -> None:
     runs, base, truth = result.extra["runs_table"]
     con.print(runs_table(runs, base, truth))
     con.print(harness.checks_table("sample efficiency: alignkit vs DDPO (best learning rate of each)", result.checks,
-                                   caption=f"curves: {result.extra['plot']}"))
+                                   caption=f"independent: read by {truth.judge or 'a model-free measure'}, which "
+                                           f"shares no weights with the reward; proxy: read with the reward's own "
+                                           f"weights (beside, never the headline). curves: {result.extra['plot']}"))
 
 
 def _fresh(path: Path) -> Path:
@@ -505,9 +731,12 @@ def rereport(path: Path) -> int:
         result = summarize(saved["benchmark"], saved["settings"], saved["samples"], path.parent)
     except (OSError, ValueError, KeyError) as exc:
         raise BenchError(f"--report {path}: not a vs_ddpo result ({type(exc).__name__}: {exc})") from None
+    except BenchError as exc:
+        raise BenchError(f"--report {path}: {exc}") from None
     con = harness.console()
     report(result, con)
     saved["figures"] = result.figures()
+    saved["curves"] = result.extra["curves"]
     saved["figures_recomputed"] = harness.stamp()
     harness.write_json(path, saved)
     con.print(f"rewrote the figures of {path}")

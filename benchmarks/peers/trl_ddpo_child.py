@@ -43,7 +43,7 @@ def main(job_path: str, result_path: str) -> None:
         project_kwargs={"project_dir": out, "logging_dir": os.path.join(out, "logs")},
     )
     try:
-        bridge = RewardClient(job["alignkit_python"], job["reward"])
+        bridge = RewardClient(job["alignkit_python"], job["reward"], judge=job.get("judge"))
     except RuntimeError as exc:
         with open(result_path, "w") as f:
             json.dump({"error": f"reward '{job['reward']}' could not be served to trl: {exc}"}, f)
@@ -59,8 +59,9 @@ def main(job_path: str, result_path: str) -> None:
         scored = bridge(images, list(batch_prompts))
         seen.append({k: v.tolist() for k, v in scored.items()})
         # DDPO is given either the soft count (the same objective alignkit differentiates) or the
-        # true NMS count accuracy; both are black boxes to it.
-        return scored[job["reward_key"]].numpy(), {}
+        # independent truth the evaluation reads (a judge's column, served by the bridge), signed
+        # so that higher is better; both are black boxes to it.
+        return job.get("reward_sign", 1.0) * scored[job["reward_key"]].numpy(), {}
 
     pipeline = DefaultDDPOStableDiffusionPipeline(job["model"], use_lora=True)
     pipeline.set_progress_bar_config(disable=True)
