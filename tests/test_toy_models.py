@@ -20,6 +20,10 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None,
                                 reason="needs the count extra (ultralytics)")
 
 
+# Below the shipped detector's measured agreement (TRAINING.md), with room for 32 samples' noise.
+AGREEMENT_FLOOR = 0.85
+
+
 @pytest.fixture(scope="module")
 def net():
     from alignkit.toy.detector import load_detector
@@ -113,6 +117,23 @@ def test_pipeline_loads_like_a_hub_model_and_draws_the_prompt(net):
     assert metrics["background_accuracy"] >= 0.75
     # Imperfect at counting on purpose (alignment has something to fix), but far above chance.
     assert 0.2 <= metrics["count_accuracy"] <= 0.95
+
+
+def test_detector_agrees_with_the_world_rules_on_the_pipelines_own_samples(net):
+    """The count reward's detector reads the model's samples as the independent counter does,
+    where the counter is sure (TRAINING.md: the figure on 512 samples at each sampler)."""
+    from diffusers import StableDiffusionPipeline
+
+    from alignkit.toy.detector import counter_agreement
+    from alignkit.toy.quality import balanced_prompts, sample
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = balanced_prompts(32, seed=77)
+    images = sample(pipe, prompts, seed=77, eta=1.0)
+    result = counter_agreement(net, images, prompts)
+    assert result["unambiguous"] >= 12
+    assert result["agreement_where_unambiguous"] >= AGREEMENT_FLOOR
 
 
 def test_missing_bundle_is_one_clear_line(monkeypatch, tmp_path):
