@@ -19,7 +19,7 @@ def _fails(capsys, args, match):
 
 @pytest.mark.parametrize("extra, match", [
     (["--truncation", "last:5"], "backpropagates through 5 steps but --num-inference-steps is 2"),
-    (["--resolution", "31"], "--resolution 31 is not a multiple of 2"),
+    (["--resolution", "31"], "--resolution must be a positive multiple of 8, got 31"),
     (["--reward", "nondiff"], "reward 'nondiff' is not differentiable"),
     (["--resume-from-checkpoint", "latest"], "no checkpoint-<step> folder"),
     (["--truncation", "sometimes"], "unknown --truncation 'sometimes'"),

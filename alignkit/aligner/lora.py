@@ -63,7 +63,12 @@ def load_lora(unet, path: str | Path) -> None:
         path = path / LORA_FILE
     state = load_state_dict(path, what="LoRA weights")
     state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
-    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    try:
+        result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    except RuntimeError as exc:  # torch: "size mismatch for ...": another rank or model
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shapes differ")
+        raise CheckpointError(f"LoRA weights {path} do not fit this UNet ({detail}); "
+                              "was it trained with another --rank, model or --lora-target-modules?") from None
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected or not state:
         raise CheckpointError(f"LoRA weights {path} do not fit this UNet (unexpected keys {unexpected[:3]}); "

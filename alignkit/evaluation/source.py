@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, read_text
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 _CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)\Z")
@@ -118,7 +118,7 @@ def _read_config(path: Path) -> dict:
     import yaml
 
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(read_text(path, "run config"))
     except yaml.YAMLError as exc:
         raise AlignkitError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
     if not isinstance(config, dict):
@@ -130,7 +130,7 @@ def _read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "training log").splitlines():
         # A run killed mid-write leaves a torn last line: keep what parses.
         try:
             row = json.loads(line)
