@@ -355,9 +355,6 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                             fh.write(json.dumps(_json_safe(record)) + "\n")
                 accelerator.log(record, step=state.step)
                 progress.update(record)
-                if skipped:
-                    logger.warning("step %d skipped: non-finite loss or gradients (%d in a row)",
-                                   state.step, state.nonfinite["in_a_row"])
                 if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
                     raise DivergenceError(
                         f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
@@ -522,6 +519,8 @@ class _Progress:
     def update(self, r: dict) -> None:
         stats = (f"reward {r['reward']:.4g}  loss {r['loss']:.4g}  K {r['k']}  "
                  f"{r['step_time']:.2f} s/step  {r['peak_mem_mb']:.0f} MB")
+        if r["nonfinite_steps"]:  # skipped steps are in metrics.jsonl; the bar shows how many
+            stats += f"  [yellow]{r['nonfinite_steps']} non-finite skipped[/]"
         self.bar.update(self.task, completed=r["step"], stats=stats)
 
     def __enter__(self):

@@ -164,4 +164,18 @@ def _checkpoint(label: str, step: int | None, path: Path) -> LoraCheckpoint:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    _check_finite(label, path)
     return LoraCheckpoint(label=label, step=step, path=path, sha256=digest.hexdigest())
+
+
+def _check_finite(label: str, path: Path) -> None:
+    """A LoRA with NaN or inf (a run that diverged before alignkit stopped such runs) would
+    generate black or noise images and score them as if they meant something: refuse it."""
+    from alignkit.hub import load_state_dict
+
+    state = load_state_dict(path, what=f"LoRA '{label}'")
+    bad = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if bad:
+        raise AlignkitError(f"LoRA '{label}' ({path}) holds non-finite values (NaN or inf) in {len(bad)} of "
+                            f"{len(state)} tensors: the run diverged; evaluate an earlier checkpoint folder "
+                            "instead (with --model and --reward)")
