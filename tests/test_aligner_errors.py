@@ -76,7 +76,7 @@ def test_resume_with_changed_settings_is_refused(tiny_sd, test_rewards, tmp_path
     assert run_cli(["train", "--model", tiny_sd, *BASE, "--output-dir", run, "--checkpointing-steps", "1"]) == 0
     capsys.readouterr()
     _fails(capsys, ["--model", tiny_sd, *BASE, "--output-dir", run, "--resume-from-checkpoint", "latest",
-                    "--seed", "3"], "seed differ from its config.yaml")
+                    "--seed", "3"], "seed differ from the settings it was saved with")
 
 
 def test_a_half_written_checkpoint_is_never_resumed(tiny_sd, test_rewards, tmp_path, capsys):

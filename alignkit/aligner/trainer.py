@@ -119,14 +119,14 @@ def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler
     folder = checkpoints.resolve_resume(config.resume_from_checkpoint, output_dir)
     saved = checkpoints.read_checkpoint(folder, process_index, with_scaler)
     # The checkpoint says which settings it was trained with; a legacy one, its run's config.yaml.
-    settings, where = saved.config, f"checkpoint {folder}"
+    settings, where = saved.config, "it was saved with"
     if settings is None and (folder.parent / "config.yaml").is_file():
-        settings, where = _read_yaml(folder.parent / "config.yaml"), str(folder.parent / "config.yaml")
+        settings, where = _read_yaml(folder.parent / "config.yaml"), f"in {folder.parent / 'config.yaml'}"
     if (output_dir / "config.yaml").is_file() and settings is None:
-        settings, where = _read_yaml(output_dir / "config.yaml"), str(output_dir / "config.yaml")
+        settings, where = _read_yaml(output_dir / "config.yaml"), f"in {output_dir / 'config.yaml'}"
     changed = changed_fields(settings or {}, config)
     if changed:
-        raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from {where}; "
+        raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from the settings {where}; "
                             "resume with the same settings or start a new --output-dir")
     plan.resume = saved
     plan.metrics = _metrics_to_keep(output_dir / "metrics.jsonl", saved.step)

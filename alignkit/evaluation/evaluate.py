@@ -74,7 +74,9 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     """Run the whole evaluation; `log` receives one-line progress notes."""
     config.validate()
     source = open_source(config.path, config.model)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from alignkit.devices import resolve_device
+
+    device = resolve_device(config.device)
     settings = resolve_settings(config, source)
     prompts = resolve_prompts(config, source)
     seeds = resolve_seeds(config, source)
