@@ -133,7 +133,9 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint", allow: It
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower() and "unsupported" in str(exc).lower():
+        # "Unsupported global: GLOBAL pathlib.Path.touch ...": the pickle names code to call.
+        # (Garbage bytes fail as "Unsupported operand": corrupted, not malicious.)
+        if "weights only load failed" in str(exc).lower() and "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"{what}: refused to load {path}: it is a pickle that asks to run code "
                 f"({_unsafe_global(exc)}); only safetensors and plain tensor checkpoints are loaded"

@@ -138,7 +138,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         # diffusers' pipelines (and so `alignkit eval`) generate only sides that are multiples of 8.
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
-            hint = f"; use {max(8, self.resolution // 8 * 8)} or {max(8, (self.resolution // 8 + 1) * 8)}"
+            hint = f"; use {self.resolution // 8 * 8} or {(self.resolution // 8 + 1) * 8}" if self.resolution > 8 else ""
             raise ConfigError(f"--resolution must be a positive multiple of 8, got {self.resolution}{hint}")
         if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
             raise ConfigError(f"lora_target_modules must be a non-empty list of module names, got {self.lora_target_modules!r}")
