@@ -277,3 +277,24 @@ def test_a_full_disk_mid_run_is_one_line_and_the_last_checkpoint_survives(tiny_s
     # The survivor resumes.
     assert run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
                     "--output-dir", run, "--resume-from-checkpoint", "latest"]) == 0
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes_to_the_same_weights(checkpointed_run, tiny_sd, tmp_path):
+    """Before train_state.json, the step and generator were in accelerate's pickle of registered
+    objects; such a checkpoint still resumes (read weights-only), to the same LoRA."""
+    from safetensors.torch import load_file
+
+    new, legacy = tmp_path / "new", tmp_path / "legacy"
+    shutil.copytree(checkpointed_run, new)
+    shutil.copytree(checkpointed_run, legacy)
+    folder = legacy / "checkpoint-2"
+    generator = load_file(str(folder / "train_state.safetensors"))["generator"]
+    torch.save({"step": 2, "generator": generator}, folder / "custom_checkpoint_0.pkl")
+    (folder / "train_state.json").unlink()
+    (folder / "train_state.safetensors").unlink()
+    for run in (new, legacy):
+        assert run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
+                        "--output-dir", run, "--resume-from-checkpoint", "latest"]) == 0
+    a, b = load_state_dict(new / LORA_FILE), load_state_dict(legacy / LORA_FILE)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], load_state_dict(checkpointed_run / LORA_FILE)[k]) for k in a)

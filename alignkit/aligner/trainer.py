@@ -109,10 +109,16 @@ def plan_inputs(config: TrainConfig) -> Plan:
 
 
 def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler: bool) -> None:
-    """Under the run folder's lock: may this run write there, and what does it resume from?"""
+    """Under the run folder's lock: may this run write there, and what does it resume from?
+
+    The folder's files are the main process's to judge (it holds the lock and it alone
+    writes them; another process could read them mid-write); every process reads its own
+    RNG state from the checkpoint.
+    """
     output_dir = Path(config.output_dir)
+    main = process_index == 0
     if not config.resume_from_checkpoint:
-        if holds_run(output_dir) and not config.overwrite:
+        if main and holds_run(output_dir) and not config.overwrite:
             raise AlignkitError(f"--output-dir {output_dir} already holds a run; pass --resume-from-checkpoint latest "
                                 "to continue it, --overwrite to replace it, or another --output-dir")
         return
@@ -129,7 +135,7 @@ def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler
         raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from the settings {where}; "
                             "resume with the same settings or start a new --output-dir")
     plan.resume = saved
-    plan.metrics = _metrics_to_keep(output_dir / "metrics.jsonl", saved.step)
+    plan.metrics = _metrics_to_keep(output_dir / "metrics.jsonl", saved.step) if main else None
 
 
 def _read_yaml(path: Path) -> dict:
