@@ -298,3 +298,24 @@ def test_a_checkpoint_of_the_earlier_format_resumes_to_the_same_weights(checkpoi
     a, b = load_state_dict(new / LORA_FILE), load_state_dict(legacy / LORA_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], load_state_dict(checkpointed_run / LORA_FILE)[k]) for k in a)
+
+
+def test_a_run_that_fails_before_its_first_step_does_not_block_the_corrected_rerun(tiny_sd, test_rewards, tmp_path,
+                                                                                  capsys):
+    from alignkit.errors import AlignkitError
+
+    class FailsAtOnce(Brightness):
+        def score(self, images, prompts):
+            raise AlignkitError("this reward cannot score these images")
+
+    register("fails_at_once", "tests")(lambda device=None, dtype=None: FailsAtOnce().to(device))
+    run = tmp_path / "run"
+    try:
+        assert run_cli(["train", "--model", tiny_sd, *BASE, "--reward", "fails_at_once", "--max-train-steps", "1",
+                        "--output-dir", run]) != 0
+    finally:
+        REGISTRY.pop("fails_at_once")
+    assert _one_error_line(capsys).endswith("this reward cannot score these images")
+    assert (run / "config.yaml").exists() and not (run / LOCK_FILE).exists()
+    assert run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "1", "--output-dir", run]) == 0
+    assert "brightness" in (run / "config.yaml").read_text()

@@ -232,6 +232,8 @@ CASES = [
     Case("eval-device-unknown", evaluate("--device", "tpu9"), "is not a device name"),
     Case("eval-non-finite-lora", evaluate(run="run_nan"), "holds non-finite values"),
     Case("eval-config-nonutf8", evaluate(run="run_bad_config"), "is not UTF-8 text"),
+    Case("eval-prompts-unreadable-by-reward", evaluate("--reward", "count", "--prompt", "a cat"),
+         "count: no object class of the detector"),
     Case("eval-reward-unknown", evaluate("--reward", "nope"), "unknown reward 'nope'"),
     Case("eval-heldout-weight-zero", evaluate("--rewards", "brightness:0"), "has weight 0"),
     # ---- score

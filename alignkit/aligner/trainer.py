@@ -30,6 +30,7 @@ from alignkit.aligner.runlock import RunLock
 from alignkit.aligner.sampler import DDIMSampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
 from alignkit.errors import AlignkitError, CheckpointError
+from alignkit.rewards.base import check_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,12 @@ class DivergenceError(AlignkitError):
 # ---- checks before any work ------------------------------------------------------------------
 
 def holds_run(output_dir: Path) -> bool:
-    return any((output_dir / m).exists() for m in RUN_MARKERS) or bool(checkpoints.checkpoint_dirs(output_dir))
+    """Whether the folder holds a run's results (a step logged, a checkpoint, a LoRA). A
+    config.yaml alone is what a run that failed before its first step leaves: it must not
+    block the corrected rerun."""
+    metrics = output_dir / "metrics.jsonl"
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
 
 
 def plan_inputs(config: TrainConfig) -> Plan:
@@ -173,15 +179,6 @@ def _metrics_to_keep(path: Path, step: int) -> list[str]:
     return keep
 
 
-def check_prompts(reward, prompts: list[str]) -> None:
-    """Every training prompt must be readable by the reward (count reads a number and a
-    class from it): found now, not at the step that draws the bad prompt."""
-    for part in getattr(reward, "rewards", {"": reward}).values():
-        parse = getattr(part, "parse", None)
-        if callable(parse):
-            parse(prompts)
-
-
 def clear_run(output_dir: Path) -> None:
     """--overwrite: remove the previous run's files, and only those."""
     for name in (*RUN_MARKERS, "logs", "samples"):
@@ -262,6 +259,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     reward = load_reward(config.reward, device=device, dtype=weight_dtype, **config.reward_options)
     if not reward.differentiable:
         raise AlignkitError(f"reward '{config.reward}' is not differentiable; pick one that is (see `alignkit rewards`)")
+    # Every training prompt must be readable by the reward: found now, not at the step that draws it.
     check_prompts(reward, plan.prompts)
 
     pipe.to(device)

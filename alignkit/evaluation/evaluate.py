@@ -24,6 +24,7 @@ from alignkit.evaluation.heldout import Scorer, default_heldout, heldout_scorers
 from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, pick_candidate
 from alignkit.evaluation.source import EvalSource, is_toy, open_source
 from alignkit.evaluation.store import Store
+from alignkit.rewards.base import check_prompts
 
 # Rewards whose backbone is the best embedding for diversity and drift, in order.
 EMBED_PREFERENCE = ("clip", "toy_clip", "pickscore", "hps", "aesthetic")
@@ -98,9 +99,12 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     sampler = Sampler(source.model, device, config.batch_size)
     if any(not store.has_image(store.image_key(source.model, c, p, s, settings))
            for c in conditions for p in prompts for s in seeds):
-        # Load every LoRA before generating anything: one that does not fit fails in a second.
+        # Load every LoRA before generating anything: one that does not fit fails in a second;
+        # and a prompt the trained reward cannot read (count's number and class) fails now,
+        # not after every image is generated.
         for checkpoint in source.checkpoints:
             sampler.load_lora(checkpoint)
+        check_prompts(trained.reward, prompts)
     records = _generate(conditions, prompts, seeds, settings, source.model, sampler, store, log)
     heldout = _score(records, [trained, *heldout], store, config.batch_size, notes, log)
     embedder = _image_metrics(records, [*heldout, trained], store, notes, config.batch_size)
