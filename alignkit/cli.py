@@ -23,9 +23,9 @@ err = Console(stderr=True)
 
 
 def default_device() -> str:
-    import torch
+    from alignkit.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(None)
 
 
 def parse_reward_options(options: list[str], spec: str) -> dict:
@@ -93,13 +93,14 @@ def eval_(
 def rewards() -> None:
     """List every reward, what it needs, and whether it is available here now."""
     from alignkit.rewards import list_entries
+    from alignkit.rewards.registry import describe
 
     table = Table(title="alignkit rewards")
     for column in ("name", "what it scores", "needs", "grad", "available"):
         table.add_column(column)
     for entry in list_entries():
         ok, why = entry.status()
-        needs = [*entry.packages, *(f"{repo}/{file}" for repo, file in entry.weights)]
+        needs = [*entry.packages, *(describe(repo, file) for repo, file in entry.weights)]
         table.add_row(entry.name, entry.summary, "\n".join(needs) or "-",
                       "yes" if entry.differentiable else "no",
                       f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
@@ -157,11 +158,13 @@ def score(
     batch_size: int = typer.Option(16, min=1, help="Images scored per forward pass."),
 ) -> None:
     """Score image files with a reward: a table on stderr, one JSON line per image on stdout."""
+    from alignkit.devices import resolve_device
     from alignkit.rewards.scoring import read_prompts, score_files
 
+    device = resolve_device(device)
     prompts = read_prompts(len(images), prompt, prompts_file)
     overrides = parse_reward_options(reward_option, reward)
-    rows = score_files(reward, images, prompts, device or default_device(), batch_size, overrides)
+    rows = score_files(reward, images, prompts, device, batch_size, overrides)
     table = Table(title=f"reward: {reward}")
     columns = [k for k in rows[0] if k not in ("image", "prompt")]
     for column in ("image", "prompt", *columns):
@@ -173,10 +176,29 @@ def score(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Not click's standalone mode: its usage errors are a framed box of many lines, and a
+    # mistyped flag deserves the one line every other bad input gets.
     try:
-        app(args=argv, prog_name="alignkit")
+        result = app(args=argv, prog_name="alignkit", standalone_mode=False)
     except AlignkitError as exc:
         if debug_enabled():
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.TyperException as exc:  # click's UsageError family, vendored by typer
+        if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+            exc.show()  # `alignkit` alone prints the help
+            sys.exit(getattr(exc, "exit_code", 2))
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "alignkit"
+        _fail(f"{exc.format_message()} (see `{command} --help`)", getattr(exc, "exit_code", 2))
+    # As standalone mode does: exit with the command's code (typer.Exit's, else 0).
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    # Escaped: messages quote lists and extras ("alignkit[count]") that rich would take for markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)

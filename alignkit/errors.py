@@ -43,3 +43,25 @@ def require(module: str, extra: str | None = None, purpose: str = ""):
         raise MissingDependencyError(
             f"package '{module}' is not installed{why}: run `pip install '{pkg}'` ({exc})"
         ) from exc
+
+
+def read_text(path, what: str) -> str:
+    """A UTF-8 text file's content, or one line naming the file and what is wrong with it.
+
+    Prompt files, configs and logs are read with this, so that a binary or Latin-1 file is
+    an error the user can act on instead of a UnicodeDecodeError traceback.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AlignkitError(f"{what} {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                            f"{exc.start}); save it as UTF-8") from None
+    except IsADirectoryError:
+        raise AlignkitError(f"{what} {path} is a folder, not a file") from None
+    except FileNotFoundError:
+        raise AlignkitError(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise AlignkitError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None

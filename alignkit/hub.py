@@ -7,6 +7,7 @@ looked for, where, and how to point at a local copy.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import zipfile
@@ -25,10 +26,39 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+@functools.lru_cache(maxsize=4)
+def _endpoint_answers(endpoint: str) -> bool:
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=5.0)
+    except Exception:  # httpx's transport errors and whatever a proxy may raise: unreachable
+        return False
+    return True
+
+
+def hub_reachable() -> bool:
+    """Whether the hub answers one quick request (no retries; asked once per process).
+
+    huggingface_hub retries an unreachable endpoint for about 25 s, logging each try; asking
+    once first turns that into one line, and lets loaders fall back to the cache at once.
+    """
+    from huggingface_hub import constants
+
+    return not offline() and _endpoint_answers(constants.ENDPOINT)
+
+
+def unreachable_reason() -> str:
+    from huggingface_hub import constants
+
+    return "HF_HUB_OFFLINE is set" if offline() else f"the hub ({constants.ENDPOINT}) cannot be reached"
+
+
 def resolve_file(repo_id: str, filename: str, *, local: str | os.PathLike | None = None,
                  what: str = "checkpoint", option: str = "path") -> Path:
     """Return a local path to `filename`: from `local` (a file, or a folder holding it) if
-    given, else from the hub repo `repo_id` through the HF cache (offline mode respected).
+    given, else from the hub repo `repo_id` through the HF cache: a cached file is used as it
+    is, without asking the network (offline mode respected).
 
     `what` names the thing in messages; `option` is the override the user can pass.
     """
@@ -39,18 +69,22 @@ def resolve_file(repo_id: str, filename: str, *, local: str | os.PathLike | None
         if not path.is_file():
             raise MissingWeightsError(f"{what}: no file at {path}; pass an existing file as {option}=PATH")
         return path
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
+    cached = try_to_load_from_cache(repo_id, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    not_cached = MissingWeightsError(
+        f"{what}: {repo_id}/{filename} is not in the Hugging Face cache and {unreachable_reason()}; "
+        f"run `hf download {repo_id} {filename}` where there is network, or pass {option}=PATH to a local copy")
+    if not hub_reachable():
+        raise not_cached
     try:
         return Path(hf_hub_download(repo_id, filename))
     except LocalEntryNotFoundError:
-        mode = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached"
-        raise MissingWeightsError(
-            f"{what}: {repo_id}/{filename} is not in the Hugging Face cache and {mode}; "
-            f"run `hf download {repo_id} {filename}` where there is network, or pass {option}=PATH to a local copy"
-        ) from None
+        raise not_cached from None
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise MissingWeightsError(
             f"{what}: {repo_id}/{filename} does not exist on the hub ({type(exc).__name__}); "
@@ -93,19 +127,22 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint", allow: It
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({_first_line(exc)})") from None
+            raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({_first_line(exc)}); "
+                                  f"{REDOWNLOAD}") from None
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower() and "unsupported" in str(exc).lower():
+        # "Unsupported global: GLOBAL pathlib.Path.touch ...": the pickle names code to call.
+        # (Garbage bytes fail as "Unsupported operand": corrupted, not malicious.)
+        if "weights only load failed" in str(exc).lower() and "unsupported global" in str(exc).lower():
             raise CheckpointError(
                 f"{what}: refused to load {path}: it is a pickle that asks to run code "
                 f"({_unsafe_global(exc)}); only safetensors and plain tensor checkpoints are loaded"
             ) from None
-        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)}); {REDOWNLOAD}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)}); {REDOWNLOAD}") from None
 
 
 def load_into(module: torch.nn.Module, state_dict: dict, what: str, strict: bool = True,
@@ -125,9 +162,19 @@ def load_into(module: torch.nn.Module, state_dict: dict, what: str, strict: bool
         raise CheckpointError(f"{what}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
 
 
+# What to do about a file that does not load: said in every such message.
+REDOWNLOAD = ("delete it and download it again (`hf download REPO FILE` for a hub file), "
+              "or point at a good local copy")
+
+
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message, whole (never cut mid-sentence)."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text[0].strip()
+    sentence, dot, _ = line.partition(". ")
+    return sentence + "." if dot and len(sentence) >= 20 else line
 
 
 def _unsafe_global(exc: BaseException) -> str:
@@ -135,5 +182,5 @@ def _unsafe_global(exc: BaseException) -> str:
         if "unsupported global" in line.lower() or "global" in line.lower():
             # removeprefix, not lstrip (which strips a set of characters: "Unsupported" lost its "Uns");
             # the first sentence names the global, the rest is torch's advice to allow it.
-            return line.strip().removeprefix("WeightsUnpickler error: ").split(". ")[0][:160]
+            return line.strip().removeprefix("WeightsUnpickler error: ").split(". ")[0]
     return _first_line(exc)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, read_text
 
 # The 45 animals of ddpo-pytorch's and AlignProp's `simple_animals.txt`.
 SIMPLE_ANIMALS = (
@@ -68,7 +68,7 @@ def load_prompt_set(source: str) -> PromptSet:
         return _SETS[source]()
     path = Path(source).expanduser()
     if path.is_file():
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
         if not lines:
             raise AlignkitError(f"prompt file {path} is empty; write one prompt a line")
         return PromptSet(str(path), lines, lines)

@@ -7,7 +7,8 @@ from pathlib import Path
 # Tests never touch the network; ultralytics must not look anything up or write to $HOME.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="alignkit-yolo-"))
+# One folder for every session (a new temporary one each time was never removed).
+os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "alignkit-tests-ultralytics"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402

@@ -19,7 +19,7 @@ def _fails(capsys, args, match):
 
 @pytest.mark.parametrize("extra, match", [
     (["--truncation", "last:5"], "backpropagates through 5 steps but --num-inference-steps is 2"),
-    (["--resolution", "31"], "--resolution 31 is not a multiple of 2"),
+    (["--resolution", "31"], "--resolution must be a positive multiple of 8, got 31"),
     (["--reward", "nondiff"], "reward 'nondiff' is not differentiable"),
     (["--resume-from-checkpoint", "latest"], "no checkpoint-<step> folder"),
     (["--truncation", "sometimes"], "unknown --truncation 'sometimes'"),
@@ -76,7 +76,7 @@ def test_resume_with_changed_settings_is_refused(tiny_sd, test_rewards, tmp_path
     assert run_cli(["train", "--model", tiny_sd, *BASE, "--output-dir", run, "--checkpointing-steps", "1"]) == 0
     capsys.readouterr()
     _fails(capsys, ["--model", tiny_sd, *BASE, "--output-dir", run, "--resume-from-checkpoint", "latest",
-                    "--seed", "3"], "seed differ from its config.yaml")
+                    "--seed", "3"], "seed differ from the settings it was saved with")
 
 
 def test_a_half_written_checkpoint_is_never_resumed(tiny_sd, test_rewards, tmp_path, capsys):

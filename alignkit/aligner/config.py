@@ -9,13 +9,15 @@ reads it).
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, read_text
 
 
 class ConfigError(AlignkitError, ValueError):
@@ -100,12 +102,85 @@ class TrainConfig:
     num_samples: int = 4
     # Replace a previous run in output_dir (its config, metrics, LoRA and checkpoints).
     overwrite: bool = False
+    # Optimizer steps in a row whose loss or gradients are not finite (each is skipped: no
+    # update) before training stops with an error, keeping the last finite checkpoint.
+    max_nonfinite_steps: int = 3
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Check every field's range without touching the disk or loading anything; raise one
+        line naming the flag. (Checks that need the model or the reward come later, but still
+        before the output folder is written: see `trainer.train`.)"""
+        for name, low in (("num_inference_steps", 1), ("train_batch_size", 1), ("gradient_accumulation_steps", 1),
+                          ("max_train_steps", 1), ("rank", 1), ("num_samples", 1), ("max_nonfinite_steps", 1),
+                          ("checkpointing_steps", 0), ("lr_warmup_steps", 0), ("sample_every", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError(f"--checkpoints-total-limit must be at least 1 (or unset to keep all), "
+                              f"got {self.checkpoints_total_limit}")
+        # torch, numpy and random all take this seed (numpy only below 2**32, per process).
+        if not 0 <= self.seed < 2 ** 31:
+            raise ConfigError(f"--seed must be between 0 and {2 ** 31 - 1}, got {self.seed}")
+        for name in ("learning_rate", "lora_alpha", "adam_epsilon"):
+            _require_finite(name, getattr(self, name), positive=True)
+        for name in ("guidance_scale", "max_grad_norm"):
+            _require_finite(name, getattr(self, name))
+        _require_finite("adam_weight_decay", self.adam_weight_decay)
+        if self.adam_weight_decay < 0:
+            raise ConfigError(f"adam_weight_decay must be at least 0, got {self.adam_weight_decay}")
+        if not 0 <= self.eta <= 1:  # False for NaN too
+            raise ConfigError(f"--eta must be between 0 (DDIM) and 1 (DDPM-like), got {self.eta}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        # diffusers' pipelines (and so `alignkit eval`) generate only sides that are multiples of 8.
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            hint = f"; use {self.resolution // 8 * 8} or {(self.resolution // 8 + 1) * 8}" if self.resolution > 8 else ""
+            raise ConfigError(f"--resolution must be a positive multiple of 8, got {self.resolution}{hint}")
+        if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
+            raise ConfigError(f"lora_target_modules must be a non-empty list of module names, got {self.lora_target_modules!r}")
+        if not str(self.output_dir).strip():
+            raise ConfigError("--output-dir is empty")
+        check_output_dir(Path(self.output_dir).expanduser())
+        if self.resume_from_checkpoint is not None and not self.resume_from_checkpoint.strip():
+            raise ConfigError("--resume-from-checkpoint is empty; give 'latest' or a checkpoint folder")
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}" if name in FLAGS else name
+
+
+def _require_finite(name: str, value: float, positive: bool = False) -> None:
+    if not math.isfinite(value) or (positive and value <= 0):
+        need = "a finite number above 0" if positive else "a finite number"
+        raise ConfigError(f"{_flag(name)} must be {need}, got {value}")
+
+
+def check_output_dir(path: Path) -> None:
+    """The run folder must be a folder (or creatable as one) that this user can write to."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output-dir {path} is a file; pass a folder")
+    # The nearest existing ancestor decides whether the folder can be created and written.
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"--output-dir {path}: {existing} is a file, so no folder can be made under it")
+    if not existing.exists() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output-dir {path}: {existing} is not writable by this user; pass a folder you can write to")
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Fields that `alignkit train` has a flag for (the others are set in a config file).
+FLAGS = {"pretrained_model_name_or_path", "reward", "prompts", "prompt", "resolution", "num_inference_steps",
+         "guidance_scale", "eta", "truncation", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+         "rank", "lora_alpha", "max_train_steps", "mixed_precision", "output_dir", "seed", "checkpointing_steps",
+         "checkpoints_total_limit", "resume_from_checkpoint", "report_to"}
 # Aliases accepted in config files (diffusers' and our flag spellings).
 ALIASES = {"model": "pretrained_model_name_or_path"}
 
@@ -134,7 +209,7 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file")
-    text = path.read_text()
+    text = read_text(path, "--config")
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -203,7 +278,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 # changes floating-point rounding only).
 RESUMABLE_CHANGES = {"max_train_steps", "resume_from_checkpoint", "overwrite", "report_to", "checkpointing_steps",
                      "checkpoints_total_limit", "sample_every", "num_samples", "output_dir",
-                     "compile_unet"}
+                     "compile_unet", "max_nonfinite_steps"}
 
 
 def changed_fields(saved: dict, config: TrainConfig) -> list[str]:

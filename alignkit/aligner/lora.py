@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import CheckpointError
-from alignkit.hub import load_state_dict
+from alignkit.hub import _first_line, load_state_dict
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -26,7 +26,7 @@ def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[t
     try:
         unet.add_adapter(config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
-        raise CheckpointError(f"--lora-target-modules {target_modules}: {str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"--lora-target-modules {target_modules}: {_first_line(exc)}") from None
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         # Frozen weights may be fp16/bf16; the trained ones stay fp32 so AdamW's updates are not lost.
@@ -63,7 +63,12 @@ def load_lora(unet, path: str | Path) -> None:
         path = path / LORA_FILE
     state = load_state_dict(path, what="LoRA weights")
     state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
-    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    try:
+        result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    except RuntimeError as exc:  # torch: "size mismatch for ...": another rank or model
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shapes differ")
+        raise CheckpointError(f"LoRA weights {path} do not fit this UNet ({detail}); "
+                              "was it trained with another --rank, model or --lora-target-modules?") from None
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected or not state:
         raise CheckpointError(f"LoRA weights {path} do not fit this UNet (unexpected keys {unexpected[:3]}); "

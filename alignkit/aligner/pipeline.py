@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from alignkit.errors import AlignkitError, MissingWeightsError
-from alignkit.hub import resolve_pretrained
+from alignkit.hub import _first_line, hub_reachable, resolve_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +58,22 @@ def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.d
     from diffusers import DiffusionPipeline
 
     source = resolve_model(name_or_path)
+    # A hub id whose files are cached loads from the cache alone when the hub cannot be reached,
+    # instead of retrying it for every file.
+    local_only = not Path(source).exists() and not hub_reachable()
     # Read the class from model_index.json first: an unsupported pipeline fails before any weight loads.
-    class_name = DiffusionPipeline.load_config(source, revision=revision).get("_class_name", "?")
+    class_name = DiffusionPipeline.load_config(source, revision=revision,
+                                               local_files_only=local_only).get("_class_name", "?")
     if class_name not in SUPPORTED:
         raise PipelineError(f"model '{name_or_path}' is a {class_name}; the aligner supports {' and '.join(SUPPORTED)}")
     # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
     extra = {} if SUPPORTED[class_name] else {"safety_checker": None, "requires_safety_checker": False}
     try:
         with _quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype, **extra)
+            pipe = DiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype, local_files_only=local_only,
+                                                     **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"model '{name_or_path}' could not be loaded: {first}") from None
+        raise PipelineError(f"model '{name_or_path}' could not be loaded: {_first_line(exc)}") from None
     return prepare_pipeline(pipe, name_or_path)
 
 

@@ -9,6 +9,8 @@ score with the frozen reward (kept out of `prepare`); loss = -mean reward; AdamW
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -24,9 +26,11 @@ from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
 from alignkit.aligner.lora import LORA_FILE, add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import check_resolution, load_pipeline, resolve_model
+from alignkit.aligner.runlock import RunLock
 from alignkit.aligner.sampler import DDIMSampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, CheckpointError
+from alignkit.rewards.base import check_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -43,43 +47,52 @@ class Plan:
     policy: TruncationPolicy
     prompts: list[str]
     model_source: str
-    resume: Path | None
+    # The checkpoint to resume from, read and checked in full; None for a new run.
+    resume: checkpoints.SavedState | None = None
+    # metrics.jsonl lines to keep when resuming (those up to the checkpoint's step).
+    metrics: list[str] | None = None
 
 
 class TrainState:
-    """The loop's own counters, checkpointed with accelerate's `register_for_checkpointing`."""
+    """The loop's own counters; saved in each checkpoint as JSON and safetensors."""
 
     def __init__(self, seed: int):
-        # Optimizer steps done.
+        # Optimizer steps done (skipped non-finite ones included: they used their data).
         self.step = 0
         # Draws the truncation K, the prompts and every noise; the same on every process.
         self.generator = torch.Generator().manual_seed(seed)
+        # Steps skipped because their loss or gradients were not finite: in a row, and in all.
+        self.nonfinite = {"in_a_row": 0, "total": 0}
 
-    def state_dict(self) -> dict:
-        return {"step": self.step, "generator": self.generator.get_state()}
+    def restore(self, saved: checkpoints.SavedState) -> None:
+        self.step = saved.step
+        self.generator.set_state(saved.generator)
+        self.nonfinite = {"in_a_row": int(saved.nonfinite.get("in_a_row", 0)),
+                          "total": int(saved.nonfinite.get("total", 0))}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
+
+class DivergenceError(AlignkitError):
+    """Training stopped: too many optimizer steps in a row had a non-finite loss or gradients."""
 
 
 # ---- checks before any work ------------------------------------------------------------------
 
 def holds_run(output_dir: Path) -> bool:
-    return any((output_dir / m).exists() for m in RUN_MARKERS) or bool(checkpoints.checkpoint_dirs(output_dir))
+    """Whether the folder holds a run's results (a step logged, a checkpoint, a LoRA). A
+    config.yaml alone is what a run that failed before its first step leaves: it must not
+    block the corrected rerun."""
+    metrics = output_dir / "metrics.jsonl"
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
 
 
-def plan_run(config: TrainConfig) -> Plan:
-    """Validate the config cheaply, in the order a user would fix things; raise one line each."""
+def plan_inputs(config: TrainConfig) -> Plan:
+    """Validate the config and what it names, cheaply, in the order a user would fix things;
+    one line each. Nothing here reads the output folder (that happens under its lock)."""
     from alignkit.prompts import load_prompt_set, single_prompt
     from alignkit.rewards import get_entry, parse_spec
 
-    for name, value, low in (("num_inference_steps", config.num_inference_steps, 1),
-                             ("train_batch_size", config.train_batch_size, 1),
-                             ("gradient_accumulation_steps", config.gradient_accumulation_steps, 1),
-                             ("max_train_steps", config.max_train_steps, 1), ("rank", config.rank, 1)):
-        if value < low:
-            raise AlignkitError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    config.validate()
     if config.mixed_precision not in MIXED_PRECISION:
         raise AlignkitError(f"--mixed-precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -98,23 +111,72 @@ def plan_run(config: TrainConfig) -> Plan:
     prompts = (single_prompt(config.prompt) if config.prompt is not None else load_prompt_set(config.prompts)).train
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
+    return Plan(policy, prompts, resolve_model(config.pretrained_model_name_or_path))
 
+
+def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler: bool) -> None:
+    """Under the run folder's lock: may this run write there, and what does it resume from?
+
+    The folder's files are the main process's to judge (it holds the lock and it alone
+    writes them; another process could read them mid-write); every process reads its own
+    RNG state from the checkpoint.
+    """
     output_dir = Path(config.output_dir)
-    resume = None
-    if config.resume_from_checkpoint:
-        resume = checkpoints.resolve_resume(config.resume_from_checkpoint, output_dir)
-        saved = output_dir / "config.yaml"
-        if saved.is_file():
-            import yaml
+    main = process_index == 0
+    if not config.resume_from_checkpoint:
+        if main and holds_run(output_dir) and not config.overwrite:
+            raise AlignkitError(f"--output-dir {output_dir} already holds a run; pass --resume-from-checkpoint latest "
+                                "to continue it, --overwrite to replace it, or another --output-dir")
+        return
+    folder = checkpoints.resolve_resume(config.resume_from_checkpoint, output_dir)
+    saved = checkpoints.read_checkpoint(folder, process_index, with_scaler)
+    # The checkpoint says which settings it was trained with; a legacy one, its run's config.yaml.
+    settings, where = saved.config, "it was saved with"
+    if settings is None and (folder.parent / "config.yaml").is_file():
+        settings, where = _read_yaml(folder.parent / "config.yaml"), f"in {folder.parent / 'config.yaml'}"
+    if (output_dir / "config.yaml").is_file() and settings is None:
+        settings, where = _read_yaml(output_dir / "config.yaml"), f"in {output_dir / 'config.yaml'}"
+    changed = changed_fields(settings or {}, config)
+    if changed:
+        raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from the settings {where}; "
+                            "resume with the same settings or start a new --output-dir")
+    plan.resume = saved
+    plan.metrics = _metrics_to_keep(output_dir / "metrics.jsonl", saved.step) if main else None
 
-            changed = changed_fields(yaml.safe_load(saved.read_text()) or {}, config)
-            if changed:
-                raise AlignkitError(f"cannot resume {output_dir}: {', '.join(changed)} differ from its config.yaml; "
-                                    "resume with the same settings or start a new --output-dir")
-    elif holds_run(output_dir) and not config.overwrite:
-        raise AlignkitError(f"--output-dir {output_dir} already holds a run; pass --resume-from-checkpoint latest "
-                            "to continue it, --overwrite to replace it, or another --output-dir")
-    return Plan(policy, prompts, resolve_model(config.pretrained_model_name_or_path), resume)
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    from alignkit.errors import read_text
+
+    try:
+        data = yaml.safe_load(read_text(path, "run config"))
+    except yaml.YAMLError as exc:
+        raise AlignkitError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _metrics_to_keep(path: Path, step: int) -> list[str]:
+    """metrics.jsonl lines up to `step` (later ones will be redone). A torn last line (a run
+    killed mid-write) is dropped; a broken line before it is an error, not silently lost."""
+    if not path.is_file():
+        return []
+    from alignkit.errors import read_text
+
+    lines = [line for line in read_text(path, "metrics").splitlines() if line.strip()]
+    keep = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            row_step = row["step"]
+        except (ValueError, TypeError, KeyError):
+            if number == len(lines):
+                break
+            raise AlignkitError(f"{path} line {number} is not a metrics record; fix or remove that line "
+                                "(only a torn last line is dropped on resume)") from None
+        if row_step <= step:
+            keep.append(line)
+    return keep
 
 
 def clear_run(output_dir: Path) -> None:
@@ -148,14 +210,16 @@ def tracker_config(config: TrainConfig) -> dict:
 # ---- the loop ----------------------------------------------------------------------------------
 
 def train(config: TrainConfig) -> Path:
-    """Run `config`; return the output directory (see docs/training.md for its contract)."""
+    """Run `config`; return the output directory (see docs/training.md for its contract).
+
+    Order: validate the config and what it names; take the run folder's lock (main process);
+    check the folder and read the checkpoint to resume from; load the model and the reward
+    and check every prompt against it; only then write to the folder.
+    """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
+    from accelerate.utils import ProjectConfiguration
 
-    from alignkit.rewards import load_reward
-
-    plan = plan_run(config)
+    plan = plan_inputs(config)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -163,6 +227,26 @@ def train(config: TrainConfig) -> Path:
         log_with=TRACKERS[config.report_to],
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    # One writer per run folder: the main process holds the lock for the whole run.
+    lock = RunLock(output_dir) if accelerator.is_main_process else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        plan_output(config, plan, accelerator.process_index, accelerator.scaler is not None)
+        return _train(config, plan, accelerator)
+    finally:
+        # Removes the lock file, and the folder too if this run created it and wrote nothing.
+        if lock is not None:
+            lock.discard()
+
+
+def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    from alignkit.rewards import load_reward
+
+    output_dir = Path(config.output_dir)
     device = accelerator.device
     weight_dtype = MIXED_PRECISION[config.mixed_precision]
     # Seeds the LoRA init (rank 0's is broadcast by DDP); the data come from TrainState.generator.
@@ -175,14 +259,8 @@ def train(config: TrainConfig) -> Path:
     reward = load_reward(config.reward, device=device, dtype=weight_dtype, **config.reward_options)
     if not reward.differentiable:
         raise AlignkitError(f"reward '{config.reward}' is not differentiable; pick one that is (see `alignkit rewards`)")
-
-    # Everything validated and loaded: only now is the output folder written to.
-    if accelerator.is_main_process:
-        if config.overwrite and plan.resume is None:
-            clear_run(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-    accelerator.wait_for_everyone()
+    # Every training prompt must be readable by the reward: found now, not at the step that draws it.
+    check_prompts(reward, plan.prompts)
 
     pipe.to(device)
     unet = pipe.unet
@@ -204,14 +282,21 @@ def train(config: TrainConfig) -> Path:
     # update is seen without a recompile, and the graph-building steps stay eager.
     nograd_unet = torch.compile(accelerator.unwrap_model(unet)) if config.compile_unet else None
     state = TrainState(config.seed)
-    accelerator.register_for_checkpointing(state)
     _register_lora_hooks(accelerator, type(pipe))
-
     if plan.resume is not None:
-        accelerator.load_state(str(plan.resume))
-        logger.info("resumed from %s at step %d", plan.resume, state.step)
+        _restore(accelerator, unet, optimizer, lr_scheduler, state, plan.resume)
+        logger.info("resumed from %s at step %d", plan.resume.folder, state.step)
+
+    # Everything validated, loaded and restored: only now is the output folder written to.
     if accelerator.is_main_process:
-        _truncate_metrics(output_dir / "metrics.jsonl", state.step)
+        with _writing(output_dir, "the run's config"):
+            if config.overwrite and plan.resume is None:
+                clear_run(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, output_dir / "config.yaml")
+            if plan.metrics is not None:  # on resume, the lines of steps after the checkpoint are redone
+                (output_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in plan.metrics))
+    accelerator.wait_for_everyone()
     if TRACKERS[config.report_to]:
         accelerator.init_trackers("alignkit", config=tracker_config(config))
 
@@ -219,68 +304,173 @@ def train(config: TrainConfig) -> Path:
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
     progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
-    with progress:
-        while state.step < config.max_train_steps:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
-            # One K per trajectory (optimizer step), the same on every process.
-            k = plan.policy.draw(state.generator, config.num_inference_steps)
-            rewards, parts = [], defaultdict(list)
-            for _ in range(config.gradient_accumulation_steps):
-                picks = torch.randint(len(plan.prompts), (B * world,), generator=state.generator).tolist()
-                traj = sampler.draw(state.generator, B * world, k, plan.policy.renoise).slice(lo, hi)
-                prompts = [plan.prompts[i] for i in picks[lo:hi]]
-                with accelerator.accumulate(unet):
-                    with accelerator.autocast():
-                        out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
-                        total, part = reward.with_parts(out.images, prompts * out.repeats)
-                    loss = -total.float().mean()
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                rewards.append(accelerator.gather(total.detach().float()))
-                for name, value in part.items():
-                    parts[name].append(accelerator.gather(value.detach().float()))
-            state.step += 1
-            all_rewards = torch.cat(rewards)
-            record = {"step": state.step, "reward": all_rewards.mean().item(),
-                      "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
-                      **{f"reward/{n}": torch.cat(v).mean().item() for n, v in parts.items()},
-                      "loss": -all_rewards.mean().item(), "lr": lr_scheduler.get_last_lr()[0], "k": k,
-                      "step_time": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(device)}
-            if accelerator.is_main_process:
-                with open(output_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            accelerator.log(record, step=state.step)
-            progress.update(record)
-            if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
-                _log_samples(accelerator, accelerator.unwrap_model(unet), sampler, plan.prompts, config, state.step)
-            if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, state.step, config.checkpoints_total_limit)
+    try:
+        with progress:
+            while state.step < config.max_train_steps:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                # One K per trajectory (optimizer step), the same on every process.
+                k = plan.policy.draw(state.generator, config.num_inference_steps)
+                rewards, parts = [], defaultdict(list)
+                losses_finite = torch.ones((), dtype=torch.bool, device=device)
+                skipped = False
+                for _ in range(config.gradient_accumulation_steps):
+                    picks = torch.randint(len(plan.prompts), (B * world,), generator=state.generator).tolist()
+                    traj = sampler.draw(state.generator, B * world, k, plan.policy.renoise).slice(lo, hi)
+                    prompts = [plan.prompts[i] for i in picks[lo:hi]]
+                    with accelerator.accumulate(unet):
+                        with accelerator.autocast():
+                            out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
+                            total, part = reward.with_parts(out.images, prompts * out.repeats)
+                        loss = -total.float().mean()
+                        accelerator.backward(loss)
+                        losses_finite &= torch.isfinite(loss.detach())
+                        if accelerator.sync_gradients:
+                            # A non-finite loss or gradient would poison AdamW's moments and the
+                            # LoRA for good: skip the update (every process agrees), count it.
+                            skipped = not _finite_update(accelerator, params, losses_finite)
+                            if not skipped and config.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                        if not skipped:
+                            optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    rewards.append(accelerator.gather(total.detach().float()))
+                    for name, value in part.items():
+                        parts[name].append(accelerator.gather(value.detach().float()))
+                state.step += 1
+                state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
+                state.nonfinite["total"] += int(skipped)
+                if not skipped and not all(torch.isfinite(p).all() for p in params):
+                    raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
+                                          f"after a finite update; {_last_checkpoint(output_dir)}; "
+                                          "lower --learning-rate")
+                all_rewards = torch.cat(rewards)
+                record = {"step": state.step, "reward": all_rewards.mean().item(),
+                          "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+                          **{f"reward/{n}": torch.cat(v).mean().item() for n, v in parts.items()},
+                          "loss": -all_rewards.mean().item(), "lr": lr_scheduler.get_last_lr()[0], "k": k,
+                          "step_time": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(device),
+                          "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
+                if accelerator.is_main_process:
+                    with _writing(output_dir, "metrics.jsonl"):
+                        with open(output_dir / "metrics.jsonl", "a") as fh:
+                            fh.write(json.dumps(_json_safe(record)) + "\n")
+                accelerator.log(record, step=state.step)
+                progress.update(record)
+                if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
+                    raise DivergenceError(
+                        f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
+                        f"non-finite loss or gradients (skipped, no update); {_last_checkpoint(output_dir)}; "
+                        "lower --learning-rate or check the reward")
+                if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
+                    with _writing(output_dir, "sample images"):
+                        _log_samples(accelerator, accelerator.unwrap_model(unet), sampler, plan.prompts, config,
+                                     state.step)
+                if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, output_dir, state, config)
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_lora(type(pipe), accelerator.unwrap_model(unet), output_dir)
-    accelerator.end_training()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with _writing(output_dir, "the final LoRA"):
+                save_lora(type(pipe), accelerator.unwrap_model(unet), output_dir)
+    finally:
+        accelerator.end_training()
     return output_dir
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> Path:
-    """accelerate state + LoRA into checkpoint-<step>.tmp, then renamed into place (atomic)."""
-    tmp = checkpoints.temporary_path(output_dir, step)
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)  # left by a run killed mid-write
+def _finite_update(accelerator, params: list[torch.nn.Parameter], losses_finite: torch.Tensor) -> bool:
+    """Whether this step's losses and (synchronised) gradients are finite on every process."""
+    ok = losses_finite.clone()
+    for p in params:
+        if p.grad is not None:
+            ok &= torch.isfinite(p.grad).all()
+    return bool(accelerator.gather(ok.float().reshape(1)).min() > 0)
+
+
+def _json_safe(record: dict) -> dict:
+    """NaN and inf are not JSON: metrics.jsonl writes them as null (trackers get the floats)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+def _last_checkpoint(output_dir: Path) -> str:
+    found = checkpoints.checkpoint_dirs(output_dir)
+    if not found:
+        return "no checkpoint was saved and no LoRA written"
+    return f"the last checkpoint, {found[-1]}, holds finite weights and no final LoRA was written"
+
+
+class RunWriteError(AlignkitError):
+    """The run folder stopped accepting writes (disk full, read-only, quota)."""
+
+
+# Errors of the disk, not of the program: reported in one line, the last checkpoint named.
+_DISK_ERRNOS = {getattr(errno, name) for name in ("ENOSPC", "EROFS", "EACCES", "EPERM", "EDQUOT", "EIO")
+                if hasattr(errno, name)}
+
+
+@contextlib.contextmanager
+def _writing(output_dir: Path, what: str):
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        raise RunWriteError(f"cannot write {what} in {output_dir} ({exc.strerror}); "
+                            f"{_last_checkpoint_name(output_dir)}") from None
+
+
+def _last_checkpoint_name(output_dir: Path) -> str:
+    found = checkpoints.checkpoint_dirs(output_dir)
+    if not found:
+        return "no checkpoint was saved yet"
+    return f"the last complete checkpoint is {found[-1]}: resume from it with --resume-from-checkpoint latest"
+
+
+def _restore(accelerator, unet, optimizer, lr_scheduler, state: TrainState, saved: checkpoints.SavedState) -> None:
+    """Apply a checkpoint read by `checkpoints.read_checkpoint`: LoRA, AdamW, schedule, RNGs, counters."""
+    load_lora(accelerator.unwrap_model(unet), saved.folder)
+    try:
+        optimizer.load_state_dict(saved.optimizer)
+        lr_scheduler.load_state_dict(saved.scheduler)
+        if saved.scaler is not None:
+            accelerator.scaler.load_state_dict(saved.scaler)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {saved.folder}: its optimizer state does not fit this run ({first})") from None
+    checkpoints.restore_rng(saved.rng)
+    # accelerate counts micro-batches to know when gradients sync; it saved that count here.
+    if isinstance(saved.rng.get("step"), int):
+        accelerator.step = saved.rng["step"]
+    state.restore(saved)
+
+
+def save_checkpoint(accelerator, output_dir: Path, state: TrainState, config: TrainConfig) -> Path:
+    """accelerate state + LoRA + our train state into checkpoint-<step>.tmp, then renamed into
+    place (atomic). A disk that fails mid-write leaves the previous checkpoints as they were."""
+    tmp = checkpoints.temporary_path(output_dir, state.step)
+    try:
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)  # left by a run killed mid-write
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process has written its RNG state
+        if accelerator.is_main_process:
+            checkpoints.write_train_state(tmp, state.step, state.generator.get_state(), dict(state.nonfinite),
+                                          config.to_dict())
+            checkpoints.publish(tmp, config.checkpoints_total_limit)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as a RuntimeError ("file write failed").
+        if isinstance(exc, OSError) and exc.errno not in _DISK_ERRNOS or \
+                isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc).strip().splitlines()[0]
+        raise RunWriteError(f"cannot write checkpoint-{state.step} in {output_dir} ({reason}); "
+                            f"{_last_checkpoint_name(output_dir)}") from None
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every process has written its RNG state
-    if accelerator.is_main_process:
-        checkpoints.publish(tmp, limit)
-    accelerator.wait_for_everyone()
-    return output_dir / f"checkpoint-{step}"
+    return output_dir / f"checkpoint-{state.step}"
 
 
 def _register_lora_hooks(accelerator, pipeline_cls) -> None:
@@ -294,20 +484,7 @@ def _register_lora_hooks(accelerator, pipeline_cls) -> None:
         while weights:
             weights.pop()
 
-    def load_hook(models, directory):
-        while models:
-            load_lora(accelerator.unwrap_model(models.pop()), directory)
-
     accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop the lines of steps after the checkpoint (they will be redone)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 @torch.no_grad()
@@ -346,6 +523,8 @@ class _Progress:
     def update(self, r: dict) -> None:
         stats = (f"reward {r['reward']:.4g}  loss {r['loss']:.4g}  K {r['k']}  "
                  f"{r['step_time']:.2f} s/step  {r['peak_mem_mb']:.0f} MB")
+        if r["nonfinite_steps"]:  # skipped steps are in metrics.jsonl; the bar shows how many
+            stats += f"  [yellow]{r['nonfinite_steps']} non-finite skipped[/]"
         self.bar.update(self.task, completed=r["step"], stats=stats)
 
     def __enter__(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,25 @@ class EvalConfig:
             raise AlignkitError("--tolerance must be non-negative (in base standard deviations)")
         if self.prompt is not None and self.prompts is not None:
             raise AlignkitError("give at most one of --prompt TEXT and --prompts SET_OR_FILE")
+        if not all(math.isfinite(s) for s in self.scales) or not math.isfinite(self.tolerance):
+            raise AlignkitError("--scales and --tolerance must be finite numbers")
+        check_generation(self.num_inference_steps, self.guidance_scale, self.eta, self.resolution)
+        from alignkit.devices import resolve_device
+
+        resolve_device(self.device)
+
+
+def check_generation(steps: int | None, guidance: float | None, eta: float | None, resolution: int | None) -> None:
+    """Settings a diffusers pipeline can generate with (None: not set)."""
+    if steps is not None and steps < 1:
+        raise AlignkitError(f"--num-inference-steps must be at least 1, got {steps}")
+    if guidance is not None and not math.isfinite(guidance):
+        raise AlignkitError(f"--guidance-scale must be a finite number, got {guidance}")
+    if eta is not None and not 0 <= eta <= 1:
+        raise AlignkitError(f"--eta must be between 0 and 1, got {eta}")
+    # diffusers' pipelines refuse sides that are not multiples of 8 (after a long traceback).
+    if resolution is not None and (resolution <= 0 or resolution % 8):
+        raise AlignkitError(f"--resolution must be a positive multiple of 8, got {resolution}")
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -135,10 +155,8 @@ def resolve_settings(config: EvalConfig, source: EvalSource) -> Settings:
         eta=float(pick(config.eta, "eta", 0.0)),
         resolution=None if resolution is None else int(resolution),
     )
-    if settings.num_inference_steps < 1:
-        raise AlignkitError(f"--num-inference-steps must be at least 1, got {settings.num_inference_steps}")
-    if settings.resolution is not None and settings.resolution < 8:
-        raise AlignkitError(f"--resolution must be at least 8 pixels, got {settings.resolution}")
+    # The run's own settings too: one trained before train checked them may hold any side.
+    check_generation(settings.num_inference_steps, settings.guidance_scale, settings.eta, settings.resolution)
     return settings
 
 

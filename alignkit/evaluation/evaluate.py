@@ -26,6 +26,7 @@ from alignkit.evaluation.judges import JudgeScorer, check_independent, default_j
 from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, find_unconfirmed, pick_candidate
 from alignkit.evaluation.source import EvalSource, is_toy, open_source
 from alignkit.evaluation.store import Store
+from alignkit.rewards.base import check_prompts
 
 # Rewards whose backbone is the best embedding for diversity and drift, in order.
 EMBED_PREFERENCE = ("clip", "toy_clip", "pickscore", "hps", "aesthetic")
@@ -83,7 +84,9 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     """Run the whole evaluation; `log` receives one-line progress notes."""
     config.validate()
     source = open_source(config.path, config.model)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from alignkit.devices import resolve_device
+
+    device = resolve_device(config.device)
     settings = resolve_settings(config, source)
     prompts = resolve_prompts(config, source)
     seeds = resolve_seeds(config, source)
@@ -106,9 +109,12 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     sampler = Sampler(source.model, device, config.batch_size)
     if any(not store.has_image(store.image_key(source.model, c, p, s, settings))
            for c in conditions for p in prompts for s in seeds):
-        # Load every LoRA before generating anything: one that does not fit fails in a second.
+        # Load every LoRA before generating anything: one that does not fit fails in a second;
+        # and a prompt the trained reward cannot read (count's number and class) fails now,
+        # not after every image is generated.
         for checkpoint in source.checkpoints:
             sampler.load_lora(checkpoint)
+        check_prompts(trained.reward, prompts)
     records = _generate(conditions, prompts, seeds, settings, source.model, sampler, store, log)
     heldout = _score(records, [trained, *heldout, *judges], store, config.batch_size, notes, log)
     embedder = _image_metrics(records, [*heldout, trained], store, notes, config.batch_size)

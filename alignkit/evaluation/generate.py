@@ -131,13 +131,14 @@ class Sampler:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(exc).__name__
+    from alignkit.hub import _first_line as first_sentence
+
+    return first_sentence(exc)
 
 
 def _mismatch(exc: BaseException) -> str:
     # torch lists every mismatched tensor; the first one says enough.
     for line in str(exc).splitlines():
         if "size mismatch" in line:
-            return line.strip().rstrip(".")[:240]
+            return line.strip().rstrip(".")
     return _first_line(exc)

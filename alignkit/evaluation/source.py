@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, read_text
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 _CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)\Z")
@@ -118,7 +118,7 @@ def _read_config(path: Path) -> dict:
     import yaml
 
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(read_text(path, "run config"))
     except yaml.YAMLError as exc:
         raise AlignkitError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
     if not isinstance(config, dict):
@@ -130,7 +130,7 @@ def _read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "training log").splitlines():
         # A run killed mid-write leaves a torn last line: keep what parses.
         try:
             row = json.loads(line)
@@ -164,4 +164,18 @@ def _checkpoint(label: str, step: int | None, path: Path) -> LoraCheckpoint:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    _check_finite(label, path)
     return LoraCheckpoint(label=label, step=step, path=path, sha256=digest.hexdigest())
+
+
+def _check_finite(label: str, path: Path) -> None:
+    """A LoRA with NaN or inf (a run that diverged before alignkit stopped such runs) would
+    generate black or noise images and score them as if they meant something: refuse it."""
+    from alignkit.hub import load_state_dict
+
+    state = load_state_dict(path, what=f"LoRA '{label}'")
+    bad = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if bad:
+        raise AlignkitError(f"LoRA '{label}' ({path}) holds non-finite values (NaN or inf) in {len(bad)} of "
+                            f"{len(state)} tensors: the run diverged; evaluate an earlier checkpoint folder "
+                            "instead (with --model and --reward)")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError
-from alignkit.hub import _first_line, load_into, load_state_dict, offline, resolve_file
+from alignkit.hub import _first_line, hub_reachable, load_into, load_state_dict, resolve_file, unreachable_reason
 from alignkit.rewards.base import Reward, normalize
 
 # A transformers model folder holds one of these; safetensors first, as transformers does.
@@ -69,15 +69,18 @@ def fetch_weights(source: str, *, what: str, option: str) -> Path:
         cached = try_to_load_from_cache(repo, name)
         if isinstance(cached, str):
             return Path(cached)
-    first_error: MissingWeightsError | None = None
+    either = " or ".join(WEIGHT_FILES)
+    if not hub_reachable():
+        raise MissingWeightsError(f"{what}: neither {either} of {repo} is in the Hugging Face cache and "
+                                  f"{unreachable_reason()}; run `hf download {repo}` where there is network, "
+                                  f"or pass {option}= a local model folder")
     for name in WEIGHT_FILES:
         try:
             return resolve_file(repo, name, what=what, option=option)
-        except MissingWeightsError as exc:
-            first_error = first_error or exc
-            if offline():  # every other name would fail the same way
-                break
-    raise first_error
+        except MissingWeightsError:
+            continue  # the repo may ship the other format (PickScore_v1: pytorch_model.bin only)
+    raise MissingWeightsError(f"{what}: {repo} has neither {either} (on the hub or in the cache); "
+                              f"pass {option}= a transformers model hub id or folder")
 
 
 # --------------------------------------------------------------------------- building
@@ -133,14 +136,33 @@ def load_hf_clip(source: str, *, what: str, option: str, vision_only: bool = Fal
     return materialize(lambda: CLIPModel(config), state, what)
 
 
+# The files a CLIP tokenizer may be saved as (slow: vocab + merges; fast: tokenizer.json).
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def tokenizer_folder(source: str, *, what: str, option: str) -> Path:
+    """A local folder holding the tokenizer files of a model folder or hub id: for a hub id,
+    its snapshot in the HF cache, each file resolved through the cache first, so that a cached
+    tokenizer loads without a single network request."""
+    repo, folder = split_source(source, what, option)
+    if folder is not None:
+        return folder
+    config = resolve_file(repo, "tokenizer_config.json", what=what, option=option)  # a clear line if absent
+    for name in TOKENIZER_FILES:
+        try:
+            resolve_file(repo, name, what=what, option=option)
+        except MissingWeightsError:
+            pass  # optional, or the repo uses the other layout: from_pretrained says if none fits
+    return config.parent
+
+
 def load_hf_tokenizer(source: str, *, what: str, option: str):
     """The CLIP tokenizer of a model folder or hub id."""
     from transformers import CLIPTokenizer
 
-    fetch(source, "tokenizer_config.json", what=what, option=option)  # a clear line if absent
-    repo, folder = split_source(source, what, option)
+    folder = tokenizer_folder(source, what=what, option=option)
     try:
-        return CLIPTokenizer.from_pretrained(str(folder) if folder is not None else repo)
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise MissingWeightsError(f"{what}: no usable CLIP tokenizer in {source} ({_first_line(exc)}); "
                                   f"pass {option}= a folder with vocab.json and merges.txt or tokenizer.json") from None

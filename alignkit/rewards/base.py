@@ -99,6 +99,19 @@ def check_inputs(images: Tensor, prompts: list[str]) -> None:
         )
 
 
+def check_prompts(reward: nn.Module, prompts: list[str]) -> None:
+    """Raise one line for a prompt the reward cannot read, before any work depends on it.
+
+    Rewards that read something from the prompt (count: a number and an object class) expose
+    `parse(prompts)`, which raises an `AlignkitError` naming the prompt; the others accept any
+    text. A combination checks each of its parts.
+    """
+    for part in getattr(reward, "rewards", {"": reward}).values():
+        parse = getattr(part, "parse", None)
+        if callable(parse):
+            parse(list(prompts))
+
+
 def resize_shortest_crop(images: Tensor, size: int, mode: str = "bicubic") -> Tensor:
     """CLIP's preprocessing: shortest side to `size`, then a centre crop, differentiably."""
     h, w = images.shape[-2:]

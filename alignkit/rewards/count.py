@@ -37,6 +37,7 @@ ultralytics is AGPL-3.0, hence an optional extra imported here only when `count`
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -223,12 +224,18 @@ def import_ultralytics():
     # ultralytics reads these at import; set them first unless the user chose otherwise.
     os.environ.setdefault("YOLO_OFFLINE", "1")
     if "YOLO_CONFIG_DIR" not in os.environ:
-        os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="alignkit-yolo-")
+        os.environ["YOLO_CONFIG_DIR"] = str(_yolo_config_dir())
     # ultralytics logs to a handler bound to sys.stdout when first imported (its settings
-    # banner, warnings); bind it to stderr so that stdout stays data (`alignkit score` JSON).
-    with contextlib.redirect_stdout(sys.stderr):
-        require("ultralytics", extra="count", purpose="the count reward")
-        from ultralytics.nn.tasks import DetectionModel
+    # banner, warnings); bind it to stderr so that stdout stays data (`alignkit score` JSON),
+    # and drop its INFO lines while it imports: the "Creating new Ultralytics Settings" banner.
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            require("ultralytics", extra="count", purpose="the count reward")
+            from ultralytics.nn.tasks import DetectionModel
+    finally:
+        logging.disable(previous)
 
     try:
         from ultralytics.utils.nms import non_max_suppression
@@ -236,6 +243,21 @@ def import_ultralytics():
         from ultralytics.utils.ops import non_max_suppression
     _undo_pil_patch()
     return DetectionModel, non_max_suppression
+
+
+def _yolo_config_dir() -> Path:
+    """One folder for ultralytics' settings, under the user's cache, made once and reused (a
+    new temporary folder per load was left behind every time)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    for folder in (base / "alignkit" / "ultralytics",
+                   Path(tempfile.gettempdir()) / f"alignkit-ultralytics-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: the shared temporary folder, still one per user
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    return folder
 
 
 def _undo_pil_patch() -> None:

@@ -43,14 +43,23 @@ class RewardEntry:
             return True, "bundled" if self.bundled else "no weights needed"
         from huggingface_hub import try_to_load_from_cache
 
-        absent = [f"{repo}/{file}" for repo, file in self.weights
-                  if not isinstance(try_to_load_from_cache(repo, file), str)]
+        absent = [describe(repo, file) for repo, file in self.weights
+                  if not any(isinstance(try_to_load_from_cache(repo, f), str) for f in EQUIVALENT_FILES.get(file, (file,)))]
         if absent:
             return False, f"not in HF cache: {', '.join(absent)}"
         return True, "in HF cache"
 
 
 REGISTRY: dict[str, RewardEntry] = {}
+
+# transformers saves a model as either file, and hub repos ship one or both
+# (yuvalkirstain/PickScore_v1: pytorch_model.bin only); the loaders take whichever is there.
+EQUIVALENT_FILES = {"model.safetensors": ("model.safetensors", "pytorch_model.bin")}
+
+
+def describe(repo: str, file: str) -> str:
+    """'repo/model.safetensors or pytorch_model.bin': a needed file and its alternatives."""
+    return f"{repo}/{' or '.join(EQUIVALENT_FILES.get(file, (file,)))}"
 
 
 def register(name: str, summary: str, **meta) -> Callable:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, read_text
 from alignkit.images import load_image
 from alignkit.rewards.registry import get_entry
 from alignkit.rewards.spec import load_reward, parse_spec
@@ -18,10 +18,7 @@ def read_prompts(n_images: int, prompt: str | None, prompts_file: Path | None) -
         raise AlignkitError("give exactly one of --prompt TEXT or --prompts-file FILE")
     if prompt is not None:
         return [prompt] * n_images
-    try:
-        lines = [line.strip() for line in Path(prompts_file).read_text().splitlines() if line.strip()]
-    except OSError as exc:
-        raise AlignkitError(f"cannot read prompts file {prompts_file}: {exc.strerror}") from None
+    lines = [line.strip() for line in read_text(prompts_file, "--prompts-file").splitlines() if line.strip()]
     if len(lines) != n_images:
         raise AlignkitError(f"{prompts_file} has {len(lines)} prompts for {n_images} images; give one per image")
     return lines

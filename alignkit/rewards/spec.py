@@ -46,6 +46,9 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
                 raise SpecError(f"malformed reward spec '{spec}': weight '{weight_text}' of '{name}' is not a number; {_GRAMMAR}") from None
             if not math.isfinite(weight):
                 raise SpecError(f"malformed reward spec '{spec}': weight of '{name}' must be finite, got '{weight_text}'")
+            if weight == 0:
+                # A term with weight 0 adds nothing to the reward but still loads its model.
+                raise SpecError(f"reward spec '{spec}': '{name}' has weight 0; drop the term instead")
         if any(name == seen for seen, _ in terms):
             raise SpecError(f"malformed reward spec '{spec}': '{name}' appears twice; give it one weight")
         terms.append((name, weight))
