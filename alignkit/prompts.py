@@ -7,6 +7,7 @@ prompts the model was not tuned on. Other modules (the toy world) add sets with
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,15 +29,25 @@ COUNT_OBJECTS = ("apple", "cat", "dog", "bird", "car", "cup", "banana", "orange"
 EVAL_COUNT_OBJECTS = ("donut", "clock", "bottle", "cow")
 
 
-def _plural(noun: str) -> str:
-    if noun.endswith(("s", "sh", "ch", "x")):
+_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "child": "children", "man": "men",
+                      "woman": "women", "sheep": "sheep", "fish": "fish", "knife": "knives",
+                      "leaf": "leaves", "foot": "feet", "tooth": "teeth", "goose": "geese"}
+
+
+def plural(noun: str) -> str:
+    """English plural of a noun: 'apple' -> 'apples', 'box' -> 'boxes', 'puppy' -> 'puppies'."""
+    if noun in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[noun]
+    if re.search(r"(s|x|z|ch|sh)$", noun):
         return noun + "es"
-    return {"sheep": "sheep", "mouse": "mice"}.get(noun, noun + "s")
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + "s"
 
 
 def counting_prompts(objects, counts=range(1, 5)) -> list[str]:
     """'one apple', 'two apples', ...: the prompts the `count` reward reads a number from."""
-    return [f"{NUMBER_WORDS[n - 1]} {noun if n == 1 else _plural(noun)}" for noun in objects for n in counts]
+    return [f"{NUMBER_WORDS[n - 1]} {noun if n == 1 else plural(noun)}" for noun in objects for n in counts]
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError, require
-from alignkit.hub import load_into, load_state_dict, resolve_file
+from alignkit.hub import is_hub_id, load_into, load_state_dict, resolve_file
+from alignkit.prompts import plural
 from alignkit.rewards.base import Reward
 from alignkit.rewards.registry import register
 
@@ -72,21 +73,8 @@ _NUMBER_WORDS = {
 # Words that end a noun phrase: a number before them does not quantify a class after them
 # ("a photo of apples" has no number of apples).
 _PHRASE_BREAKS = {"of", "on", "in", "with", "and", "or", "at", "by", "near", "under", "over", "the", ","}
-_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "child": "children", "man": "men",
-                      "woman": "women", "sheep": "sheep", "fish": "fish", "knife": "knives",
-                      "leaf": "leaves", "foot": "feet", "tooth": "teeth", "goose": "geese"}
 # How many adjectives may stand between a number and its noun ("three big red apples").
 _MAX_GAP = 4
-
-
-def plural(noun: str) -> str:
-    if noun in _IRREGULAR_PLURALS:
-        return _IRREGULAR_PLURALS[noun]
-    if re.search(r"(s|x|z|ch|sh)$", noun):
-        return noun + "es"
-    if re.search(r"[^aeiou]y$", noun):
-        return noun[:-1] + "ies"
-    return noun + "s"
 
 
 def _class_forms(names: dict[int, str]) -> list[tuple[tuple[str, ...], int]]:
@@ -293,8 +281,7 @@ def locate_detector(detector: str | os.PathLike, filename: str) -> Path:
     """One file of the detector (model.yaml or model.safetensors): from a local folder, or
     from a hub repo id through the HF cache."""
     path = Path(detector).expanduser()
-    # Anything that exists, looks like a path, or is not 'org/name' is a local folder.
-    if path.exists() or str(detector).startswith((".", "/", "~")) or str(detector).count("/") != 1:
+    if not is_hub_id(detector):
         if not path.is_dir():
             raise MissingWeightsError(f"count: detector {path} is not a folder; pass detector=DIR holding "
                                       f"{YAML_FILE} and {WEIGHTS_FILE}")
