@@ -13,8 +13,8 @@ import torch
 
 from alignkit.errors import CheckpointError, first_line
 from alignkit.hub import load_state_dict
+from alignkit.runfolder import LORA_FILE
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[torch.nn.Parameter]:

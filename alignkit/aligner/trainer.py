@@ -24,20 +24,21 @@ import torch
 
 from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
-from alignkit.aligner.lora import LORA_FILE, add_lora, load_lora, save_lora
+from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import check_resolution, load_pipeline, resolve_model
 from alignkit.aligner.runlock import RunLock
 from alignkit.aligner.sampler import DDIMSampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
 from alignkit.errors import AlignkitError, CheckpointError
 from alignkit.rewards.base import check_prompts
+from alignkit.runfolder import CONFIG_FILE, LORA_FILE, METRICS_FILE, TMP_SUFFIX, checkpoint_name
 
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": "all", "none": None}
 # What marks a folder as holding a run (and so protects it from being written over).
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", LORA_FILE)
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def holds_run(output_dir: Path) -> bool:
     """Whether the folder holds a run's results (a step logged, a checkpoint, a LoRA). A
     config.yaml alone is what a run that failed before its first step leaves: it must not
     block the corrected rerun."""
-    metrics = output_dir / "metrics.jsonl"
+    metrics = output_dir / METRICS_FILE
     logged = metrics.is_file() and metrics.stat().st_size > 0
     return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
 
@@ -132,16 +133,16 @@ def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler
     saved = checkpoints.read_checkpoint(folder, process_index, with_scaler)
     # The checkpoint says which settings it was trained with; a legacy one, its run's config.yaml.
     settings, where = saved.config, "it was saved with"
-    if settings is None and (folder.parent / "config.yaml").is_file():
-        settings, where = _read_yaml(folder.parent / "config.yaml"), f"in {folder.parent / 'config.yaml'}"
-    if (output_dir / "config.yaml").is_file() and settings is None:
-        settings, where = _read_yaml(output_dir / "config.yaml"), f"in {output_dir / 'config.yaml'}"
+    if settings is None and (folder.parent / CONFIG_FILE).is_file():
+        settings, where = _read_yaml(folder.parent / CONFIG_FILE), f"in {folder.parent / CONFIG_FILE}"
+    if (output_dir / CONFIG_FILE).is_file() and settings is None:
+        settings, where = _read_yaml(output_dir / CONFIG_FILE), f"in {output_dir / CONFIG_FILE}"
     changed = changed_fields(settings or {}, config)
     if changed:
         raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from the settings {where}; "
                             "resume with the same settings or start a new --output-dir")
     plan.resume = saved
-    plan.metrics = _metrics_to_keep(output_dir / "metrics.jsonl", saved.step) if main else None
+    plan.metrics = _metrics_to_keep(output_dir / METRICS_FILE, saved.step) if main else None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -187,7 +188,7 @@ def clear_run(output_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    for path in [*checkpoints.checkpoint_dirs(output_dir), *output_dir.glob("checkpoint-*.tmp")]:
+    for path in [*checkpoints.checkpoint_dirs(output_dir), *output_dir.glob(f"checkpoint-*{TMP_SUFFIX}")]:
         shutil.rmtree(path)
 
 
@@ -293,9 +294,9 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
             if config.overwrite and plan.resume is None:
                 clear_run(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, output_dir / "config.yaml")
+            save_config(config, output_dir / CONFIG_FILE)
             if plan.metrics is not None:  # on resume, the lines of steps after the checkpoint are redone
-                (output_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in plan.metrics))
+                (output_dir / METRICS_FILE).write_text("".join(line + "\n" for line in plan.metrics))
     accelerator.wait_for_everyone()
     if TRACKERS[config.report_to]:
         accelerator.init_trackers("alignkit", config=tracker_config(config))
@@ -354,8 +355,8 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                           "step_time": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(device),
                           "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
                 if accelerator.is_main_process:
-                    with _writing(output_dir, "metrics.jsonl"):
-                        with open(output_dir / "metrics.jsonl", "a") as fh:
+                    with _writing(output_dir, METRICS_FILE):
+                        with open(output_dir / METRICS_FILE, "a") as fh:
                             fh.write(json.dumps(_json_safe(record)) + "\n")
                 accelerator.log(record, step=state.step)
                 progress.update(record)
@@ -470,7 +471,7 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, config: Tr
         raise RunWriteError(f"cannot write checkpoint-{state.step} in {output_dir} ({reason}); "
                             f"{_last_checkpoint_name(output_dir)}") from None
     accelerator.wait_for_everyone()
-    return output_dir / f"checkpoint-{state.step}"
+    return output_dir / checkpoint_name(state.step)
 
 
 def _register_lora_hooks(accelerator, pipeline_cls) -> None:
