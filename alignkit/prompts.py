@@ -1,8 +1,8 @@
 """Prompt sets: built-in names, a file with one prompt a line, or a single prompt.
 
 Each built-in set has a `train` split and a held-out `eval` split, so that evaluation scores
-prompts the model was not tuned on. Other modules (the toy world) add sets with
-`register_prompt_set`.
+prompts the model was not tuned on. Plugins (the toy world) add sets with
+`register_prompt_set` (see alignkit.plugins).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from alignkit.errors import AlignkitError, read_text
+from alignkit.plugins import load_plugins
 
 # The 45 animals of ddpo-pytorch's and AlignProp's `simple_animals.txt`.
 SIMPLE_ANIMALS = (
@@ -68,13 +69,13 @@ def register_prompt_set(name: str, factory: Callable[[], PromptSet]) -> None:
 
 
 def prompt_set_names() -> list[str]:
-    _load_plugins()
+    load_plugins()
     return sorted(_SETS)
 
 
 def load_prompt_set(source: str) -> PromptSet:
     """A built-in set by name, or a file (one prompt a line, used for train and eval alike)."""
-    _load_plugins()
+    load_plugins()
     if source in _SETS:
         return _SETS[source]()
     path = Path(source).expanduser()
@@ -95,7 +96,3 @@ def single_prompt(prompt: str) -> PromptSet:
         raise AlignkitError("--prompt is empty")
     return PromptSet("prompt", [prompt], [prompt])
 
-
-def _load_plugins() -> None:
-    # The toy world registers its own sets; importing it is cheap (no torch models load).
-    import alignkit.toy.prompts  # noqa: F401

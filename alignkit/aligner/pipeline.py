@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError, MissingWeightsError, first_line
-from alignkit.hub import hub_reachable, quiet_loading, resolve_pretrained
+from alignkit import models
+from alignkit.hub import hub_reachable, quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,9 @@ class LoadedPipeline:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`toy` -> the embedded toy pipeline's folder; anything else is checked to exist."""
+    """A named model's folder (`toy`), or a folder or hub id checked to exist (alignkit.models)."""
     try:
-        if name_or_path == "toy":
-            from alignkit.toy import pipeline_path
-
-            return str(pipeline_path())
-        return resolve_pretrained(name_or_path, what=f"model '{name_or_path}'", probe="model_index.json")
+        return models.resolve_model(name_or_path)
     except MissingWeightsError as exc:
         raise PipelineError(f"{exc} (--model)") from None
 

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from alignkit.errors import AlignkitError, CheckpointError, first_line
 from alignkit.evaluation.config import Condition, Settings
-from alignkit.evaluation.source import LoraCheckpoint, resolve_model
+from alignkit.evaluation.source import LoraCheckpoint
 from alignkit.hub import quiet_loading
+from alignkit.models import resolve_model
 
 
 class Sampler:
@@ -41,7 +42,7 @@ class Sampler:
     def _load_pipeline(self):
         from diffusers import DiffusionPipeline
 
-        source = resolve_model(self.model)
+        source = resolve_model(self.model, what="base model")
         try:
             with quiet_loading():
                 # Evaluation needs the raw images: no safety checker (it blacks out images).

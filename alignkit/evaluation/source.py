@@ -86,30 +86,6 @@ def open_source(path: str | Path, model: str | None = None) -> EvalSource:
     return EvalSource(root=root, model=str(base), checkpoints=checkpoints, config=config, train_log=train_log)
 
 
-def resolve_model(model: str) -> str:
-    """A `from_pretrained` source for `model`: "toy" is the embedded toy pipeline."""
-    from alignkit.hub import resolve_pretrained
-
-    if model == "toy":
-        try:
-            from alignkit.toy import pipeline_path
-        except ImportError:
-            raise AlignkitError("the embedded toy model is not installed; pass --model MODEL (a diffusers pipeline)") from None
-        return str(pipeline_path())
-    return resolve_pretrained(model, what=f"base model '{model}'", probe="model_index.json")
-
-
-def is_toy(model: str) -> bool:
-    """Whether `model` is the embedded toy world, by name or by its installed path."""
-    if model == "toy":
-        return True
-    try:
-        from alignkit.toy import pipeline_path
-    except ImportError:
-        return False
-    return Path(model).expanduser().resolve() == Path(pipeline_path()).resolve()
-
-
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         return {}

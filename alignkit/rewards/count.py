@@ -45,6 +45,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ from torch import Tensor
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError, require
 from alignkit.hub import is_hub_id, load_into, load_state_dict, resolve_file
+from alignkit.plugins import load_plugins
 from alignkit.prompts import plural
 from alignkit.rewards.base import Reward
 from alignkit.rewards.registry import register
@@ -458,12 +460,23 @@ class CountReward(Reward):
                 "count_nms_correct": (counts == numbers).float().to(images.device)}
 
 
-def _default_detector() -> str:
-    """The toy world's detector, bundled with alignkit (the default of the toy prompts)."""
-    from alignkit.toy import detector_path
+# Where `detector` points when it is not given: set by a plugin that bundles a detector (the
+# toy world sets its own, the default of the toy prompts).
+_DEFAULT_DETECTOR: list[Callable[[], str | os.PathLike]] = []
 
+
+def set_default_detector(locate: Callable[[], str | os.PathLike]) -> None:
+    """Make `locate()` (a folder or hub id, looked up when needed) the default detector."""
+    _DEFAULT_DETECTOR[:] = [locate]
+
+
+def _default_detector() -> str:
+    load_plugins()
+    if not _DEFAULT_DETECTOR:
+        raise MissingWeightsError(f"count: no default detector is installed; pass detector=DIR (a folder or hub "
+                                  f"repo with {YAML_FILE} and {WEIGHTS_FILE})")
     try:
-        return str(detector_path())
+        return str(_DEFAULT_DETECTOR[0]())
     except MissingWeightsError as exc:
         raise MissingWeightsError(f"count: {exc}; or pass detector=DIR (a folder or hub repo with "
                                   f"{YAML_FILE} and {WEIGHTS_FILE})") from None
