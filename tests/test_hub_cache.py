@@ -116,7 +116,7 @@ def test_hub_id_or_local_path(tmp_path, monkeypatch):
 def test_missing_folder_is_said_once_for_every_loader(tmp_path, monkeypatch):
     """A missing path-like folder is "no folder" to the pipeline, CLIP and detector loaders alike."""
     from alignkit.rewards._clip_backbones import split_source
-    from alignkit.rewards.count import locate_detector
+    from alignkit.detectors import locate_detector
 
     missing = str(tmp_path / "nowhere" / "model")
     with pytest.raises(MissingWeightsError, match="no folder at"):
