@@ -27,7 +27,7 @@ from alignkit.aligner.config import TrainConfig, changed_fields, save_config
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import check_resolution, load_pipeline, resolve_model
 from alignkit.aligner.runlock import RunLock
-from alignkit.aligner.sampler import DDIMSampler
+from alignkit.aligner.sampler import DDIMSampler, Sampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
 from alignkit.errors import AlignkitError, CheckpointError
 from alignkit.rewards.base import check_prompts
@@ -253,6 +253,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     # Seeds the LoRA init (rank 0's is broadcast by DDP); the data come from TrainState.generator.
     set_seed(config.seed, device_specific=True)
 
+    # --- load: the pipeline and the reward (config.validate() ran in plan_run)
     loaded = load_pipeline(plan.model_source, config.revision, dtype=weight_dtype)
     resolution = config.resolution or loaded.native_resolution
     check_resolution(resolution, loaded)
@@ -263,25 +264,28 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     # Every training prompt must be readable by the reward: found now, not at the step that draws it.
     check_prompts(reward, plan.prompts)
 
+    # --- LoRA: only its matrices train
     pipe.to(device)
     unet = pipe.unet
     params = add_lora(unet, config.rank, config.lora_alpha, config.lora_target_modules)
     if config.mixed_precision == "fp16" and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16 (diffusers' force_upcast)
-    sampler = DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
+    sampler: Sampler = DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
                           config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
 
+    # --- optimizer and lr schedule
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     # A prepared scheduler steps once per process per optimizer step: scale its horizon to match.
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
                                  num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=config.max_train_steps * accelerator.num_processes)
-    # The UNet goes through prepare (DDP), the reward never does: it is frozen and never synchronised.
+    # --- prepare: the UNet goes through prepare (DDP), the reward never does: it is frozen and never synchronised.
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     # Compiled once for the no-grad steps only; it shares the module's weights, so each LoRA
     # update is seen without a recompile, and the graph-building steps stay eager.
     nograd_unet = torch.compile(accelerator.unwrap_model(unet)) if config.compile_unet else None
+    # --- resume
     state = TrainState(config.seed)
     _register_lora_hooks(accelerator, type(pipe))
     if plan.resume is not None:
@@ -301,7 +305,9 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     if TRACKERS[config.report_to]:
         accelerator.init_trackers("alignkit", config=tracker_config(config))
 
-    B, world = config.train_batch_size, accelerator.num_processes
+    # --- loop: one optimizer step per iteration
+    B, num_processes = config.train_batch_size, accelerator.num_processes
+    # This process's slice of the global batch (every process draws the same global batch).
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
     progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
@@ -317,9 +323,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                 losses_finite = torch.ones((), dtype=torch.bool, device=device)
                 skipped = False
                 for _ in range(config.gradient_accumulation_steps):
-                    picks = torch.randint(len(plan.prompts), (B * world,), generator=state.generator).tolist()
-                    traj = sampler.draw(state.generator, B * world, k, plan.policy.renoise).slice(lo, hi)
-                    prompts = [plan.prompts[i] for i in picks[lo:hi]]
+                    prompts, traj = _draw_batch(plan, sampler, state.generator, k, B * num_processes, lo, hi)
                     with accelerator.accumulate(unet):
                         with accelerator.autocast():
                             out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
@@ -347,13 +351,8 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                     raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
                                           f"after a finite update; {_last_checkpoint(output_dir)}; "
                                           "lower --learning-rate")
-                all_rewards = torch.cat(rewards)
-                record = {"step": state.step, "reward": all_rewards.mean().item(),
-                          "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
-                          **{f"reward/{n}": torch.cat(v).mean().item() for n, v in parts.items()},
-                          "loss": -all_rewards.mean().item(), "lr": lr_scheduler.get_last_lr()[0], "k": k,
-                          "step_time": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(device),
-                          "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
+                record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
+                                         time.perf_counter() - start, peak_memory_mb(device), skipped)
                 if accelerator.is_main_process:
                     with _writing(output_dir, METRICS_FILE):
                         with open(output_dir / METRICS_FILE, "a") as fh:
@@ -372,6 +371,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                 if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
                     save_checkpoint(accelerator, output_dir, state, config)
 
+        # --- save: the final LoRA, in diffusers' format
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             with _writing(output_dir, "the final LoRA"):
@@ -379,6 +379,28 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     finally:
         accelerator.end_training()
     return output_dir
+
+
+def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, k: int, global_batch: int,
+                lo: int, hi: int):
+    """This process's prompts and trajectory slice of the global batch. Every process draws the
+    whole global batch from the shared generator (prompts first, then noise), so the data do
+    not depend on the number of processes."""
+    picks = torch.randint(len(plan.prompts), (global_batch,), generator=generator).tolist()
+    traj = sampler.draw(generator, global_batch, k, plan.policy.renoise).slice(lo, hi)
+    return [plan.prompts[i] for i in picks[lo:hi]], traj
+
+
+def _metrics_record(state: TrainState, rewards: list[torch.Tensor], parts: dict, lr: float, k: int,
+                    step_time: float, peak_mem_mb: float, skipped: bool) -> dict:
+    """One metrics.jsonl line: the step's gathered rewards (and each part), loss, lr, K, time, memory."""
+    all_rewards = torch.cat(rewards)
+    return {"step": state.step, "reward": all_rewards.mean().item(),
+            "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+            **{f"reward/{n}": torch.cat(v).mean().item() for n, v in parts.items()},
+            "loss": -all_rewards.mean().item(), "lr": lr, "k": k,
+            "step_time": step_time, "peak_mem_mb": peak_mem_mb,
+            "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
 
 
 def _finite_update(accelerator, params: list[torch.nn.Parameter], losses_finite: torch.Tensor) -> bool:
