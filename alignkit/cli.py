@@ -28,33 +28,6 @@ def default_device() -> str:
     return resolve_device(None)
 
 
-def parse_reward_options(options: list[str], spec: str) -> dict:
-    """['aesthetic.head_path=/x', 'hps.version=v2.1'] -> load_reward keyword overrides.
-
-    With a single reward the `name.` prefix may be left out.
-    """
-    import yaml
-
-    from alignkit.rewards import parse_spec
-
-    names = [name for name, _ in parse_spec(spec)]
-    overrides: dict = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AlignkitError(f"--reward-option '{item}' must look like NAME.OPTION=VALUE")
-        name, dot, option = key.rpartition(".")
-        if not dot:
-            if len(names) > 1:
-                raise AlignkitError(f"--reward-option '{item}': say which reward, e.g. {names[0]}.{key}={value}")
-            name, option = names[0], key
-        if name not in names:
-            raise AlignkitError(f"--reward-option '{item}': '{name}' is not in the reward spec '{spec}'")
-        parsed = yaml.safe_load(value) if value else value
-        overrides.setdefault(name, {})[option] = value if isinstance(parsed, (dict, list)) or parsed is None else parsed
-    return overrides
-
-
 @app.command("eval")
 def eval_(
     path: Path = typer.Argument(..., help="A run folder from `alignkit train`, or a diffusers LoRA folder."),
@@ -143,6 +116,8 @@ def train(
     from alignkit.aligner import load_config, train as run_training
 
     if reward_option:
+        from alignkit.rewards import parse_reward_options
+
         flags["reward_options"] = parse_reward_options(reward_option, reward or load_config(config).reward)
     run_training(load_config(config, flags))
 
@@ -159,6 +134,7 @@ def score(
 ) -> None:
     """Score image files with a reward: a table on stderr, one JSON line per image on stdout."""
     from alignkit.devices import resolve_device
+    from alignkit.rewards import parse_reward_options
     from alignkit.rewards.scoring import read_prompts, score_files
 
     device = resolve_device(device)

@@ -65,3 +65,14 @@ def read_text(path, what: str) -> str:
         raise AlignkitError(f"{what} {path}: no such file") from None
     except OSError as exc:
         raise AlignkitError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message, whole (never cut mid-sentence): what a
+    one-line error quotes from a library's multi-line one."""
+    text = str(exc).strip().splitlines()
+    if not text:
+        return type(exc).__name__
+    line = text[0].strip()
+    sentence, dot, _ = line.partition(". ")
+    return sentence + "." if dot and len(sentence) >= 20 else line

@@ -7,6 +7,7 @@ looked for, where, and how to point at a local copy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -16,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from alignkit.errors import CheckpointError, MissingWeightsError
+from alignkit.errors import CheckpointError, MissingWeightsError, first_line
 
 
 def offline() -> bool:
@@ -52,6 +53,47 @@ def unreachable_reason() -> str:
     from huggingface_hub import constants
 
     return "HF_HUB_OFFLINE is set" if offline() else f"the hub ({constants.ENDPOINT}) cannot be reached"
+
+
+def is_hub_id(name_or_path: str | os.PathLike) -> bool:
+    """Whether a model argument names a hub repo rather than a local path.
+
+    Anything that exists locally is a path; so is anything written as one (starting with
+    `.`, `/` or `~`, or with more than one `/`). The rest, `org/name` and a bare `name`, is a
+    hub id, as `huggingface_hub` and `from_pretrained` read it (bare ids such as `gpt2` are
+    valid repos); a missing one is then reported as not in the cache / not on the hub.
+    """
+    text = str(name_or_path)
+    if Path(text).expanduser().exists():
+        return False
+    return not text.startswith((".", "/", "~")) and text.count("/") <= 1
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No loading bars and no log warnings from diffusers and transformers while loading:
+    the caller has its own progress bar, and raises one line instead of their multi-line
+    errors. Restores the libraries' previous settings afterwards."""
+    import logging
+    import warnings
+
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.CRITICAL)
+    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (dlogging, tlogging)]
+    for lib, _ in bars:
+        lib.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlogging.set_verbosity(level)
+        for lib, enabled in bars:
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def resolve_file(repo_id: str, filename: str, *, local: str | os.PathLike | None = None,
@@ -105,7 +147,7 @@ def resolve_pretrained(name_or_path: str, what: str, probe: str = "config.json",
         if not (path / rel).is_file():
             raise MissingWeightsError(f"{what}: {path} has no {rel}; is it a model folder?")
         return str(path)
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if not is_hub_id(name_or_path):
         raise MissingWeightsError(f"{what}: no folder at {name_or_path}")
     resolve_file(name_or_path, rel, what=what)
     return name_or_path
@@ -127,7 +169,7 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint", allow: It
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({_first_line(exc)}); "
+            raise CheckpointError(f"{what}: {path} is not a readable safetensors file ({first_line(exc)}); "
                                   f"{REDOWNLOAD}") from None
     try:
         with torch.serialization.safe_globals(list(allow)):
@@ -140,9 +182,9 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint", allow: It
                 f"{what}: refused to load {path}: it is a pickle that asks to run code "
                 f"({_unsafe_global(exc)}); only safetensors and plain tensor checkpoints are loaded"
             ) from None
-        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)}); {REDOWNLOAD}") from None
+        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({first_line(exc)}); {REDOWNLOAD}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({_first_line(exc)}); {REDOWNLOAD}") from None
+        raise CheckpointError(f"{what}: {path} is corrupted or not a checkpoint ({first_line(exc)}); {REDOWNLOAD}") from None
 
 
 def load_into(module: torch.nn.Module, state_dict: dict, what: str, strict: bool = True,
@@ -167,20 +209,10 @@ REDOWNLOAD = ("delete it and download it again (`hf download REPO FILE` for a hu
               "or point at a good local copy")
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first sentence of an exception's message, whole (never cut mid-sentence)."""
-    text = str(exc).strip().splitlines()
-    if not text:
-        return type(exc).__name__
-    line = text[0].strip()
-    sentence, dot, _ = line.partition(". ")
-    return sentence + "." if dot and len(sentence) >= 20 else line
-
-
 def _unsafe_global(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         if "unsupported global" in line.lower() or "global" in line.lower():
             # removeprefix, not lstrip (which strips a set of characters: "Unsupported" lost its "Uns");
             # the first sentence names the global, the rest is torch's advice to allow it.
             return line.strip().removeprefix("WeightsUnpickler error: ").split(". ")[0]
-    return _first_line(exc)
+    return first_line(exc)

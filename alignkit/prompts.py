@@ -1,17 +1,19 @@
 """Prompt sets: built-in names, a file with one prompt a line, or a single prompt.
 
 Each built-in set has a `train` split and a held-out `eval` split, so that evaluation scores
-prompts the model was not tuned on. Other modules (the toy world) add sets with
-`register_prompt_set`.
+prompts the model was not tuned on. Plugins (the toy world) add sets with
+`register_prompt_set` (see alignkit.plugins).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from alignkit.errors import AlignkitError, read_text
+from alignkit.plugins import load_plugins
 
 # The 45 animals of ddpo-pytorch's and AlignProp's `simple_animals.txt`.
 SIMPLE_ANIMALS = (
@@ -28,15 +30,25 @@ COUNT_OBJECTS = ("apple", "cat", "dog", "bird", "car", "cup", "banana", "orange"
 EVAL_COUNT_OBJECTS = ("donut", "clock", "bottle", "cow")
 
 
-def _plural(noun: str) -> str:
-    if noun.endswith(("s", "sh", "ch", "x")):
+_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "child": "children", "man": "men",
+                      "woman": "women", "sheep": "sheep", "fish": "fish", "knife": "knives",
+                      "leaf": "leaves", "foot": "feet", "tooth": "teeth", "goose": "geese"}
+
+
+def plural(noun: str) -> str:
+    """English plural of a noun: 'apple' -> 'apples', 'box' -> 'boxes', 'puppy' -> 'puppies'."""
+    if noun in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[noun]
+    if re.search(r"(s|x|z|ch|sh)$", noun):
         return noun + "es"
-    return {"sheep": "sheep", "mouse": "mice"}.get(noun, noun + "s")
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + "s"
 
 
 def counting_prompts(objects, counts=range(1, 5)) -> list[str]:
     """'one apple', 'two apples', ...: the prompts the `count` reward reads a number from."""
-    return [f"{NUMBER_WORDS[n - 1]} {noun if n == 1 else _plural(noun)}" for noun in objects for n in counts]
+    return [f"{NUMBER_WORDS[n - 1]} {noun if n == 1 else plural(noun)}" for noun in objects for n in counts]
 
 
 @dataclass(frozen=True)
@@ -57,13 +69,13 @@ def register_prompt_set(name: str, factory: Callable[[], PromptSet]) -> None:
 
 
 def prompt_set_names() -> list[str]:
-    _load_plugins()
+    load_plugins()
     return sorted(_SETS)
 
 
 def load_prompt_set(source: str) -> PromptSet:
     """A built-in set by name, or a file (one prompt a line, used for train and eval alike)."""
-    _load_plugins()
+    load_plugins()
     if source in _SETS:
         return _SETS[source]()
     path = Path(source).expanduser()
@@ -84,7 +96,3 @@ def single_prompt(prompt: str) -> PromptSet:
         raise AlignkitError("--prompt is empty")
     return PromptSet("prompt", [prompt], [prompt])
 
-
-def _load_plugins() -> None:
-    # The toy world registers its own sets; importing it is cheap (no torch models load).
-    import alignkit.toy.prompts  # noqa: F401

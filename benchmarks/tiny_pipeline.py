@@ -5,7 +5,7 @@ with `save_pretrained` in the real layout (model_index.json, unet/, vae/, text_e
 tokenizer/, scheduler/). Two architectures:
 
     tiny   a ~1.2M-parameter cross-attention UNet, a factor-8 VAE, a 2-layer CLIP text encoder:
-           the size of DESIGN.md's CPU peer figures; any resolution that is a multiple of 8
+           the size of the CPU peer figures (trl 0.23 on a 2-core CPU); any resolution that is a multiple of 8
     sd15   Stable Diffusion 1.5's published configs (860M UNet, 84M VAE, 123M ViT-L/14 text
            encoder), random weights: for GPU timings at 512 px without downloading anything
 

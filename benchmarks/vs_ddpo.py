@@ -198,7 +198,7 @@ class World:
 def require_world(args) -> World:
     """The model, the reward, its independent judge and the prompts, or one line saying what is missing."""
     from alignkit.errors import AlignkitError
-    from alignkit.evaluation.source import is_toy
+    from alignkit.models import find_model, get_model
     from alignkit.prompts import load_prompt_set
     from alignkit.rewards import get_entry, load_reward, parse_spec
 
@@ -208,17 +208,13 @@ def require_world(args) -> World:
     if len(names) != 1:
         raise BenchError(f"--reward {args.reward}: one reward, whose truth is known (known: "
                          f"{', '.join(sorted({name for name, _ in TRUTHS}))})")
-    toy = is_toy(model)
+    named = find_model(model)
+    toy = named is not None and named.name == "toy"
     source = truth_source(names[0], toy, args.judge_detector)
     truth = TRUTHS[names[0], source]
     try:
-        if model == "toy":
-            try:
-                from alignkit.toy import pipeline_path
-            except ImportError:
-                raise Unavailable("vs_ddpo needs the toy world: alignkit.toy.pipeline_path() is not in this checkout "
-                                 "(merge the toy branch), or pass --model DIR") from None
-            model = str(pipeline_path())
+        if get_model(model) is not None:  # a named model ("toy"): its folder
+            model = str(get_model(model).path())
         for name in names:
             ok, why = get_entry(name).status()
             if not ok:

@@ -33,7 +33,7 @@ from harness import BenchError, Check, Result, Unavailable  # noqa: E402
 from alignkit.errors import AlignkitError  # noqa: E402
 
 NAME = "vs_trl_alignprop"
-# DESIGN.md's targets for alignkit against trl on the same job.
+# The targets for alignkit against trl on the same job.
 TARGET_THROUGHPUT = ">= 1.5"
 TARGET_MEMORY = "<= 1.0"
 # trl's DefaultDDPOStableDiffusionPipeline.get_trainable_layers hard-codes this LoRA.
@@ -43,7 +43,7 @@ TRL_LORA_ALPHA = 4.0
 PRESETS = {
     # Minutes on a 2-core CPU: one resolution, two pairs, no warm-up pair.
     "quick": dict(pipelines=["tiny"], resolutions=[64], pairs=2, steps=5, skip_steps=2, warmup_pairs=0),
-    # The toy model (64 px native) joins when this checkout has it, and is skipped with a note when not.
+    # The toy model (64 px native) joins; it is skipped with a note when its weights are missing.
     "full": dict(pipelines=["tiny", "toy"], resolutions=[64, 256], pairs=5, steps=10, skip_steps=3, warmup_pairs=1),
 }
 
@@ -138,13 +138,10 @@ def targets(args) -> list[tuple[str, str, int]]:
 def resolve_pipeline(kind: str) -> tuple[str, int]:
     """A saved pipeline folder and the resolution it draws (trl reads it from the UNet config)."""
     if kind == "toy":
-        try:
-            from alignkit.toy import pipeline_path
+        from alignkit.models import resolve_model
 
-            kind = str(pipeline_path())
-        except ImportError:
-            raise Unavailable("--pipeline toy: alignkit.toy.pipeline_path() is not available in this checkout "
-                              "(the toy world has not landed); use --pipeline tiny") from None
+        try:
+            kind = resolve_model("toy")
         except AlignkitError as exc:  # the package is there but its weights are not (yet)
             raise Unavailable(f"--pipeline toy: {exc}") from None
     folder = Path(kind)

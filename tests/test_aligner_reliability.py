@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from alignkit.aligner import checkpoints
-from alignkit.aligner.lora import LORA_FILE
+from alignkit.runfolder import LORA_FILE
 from alignkit.aligner.runlock import LOCK_FILE
 from alignkit.hub import load_state_dict
 from alignkit.rewards.registry import REGISTRY, register

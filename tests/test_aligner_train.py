@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from alignkit.aligner import load_config, train
-from alignkit.aligner.lora import LORA_FILE
+from alignkit.runfolder import LORA_FILE
 from alignkit.hub import load_state_dict
 from tiny_pipelines import run_cli, test_rewards, tiny_sd, tiny_sdxl  # noqa: F401  (fixtures)
 

@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 import torch
 
-from alignkit.aligner.lora import LORA_FILE
+from alignkit.runfolder import LORA_FILE
 from alignkit.hub import load_state_dict
 from tiny_pipelines import run_cli, test_rewards, tiny_sd  # noqa: F401  (fixtures)
 

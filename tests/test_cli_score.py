@@ -121,7 +121,7 @@ def test_score_count_with_a_detector_folder(tmp_path, pictures):
     pytest.importorskip("ultralytics")
     import copy
 
-    from alignkit.rewards.count import import_ultralytics, save_detector
+    from alignkit.detectors import import_ultralytics, save_detector
     from test_rewards_count import TINY_YAML  # tests/ is on sys.path (rootdir-less test modules)
 
     DetectionModel, _ = import_ultralytics()

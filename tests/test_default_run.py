@@ -1,11 +1,6 @@
-"""The embedded default: what `alignkit train` with no flags runs is what the README says."""
-
-import re
-from pathlib import Path
+"""The embedded default: what `alignkit train` with no flags runs."""
 
 from alignkit.aligner.config import load_config
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_default_run_is_the_toy_count_recipe():
@@ -16,15 +11,14 @@ def test_default_run_is_the_toy_count_recipe():
     assert (config.learning_rate, config.max_train_steps, config.checkpointing_steps) == (2e-3, 100, 25)
 
 
-def test_readme_states_the_default_recipe():
-    text = " ".join(README.read_text().split())
-    recipe = re.search(r"toy's own settings \(`alignkit/toy/train_defaults.yaml`: (.*?)\)", text).group(1)
-    config = load_config()
-    for expected in (f"{config.num_inference_steps} DDIM steps", f"truncation `{config.truncation}`",
-                     f"batch {config.train_batch_size}", f"learning rate {config.learning_rate:g}",
-                     f"{config.max_train_steps} steps", f"a checkpoint every {config.checkpointing_steps}"):
-        assert expected in recipe, (expected, recipe)
-    assert f"aligns it to the `{config.reward}` reward" in text and f"`{config.prompts}`" in text
+def test_the_toy_model_brings_its_own_defaults():
+    """What the toy plugin recommends is exactly what an unflagged run uses, and flags win."""
+    from alignkit.models import get_model
+
+    recommended = get_model("toy").train_defaults()
+    config = load_config().to_dict()
+    assert recommended and all(config[key] == value for key, value in recommended.items())
+    assert load_config(None, {"num_inference_steps": 7}).num_inference_steps == 7
 
 
 def test_a_real_model_keeps_alignprop_defaults():

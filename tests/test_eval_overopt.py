@@ -8,6 +8,7 @@ import torch
 from alignkit.errors import AlignkitError
 from alignkit.evaluation.config import parse_scales
 from alignkit.evaluation.heldout import default_heldout
+from alignkit.models import find_model
 from alignkit.evaluation.metrics import Gain, Stat, diversity, find_embedder, pixel_embedder
 from alignkit.evaluation.overopt import Watch, find_flags, find_unconfirmed, pick_candidate
 
@@ -81,13 +82,14 @@ def test_ties_go_to_smaller_drift():
 
 
 def test_heldout_table():
-    assert default_heldout(["aesthetic"], toy=False) == ["hps", "pickscore", "clip"]
-    assert default_heldout(["hps"], toy=False) == ["aesthetic", "pickscore", "clip"]
-    assert default_heldout(["count"], toy=True) == ["toy_clip"]
-    assert default_heldout(["count"], toy=False) == ["clip"]
-    assert default_heldout(["compress"], toy=False) == ["clip"]
+    toy = find_model("toy").reward_substitutes
+    assert default_heldout(["aesthetic"]) == ["hps", "pickscore", "clip"]
+    assert default_heldout(["hps"]) == ["aesthetic", "pickscore", "clip"]
+    assert default_heldout(["count"], toy) == ["toy_clip"]
+    assert default_heldout(["count"]) == ["clip"]
+    assert default_heldout(["compress"]) == ["clip"]
     # A combination watches the union, never one of its own parts.
-    assert default_heldout(["hps", "aesthetic"], toy=False) == ["pickscore", "clip"]
+    assert default_heldout(["hps", "aesthetic"]) == ["pickscore", "clip"]
 
 
 def test_parse_scales():

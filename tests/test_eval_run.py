@@ -601,20 +601,6 @@ def test_cli_success_prints_table_and_pick(world, evaluated, tmp_path, capsys):
     assert summary["command"].startswith("alignkit ")
 
 
-def test_toy_model_absent_is_one_line(world, tmp_path):
-    # The toy world lands later; until then "toy" must say so in one line.
-    try:
-        from alignkit.toy import pipeline_path  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the toy world is installed")
-    from alignkit.evaluation.source import resolve_model
-
-    with pytest.raises(AlignkitError, match="toy model is not installed"):
-        resolve_model("toy")
-
-
 def test_cli_subprocess_one_line(world, tmp_path):
     """The real entry point, `python -m alignkit eval`, exits non-zero with one line."""
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import tiny_models as tm
 from alignkit import hub as hubmod
-from alignkit.errors import CheckpointError, MissingWeightsError
+from alignkit.errors import CheckpointError, MissingWeightsError, first_line
 from alignkit.rewards import get_entry, load_reward
 
 PICKSCORE, PROCESSOR, CLIP = "yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", \
@@ -99,4 +99,30 @@ def test_a_corrupt_file_says_the_fix_in_whole_sentences(tiny, tmp_path):
 
 def test_first_line_keeps_a_long_sentence_whole():
     long = "x" * 300 + " is wrong. Second sentence here."
-    assert hubmod._first_line(ValueError(long)) == "x" * 300 + " is wrong."
+    assert first_line(ValueError(long)) == "x" * 300 + " is wrong."
+
+
+def test_hub_id_or_local_path(tmp_path, monkeypatch):
+    """One rule for every loader: what exists or is written as a path is local; `org/name`
+    and a bare `name` are hub ids, as huggingface_hub reads them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+    assert hubmod.is_hub_id("org/name") and hubmod.is_hub_id("gpt2")
+    assert not hubmod.is_hub_id("here")  # exists: a folder, even without a slash
+    assert not hubmod.is_hub_id("./org/name") and not hubmod.is_hub_id("/abs/model")
+    assert not hubmod.is_hub_id("~/model") and not hubmod.is_hub_id("a/b/c")
+
+
+def test_missing_folder_is_said_once_for_every_loader(tmp_path, monkeypatch):
+    """A missing path-like folder is "no folder" to the pipeline, CLIP and detector loaders alike."""
+    from alignkit.rewards._clip_backbones import split_source
+    from alignkit.detectors import locate_detector
+
+    missing = str(tmp_path / "nowhere" / "model")
+    with pytest.raises(MissingWeightsError, match="no folder at"):
+        hubmod.resolve_pretrained(missing, "model")
+    with pytest.raises(MissingWeightsError, match="no folder at"):
+        split_source(missing, "clip", "model")
+    with pytest.raises(MissingWeightsError, match="not a folder"):
+        locate_detector(missing, "model.yaml")
+    assert split_source("gpt2", "clip", "model") == ("gpt2", None)

@@ -172,7 +172,7 @@ def detector_dir(tmp_path_factory) -> Path:
     pytest.importorskip("ultralytics")
     import copy
 
-    from alignkit.rewards.count import import_ultralytics, save_detector
+    from alignkit.detectors import import_ultralytics, save_detector
 
     DetectionModel, _ = import_ultralytics()
     torch.manual_seed(0)
@@ -304,7 +304,7 @@ def test_stock_pt_loads_weights_only(tmp_path, key):
     pytest.importorskip("ultralytics")
     import copy
 
-    from alignkit.rewards.count import import_ultralytics
+    from alignkit.detectors import import_ultralytics
 
     DetectionModel, _ = import_ultralytics()
     torch.manual_seed(0)
@@ -379,7 +379,7 @@ def test_converted_stock_model_round_trips(tmp_path):
     stock ones (from 'yolov8n.yaml', fp16 weights, dataset names) saved with save_detector,
     then loaded as the count reward, gives the same head outputs."""
     pytest.importorskip("ultralytics")
-    from alignkit.rewards.count import import_ultralytics, save_detector
+    from alignkit.detectors import import_ultralytics, save_detector
 
     DetectionModel, _ = import_ultralytics()
     torch.manual_seed(0)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,24 +33,14 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError, CheckpointError
-
-_NAME = re.compile(r"checkpoint-(\d+)\Z")
-
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in `output_dir`, oldest first (temporary ones are ignored)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+from alignkit.runfolder import LORA_FILE, TMP_SUFFIX, checkpoint_dirs, checkpoint_name, checkpoint_step_of
 
 
 def checkpoint_step(path: str | Path) -> int:
-    match = _NAME.match(Path(path).name)
-    if not match:
+    step = checkpoint_step_of(Path(path).name)
+    if step is None:
         raise AlignkitError(f"--resume-from-checkpoint {path}: not a checkpoint-<step> folder")
-    return int(match.group(1))
+    return step
 
 
 def resolve_resume(resume: str, output_dir: str | Path) -> Path:
@@ -70,12 +59,12 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
 
 
 def temporary_path(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / f"checkpoint-{step}.tmp"
+    return Path(output_dir) / (checkpoint_name(step) + TMP_SUFFIX)
 
 
 def publish(tmp: Path, limit: int | None) -> Path:
     """Rename a complete temporary checkpoint into place, then drop the oldest beyond `limit`."""
-    final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+    final = tmp.with_name(tmp.name.removesuffix(TMP_SUFFIX))
     stale = None
     if final.exists():  # the same step saved again (a run resumed from an earlier checkpoint)
         # Move the old one aside first, so that some complete checkpoint-<step> exists at every instant.
@@ -93,7 +82,6 @@ def publish(tmp: Path, limit: int | None) -> Path:
 
 # ---- what a checkpoint holds, and reading it without running code -------------------------------
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
 OPTIMIZER_FILE = "optimizer.bin"
@@ -156,7 +144,7 @@ def read_checkpoint(folder: Path, process_index: int, with_scaler: bool) -> Save
         generator = load_state_dict(folder / STATE_TENSORS, what=what).get("generator")
     if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8:
         raise CheckpointError(f"{what}: no generator state in {folder / (LEGACY_STATE if legacy else STATE_TENSORS)}")
-    if _NAME.match(folder.name) and step != checkpoint_step(folder):
+    if checkpoint_step_of(folder.name) is not None and step != checkpoint_step(folder):
         raise CheckpointError(f"{what}: its state says step {step}, its name step {checkpoint_step(folder)}; "
                               "it was renamed or mixed with another checkpoint's files")
     from accelerate.utils.other import TORCH_SAFE_GLOBALS  # numpy arrays, for the RNG states

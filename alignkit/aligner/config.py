@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from alignkit.errors import AlignkitError, read_text
+from alignkit.models import model_defaults
 
 
 class ConfigError(AlignkitError, ValueError):
@@ -226,19 +227,6 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def model_defaults(model: str) -> dict:
-    """Settings a model recommends for itself, applied over the dataclass defaults.
-
-    Only the embedded toy model has any: TrainConfig's defaults are AlignProp's for SD 1.5
-    (50 steps, K≈8), far too slow for a CPU; the toy ships its own (alignkit/toy/train_defaults.yaml).
-    """
-    if model != "toy":
-        return {}
-    import yaml
-
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "toy" / "train_defaults.yaml").read_text())
-
-
 def load_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults, then the model's own defaults, then the file, then `overrides` (flags; None
     values mean "not given")."""
@@ -263,6 +251,8 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
                 value = merged
             values[name] = _coerce(name, value)
     model = values.get("pretrained_model_name_or_path", TrainConfig.pretrained_model_name_or_path)
+    # Settings a named model recommends for itself (the toy's train_defaults.yaml: TrainConfig's
+    # defaults are AlignProp's for SD 1.5, far too slow for a CPU), applied over the dataclass's.
     for name, value in model_defaults(model).items():
         values.setdefault(name, _coerce(name, value))
     return TrainConfig(**values)

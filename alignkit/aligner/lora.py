@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from alignkit.errors import CheckpointError
-from alignkit.hub import _first_line, load_state_dict
+from alignkit.errors import CheckpointError, first_line
+from alignkit.hub import load_state_dict
+from alignkit.runfolder import LORA_FILE
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[torch.nn.Parameter]:
@@ -26,7 +26,7 @@ def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[t
     try:
         unet.add_adapter(config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
-        raise CheckpointError(f"--lora-target-modules {target_modules}: {_first_line(exc)}") from None
+        raise CheckpointError(f"--lora-target-modules {target_modules}: {first_line(exc)}") from None
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         # Frozen weights may be fp16/bf16; the trained ones stay fp32 so AdamW's updates are not lost.

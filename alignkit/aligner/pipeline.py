@@ -9,15 +9,15 @@ step counter and history that a recompute would corrupt.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from alignkit.errors import AlignkitError, MissingWeightsError
-from alignkit.hub import _first_line, hub_reachable, resolve_pretrained
+from alignkit.errors import AlignkitError, MissingWeightsError, first_line
+from alignkit import models
+from alignkit.hub import hub_reachable, quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +42,9 @@ class LoadedPipeline:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """`toy` -> the embedded toy pipeline's folder; anything else is checked to exist."""
+    """A named model's folder (`toy`), or a folder or hub id checked to exist (alignkit.models)."""
     try:
-        if name_or_path == "toy":
-            from alignkit.toy import pipeline_path
-
-            return str(pipeline_path())
-        return resolve_pretrained(name_or_path, what=f"model '{name_or_path}'", probe="model_index.json")
+        return models.resolve_model(name_or_path)
     except MissingWeightsError as exc:
         raise PipelineError(f"{exc} (--model)") from None
 
@@ -69,11 +65,11 @@ def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.d
     # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
     extra = {} if SUPPORTED[class_name] else {"safety_checker": None, "requires_safety_checker": False}
     try:
-        with _quiet_loading():
+        with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype, local_files_only=local_only,
                                                      **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise PipelineError(f"model '{name_or_path}' could not be loaded: {_first_line(exc)}") from None
+        raise PipelineError(f"model '{name_or_path}' could not be loaded: {first_line(exc)}") from None
     return prepare_pipeline(pipe, name_or_path)
 
 
@@ -102,21 +98,6 @@ def prepare_pipeline(pipe, name: str = "model") -> LoadedPipeline:
     return LoadedPipeline(pipe=pipe, is_sdxl=SUPPORTED[class_name], vae_scale_factor=vae_factor,
                           size_multiple=vae_factor,
                           native_resolution=int(pipe.vae.config.sample_size))
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No per-component loading bars from diffusers and transformers: the run has its own."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
 
 
 def check_resolution(resolution: int, loaded: LoadedPipeline) -> None:

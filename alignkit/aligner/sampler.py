@@ -14,6 +14,7 @@ noise, and a run is reproducible across devices, process counts and resumes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -58,6 +59,20 @@ class SampleOutput:
     repeats: int
     # The final latents (R*B, C, h, w).
     latents: Tensor
+
+
+class Sampler(Protocol):
+    """What the trainer calls: a second sampler (flow matching) is a new class with these
+    methods, in its own file, not branches in the training loop."""
+
+    def draw(self, generator: torch.Generator, batch: int, k: int, renoise: int = 0) -> "Trajectory":
+        """All the randomness of `batch` trajectories with `k` steps backpropagated, up front."""
+
+    def encode(self, prompts: list[str], device: torch.device) -> "Conditioning":
+        """The text conditioning of a batch of prompts."""
+
+    def sample(self, unet, cond: "Conditioning", traj: "Trajectory", nograd_unet=None) -> "SampleOutput":
+        """Images in [0,1] (differentiable through the last `k` steps) for a trajectory."""
 
 
 class DDIMSampler:

@@ -24,20 +24,21 @@ import torch
 
 from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
-from alignkit.aligner.lora import LORA_FILE, add_lora, load_lora, save_lora
+from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import check_resolution, load_pipeline, resolve_model
 from alignkit.aligner.runlock import RunLock
-from alignkit.aligner.sampler import DDIMSampler
+from alignkit.aligner.sampler import DDIMSampler, Sampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
 from alignkit.errors import AlignkitError, CheckpointError
 from alignkit.rewards.base import check_prompts
+from alignkit.runfolder import CONFIG_FILE, LORA_FILE, METRICS_FILE, TMP_SUFFIX, checkpoint_name
 
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": "all", "none": None}
 # What marks a folder as holding a run (and so protects it from being written over).
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", LORA_FILE)
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def holds_run(output_dir: Path) -> bool:
     """Whether the folder holds a run's results (a step logged, a checkpoint, a LoRA). A
     config.yaml alone is what a run that failed before its first step leaves: it must not
     block the corrected rerun."""
-    metrics = output_dir / "metrics.jsonl"
+    metrics = output_dir / METRICS_FILE
     logged = metrics.is_file() and metrics.stat().st_size > 0
     return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
 
@@ -132,16 +133,16 @@ def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler
     saved = checkpoints.read_checkpoint(folder, process_index, with_scaler)
     # The checkpoint says which settings it was trained with; a legacy one, its run's config.yaml.
     settings, where = saved.config, "it was saved with"
-    if settings is None and (folder.parent / "config.yaml").is_file():
-        settings, where = _read_yaml(folder.parent / "config.yaml"), f"in {folder.parent / 'config.yaml'}"
-    if (output_dir / "config.yaml").is_file() and settings is None:
-        settings, where = _read_yaml(output_dir / "config.yaml"), f"in {output_dir / 'config.yaml'}"
+    if settings is None and (folder.parent / CONFIG_FILE).is_file():
+        settings, where = _read_yaml(folder.parent / CONFIG_FILE), f"in {folder.parent / CONFIG_FILE}"
+    if (output_dir / CONFIG_FILE).is_file() and settings is None:
+        settings, where = _read_yaml(output_dir / CONFIG_FILE), f"in {output_dir / CONFIG_FILE}"
     changed = changed_fields(settings or {}, config)
     if changed:
         raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from the settings {where}; "
                             "resume with the same settings or start a new --output-dir")
     plan.resume = saved
-    plan.metrics = _metrics_to_keep(output_dir / "metrics.jsonl", saved.step) if main else None
+    plan.metrics = _metrics_to_keep(output_dir / METRICS_FILE, saved.step) if main else None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -187,7 +188,7 @@ def clear_run(output_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    for path in [*checkpoints.checkpoint_dirs(output_dir), *output_dir.glob("checkpoint-*.tmp")]:
+    for path in [*checkpoints.checkpoint_dirs(output_dir), *output_dir.glob(f"checkpoint-*{TMP_SUFFIX}")]:
         shutil.rmtree(path)
 
 
@@ -252,6 +253,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     # Seeds the LoRA init (rank 0's is broadcast by DDP); the data come from TrainState.generator.
     set_seed(config.seed, device_specific=True)
 
+    # --- load: the pipeline and the reward (config.validate() ran in plan_run)
     loaded = load_pipeline(plan.model_source, config.revision, dtype=weight_dtype)
     resolution = config.resolution or loaded.native_resolution
     check_resolution(resolution, loaded)
@@ -262,25 +264,28 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     # Every training prompt must be readable by the reward: found now, not at the step that draws it.
     check_prompts(reward, plan.prompts)
 
+    # --- LoRA: only its matrices train
     pipe.to(device)
     unet = pipe.unet
     params = add_lora(unet, config.rank, config.lora_alpha, config.lora_target_modules)
     if config.mixed_precision == "fp16" and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16 (diffusers' force_upcast)
-    sampler = DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
+    sampler: Sampler = DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
                           config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
 
+    # --- optimizer and lr schedule
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     # A prepared scheduler steps once per process per optimizer step: scale its horizon to match.
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
                                  num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=config.max_train_steps * accelerator.num_processes)
-    # The UNet goes through prepare (DDP), the reward never does: it is frozen and never synchronised.
+    # --- prepare: the UNet goes through prepare (DDP), the reward never does: it is frozen and never synchronised.
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     # Compiled once for the no-grad steps only; it shares the module's weights, so each LoRA
     # update is seen without a recompile, and the graph-building steps stay eager.
     nograd_unet = torch.compile(accelerator.unwrap_model(unet)) if config.compile_unet else None
+    # --- resume
     state = TrainState(config.seed)
     _register_lora_hooks(accelerator, type(pipe))
     if plan.resume is not None:
@@ -293,14 +298,16 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
             if config.overwrite and plan.resume is None:
                 clear_run(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, output_dir / "config.yaml")
+            save_config(config, output_dir / CONFIG_FILE)
             if plan.metrics is not None:  # on resume, the lines of steps after the checkpoint are redone
-                (output_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in plan.metrics))
+                (output_dir / METRICS_FILE).write_text("".join(line + "\n" for line in plan.metrics))
     accelerator.wait_for_everyone()
     if TRACKERS[config.report_to]:
         accelerator.init_trackers("alignkit", config=tracker_config(config))
 
-    B, world = config.train_batch_size, accelerator.num_processes
+    # --- loop: one optimizer step per iteration
+    B, num_processes = config.train_batch_size, accelerator.num_processes
+    # This process's slice of the global batch (every process draws the same global batch).
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
     progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
@@ -316,9 +323,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                 losses_finite = torch.ones((), dtype=torch.bool, device=device)
                 skipped = False
                 for _ in range(config.gradient_accumulation_steps):
-                    picks = torch.randint(len(plan.prompts), (B * world,), generator=state.generator).tolist()
-                    traj = sampler.draw(state.generator, B * world, k, plan.policy.renoise).slice(lo, hi)
-                    prompts = [plan.prompts[i] for i in picks[lo:hi]]
+                    prompts, traj = _draw_batch(plan, sampler, state.generator, k, B * num_processes, lo, hi)
                     with accelerator.accumulate(unet):
                         with accelerator.autocast():
                             out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
@@ -346,16 +351,11 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                     raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
                                           f"after a finite update; {_last_checkpoint(output_dir)}; "
                                           "lower --learning-rate")
-                all_rewards = torch.cat(rewards)
-                record = {"step": state.step, "reward": all_rewards.mean().item(),
-                          "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
-                          **{f"reward/{n}": torch.cat(v).mean().item() for n, v in parts.items()},
-                          "loss": -all_rewards.mean().item(), "lr": lr_scheduler.get_last_lr()[0], "k": k,
-                          "step_time": time.perf_counter() - start, "peak_mem_mb": peak_memory_mb(device),
-                          "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
+                record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
+                                         time.perf_counter() - start, peak_memory_mb(device), skipped)
                 if accelerator.is_main_process:
-                    with _writing(output_dir, "metrics.jsonl"):
-                        with open(output_dir / "metrics.jsonl", "a") as fh:
+                    with _writing(output_dir, METRICS_FILE):
+                        with open(output_dir / METRICS_FILE, "a") as fh:
                             fh.write(json.dumps(_json_safe(record)) + "\n")
                 accelerator.log(record, step=state.step)
                 progress.update(record)
@@ -371,6 +371,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                 if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
                     save_checkpoint(accelerator, output_dir, state, config)
 
+        # --- save: the final LoRA, in diffusers' format
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             with _writing(output_dir, "the final LoRA"):
@@ -378,6 +379,28 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     finally:
         accelerator.end_training()
     return output_dir
+
+
+def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, k: int, global_batch: int,
+                lo: int, hi: int):
+    """This process's prompts and trajectory slice of the global batch. Every process draws the
+    whole global batch from the shared generator (prompts first, then noise), so the data do
+    not depend on the number of processes."""
+    picks = torch.randint(len(plan.prompts), (global_batch,), generator=generator).tolist()
+    traj = sampler.draw(generator, global_batch, k, plan.policy.renoise).slice(lo, hi)
+    return [plan.prompts[i] for i in picks[lo:hi]], traj
+
+
+def _metrics_record(state: TrainState, rewards: list[torch.Tensor], parts: dict, lr: float, k: int,
+                    step_time: float, peak_mem_mb: float, skipped: bool) -> dict:
+    """One metrics.jsonl line: the step's gathered rewards (and each part), loss, lr, K, time, memory."""
+    all_rewards = torch.cat(rewards)
+    return {"step": state.step, "reward": all_rewards.mean().item(),
+            "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+            **{f"reward/{n}": torch.cat(v).mean().item() for n, v in parts.items()},
+            "loss": -all_rewards.mean().item(), "lr": lr, "k": k,
+            "step_time": step_time, "peak_mem_mb": peak_mem_mb,
+            "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
 
 
 def _finite_update(accelerator, params: list[torch.nn.Parameter], losses_finite: torch.Tensor) -> bool:
@@ -470,7 +493,7 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainState, config: Tr
         raise RunWriteError(f"cannot write checkpoint-{state.step} in {output_dir} ({reason}); "
                             f"{_last_checkpoint_name(output_dir)}") from None
     accelerator.wait_for_everyone()
-    return output_dir / f"checkpoint-{state.step}"
+    return output_dir / checkpoint_name(state.step)
 
 
 def _register_lora_hooks(accelerator, pipeline_cls) -> None:

@@ -24,7 +24,8 @@ from alignkit.evaluation.heldout import (Scorer, confirming_targets, default_hel
                                         trained_scorer)
 from alignkit.evaluation.judges import JudgeScorer, check_independent, default_judges
 from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, find_unconfirmed, pick_candidate
-from alignkit.evaluation.source import EvalSource, is_toy, open_source
+from alignkit.evaluation.source import EvalSource, open_source
+from alignkit.models import NamedModel, find_model
 from alignkit.evaluation.store import Store
 from alignkit.rewards.base import check_prompts
 
@@ -98,8 +99,9 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     options = _reward_options(config, source, str(spec))
     trained = trained_scorer(str(spec), options, device)
     # Notes (skipped rewards, fallbacks) go into the report, printed once at the end.
-    heldout, notes = heldout_scorers(config.heldout, trained.names, is_toy(source.model), options, device)
-    judges = _judges(config, trained, is_toy(source.model), device)
+    named = find_model(source.model)
+    heldout, notes = heldout_scorers(config.heldout, trained.names, _substitutes(named), options, device)
+    judges = _judges(config, trained, named, device)
     # Only now, with every input checked, does anything get written.
     store = Store(Path(config.output_dir) if config.output_dir else source.root / "eval")
 
@@ -143,9 +145,14 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
                       [f"{j.spec}: {j.judge.description}" for j in judges])
 
 
-def _judges(config: EvalConfig, trained: Scorer, toy: bool, device: str) -> list[JudgeScorer]:
-    """The independent judges: the ones named with --judge, else the defaults (the toy world's rules)."""
-    names = config.judges if config.judges else default_judges(trained.names, toy)
+def _substitutes(named: NamedModel | None) -> dict[str, str]:
+    """The rewards a named model watches instead of generic ones (toy_clip for clip on the toy)."""
+    return dict(named.reward_substitutes) if named is not None else {}
+
+
+def _judges(config: EvalConfig, trained: Scorer, named: NamedModel | None, device: str) -> list[JudgeScorer]:
+    """The independent judges: the ones named with --judge, else the model's own (the toy world's rules)."""
+    names = config.judges if config.judges else default_judges(trained.names, named.judges if named else ())
     options = _parse_judge_options(config.judge_options, names)
     judges = [JudgeScorer(name, options.get(name, {}), device) for name in names]
     for judge in judges:
@@ -188,8 +195,7 @@ def _gains(records: list[ImageRecord], conditions: list[Condition], metrics: lis
 
 def _reward_options(config: EvalConfig, source: EvalSource, spec: str) -> dict:
     """Per-reward options: the run's `reward_options`, then --reward-option on top."""
-    from alignkit.cli import parse_reward_options
-    from alignkit.rewards import parse_spec
+    from alignkit.rewards import parse_reward_options, parse_spec
 
     merged: dict[str, dict] = {}
     run_options = source.config.get("reward_options") or {}
@@ -204,7 +210,7 @@ def _reward_options(config: EvalConfig, source: EvalSource, spec: str) -> dict:
         items = [i if "." in i.partition("=")[0] else f"{names[0]}.{i}" for i in items]
     # Options may name any reward evaluation uses: the trained ones and the held-out ones.
     watched = ([n for n, _ in parse_spec(config.heldout)] if config.heldout
-               else default_heldout(names, is_toy(source.model)))
+               else default_heldout(names, _substitutes(find_model(source.model))))
     names += [n for n in watched if n not in names]
     for name, values in parse_reward_options(items, "+".join(names)).items():
         merged.setdefault(name, {}).update(values)

@@ -9,39 +9,14 @@ same latents on any device and in any batch.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-
 import torch
 from torch import Tensor
 
-from alignkit.errors import AlignkitError, CheckpointError
+from alignkit.errors import AlignkitError, CheckpointError, first_line
 from alignkit.evaluation.config import Condition, Settings
-from alignkit.evaluation.source import LoraCheckpoint, resolve_model
-
-
-@contextlib.contextmanager
-def _quiet():
-    """diffusers logs multi-line errors and warnings around LoRA loading; we raise one line instead."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity(logging.CRITICAL)
-    # Loading bars of tiny components are noise on stderr, and would split an error line.
-    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (dlogging, tlogging)]
-    for lib, _ in bars:
-        lib.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        dlogging.set_verbosity(level)
-        for lib, enabled in bars:
-            if enabled:
-                lib.enable_progress_bar()
+from alignkit.evaluation.source import LoraCheckpoint
+from alignkit.hub import quiet_loading
+from alignkit.models import resolve_model
 
 
 class Sampler:
@@ -67,13 +42,13 @@ class Sampler:
     def _load_pipeline(self):
         from diffusers import DiffusionPipeline
 
-        source = resolve_model(self.model)
+        source = resolve_model(self.model, what="base model")
         try:
-            with _quiet():
+            with quiet_loading():
                 # Evaluation needs the raw images: no safety checker (it blacks out images).
                 pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=self.dtype, safety_checker=None)
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({_first_line(exc)})") from None
+            raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({first_line(exc)})") from None
         if not hasattr(pipe, "load_lora_weights"):
             raise AlignkitError(f"base model '{self.model}' ({type(pipe).__name__}) does not support LoRA adapters")
         pipe.set_progress_bar_config(disable=True)
@@ -87,7 +62,7 @@ class Sampler:
 
         state = load_state_dict(checkpoint.path, what=f"LoRA {checkpoint.path}")
         try:
-            with _quiet():
+            with quiet_loading():
                 self.pipe.load_lora_weights(state, adapter_name=checkpoint.adapter_name)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(
@@ -130,15 +105,9 @@ class Sampler:
         return torch.cat(chunks)
 
 
-def _first_line(exc: BaseException) -> str:
-    from alignkit.hub import _first_line as first_sentence
-
-    return first_sentence(exc)
-
-
 def _mismatch(exc: BaseException) -> str:
     # torch lists every mismatched tensor; the first one says enough.
     for line in str(exc).splitlines():
         if "size mismatch" in line:
             return line.strip().rstrip(".")
-    return _first_line(exc)
+    return first_line(exc)

@@ -12,7 +12,8 @@ it never saw, and the true quantities behind a proxy, tell whether the gain is r
 | count                  | clip                      | a judge's count (`judges.py`)  | count_nms, count_nms_correct     |
 | compress / incompress  | clip                      | jpeg_kb (PIL JPEG, quality 95) |                                  |
 
-On the embedded toy world `clip` means `toy_clip`, the CLIP trained on that world, and the
+A named model may watch its own stand-ins (`alignkit.models.NamedModel.reward_substitutes`):
+on the embedded toy world `clip` means `toy_clip`, the CLIP trained on that world, and the
 count's judge is the world's own rules (`toy_rules`). A default held-out reward whose package
 or weights are absent is skipped with a note; one named with `--rewards` must at least exist.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -37,8 +39,6 @@ HELDOUT: dict[str, tuple[str, ...]] = {
     "compress": ("clip",),
     "incompress": ("clip",),
 }
-# The toy world's own reward that stands in for a real one on its images.
-TOY_SUBSTITUTES: dict[str, str] = {"clip": "toy_clip"}
 
 # Which way is better for each target a reward reports (+1: higher). The independent ones are
 # watched and must confirm the reward's gain; the proxies (`Reward.proxy_targets`) only serve
@@ -132,14 +132,15 @@ def trained_scorer(spec: str, options: dict, device: str) -> Scorer:
     return Scorer("trained", spec, options, device)
 
 
-def heldout_scorers(spec: str | None, trained: list[str], toy: bool, options: dict,
+def heldout_scorers(spec: str | None, trained: list[str], substitutes: Mapping[str, str], options: dict,
                     device: str) -> tuple[list[Scorer], list[str]]:
-    """The held-out rewards to score with, and a one-line note for each one skipped."""
+    """The held-out rewards to score with, and a one-line note for each one skipped.
+    `substitutes`: the model's stand-ins for generic rewards (`NamedModel.reward_substitutes`)."""
     explicit = spec is not None
     if explicit:
         names = [name for name, _ in parse_spec(spec)]
     else:
-        names = default_heldout(trained, toy)
+        names = default_heldout(trained, substitutes)
     scorers, notes = [], []
     for name in names:
         try:
@@ -157,12 +158,13 @@ def heldout_scorers(spec: str | None, trained: list[str], toy: bool, options: di
     return scorers, notes
 
 
-def default_heldout(trained: list[str], toy: bool) -> list[str]:
-    """The HELDOUT table's rewards for every trained part, minus the trained ones."""
+def default_heldout(trained: list[str], substitutes: Mapping[str, str] = {}) -> list[str]:
+    """The HELDOUT table's rewards for every trained part (each replaced by the model's
+    stand-in where it has one), minus the trained ones."""
     names: list[str] = []
     for part in trained:
         for name in HELDOUT.get(part, ()):
-            name = TOY_SUBSTITUTES.get(name, name) if toy else name
+            name = substitutes.get(name, name)
             if name not in trained and name not in names:
                 names.append(name)
     return names

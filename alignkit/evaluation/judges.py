@@ -17,7 +17,8 @@ while its judge does not is flagged, and that candidate is never kept).
 
 A judge is registered with `register_judge(name, factory)`; the factory takes the judge's
 options and the device and returns a `Judge`. The toy world registers `toy_rules` itself
-(`alignkit.toy.judge`), as a plugin would.
+(`alignkit.toy.judge`) as a plugin (see alignkit.plugins), and names it as the default judge of
+its model (`alignkit.models.NamedModel.judges`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import AlignkitError
+from alignkit.plugins import load_plugins
 
 
 @dataclass
@@ -56,13 +58,8 @@ def register_judge(name: str, factory: Callable[..., Judge]) -> None:
     _JUDGES[name] = factory
 
 
-def _builtin() -> None:
-    # The toy world's judge registers itself on import; `count` is alignkit's own.
-    import alignkit.toy.judge  # noqa: F401
-
-
 def judge_names() -> list[str]:
-    _builtin()
+    load_plugins()
     return sorted(_JUDGES)
 
 
@@ -112,7 +109,7 @@ class JudgeScorer:
     @property
     def judge(self) -> Judge:
         if self._judge is None:
-            _builtin()
+            load_plugins()
             if self.spec not in _JUDGES:
                 raise AlignkitError(f"--judge: unknown judge '{self.spec}'; known: {', '.join(judge_names())}")
             self._judge = _JUDGES[self.spec](dict(self.options), self.device)
@@ -129,12 +126,11 @@ class JudgeScorer:
         return dict(self.judge.confirms)
 
 
-def default_judges(trained: list[str], toy: bool) -> list[str]:
-    """The judges evaluation uses unless told otherwise: the toy world's rules on toy models."""
-    _builtin()
-    if not toy:
-        return []
-    return [name for name in ("toy_rules",) if name in _JUDGES]
+def default_judges(trained: list[str], model_judges: tuple[str, ...] = ()) -> list[str]:
+    """The judges evaluation uses unless told otherwise: those the model names for itself
+    (the toy world's rules on the toy model), where registered."""
+    load_plugins()
+    return [name for name in model_judges if name in _JUDGES]
 
 
 def check_independent(judge: JudgeScorer, trained_reward: Callable[[], torch.nn.Module]) -> None:

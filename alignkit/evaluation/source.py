@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError, read_text
+from alignkit.runfolder import CONFIG_FILE, LORA_FILE, METRICS_FILE, checkpoint_dirs, checkpoint_step_of
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)\Z")
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,8 @@ def open_source(path: str | Path, model: str | None = None) -> EvalSource:
         raise AlignkitError(f"no folder at {root}; pass a run folder written by `alignkit train` or a diffusers LoRA folder")
     if not root.is_dir():
         raise AlignkitError(f"{root} is a file; pass the folder that holds {LORA_FILE}")
-    config = _read_config(root / "config.yaml")
-    train_log = _read_metrics(root / "metrics.jsonl")
+    config = _read_config(root / CONFIG_FILE)
+    train_log = _read_metrics(root / METRICS_FILE)
     checkpoints = _find_checkpoints(root, train_log)
     if not checkpoints:
         raise AlignkitError(
@@ -86,30 +84,6 @@ def open_source(path: str | Path, model: str | None = None) -> EvalSource:
     if not base:
         raise AlignkitError(f"{root} has no config.yaml naming its base model; pass --model MODEL (the model the LoRA was trained on)")
     return EvalSource(root=root, model=str(base), checkpoints=checkpoints, config=config, train_log=train_log)
-
-
-def resolve_model(model: str) -> str:
-    """A `from_pretrained` source for `model`: "toy" is the embedded toy pipeline."""
-    from alignkit.hub import resolve_pretrained
-
-    if model == "toy":
-        try:
-            from alignkit.toy import pipeline_path
-        except ImportError:
-            raise AlignkitError("the embedded toy model is not installed; pass --model MODEL (a diffusers pipeline)") from None
-        return str(pipeline_path())
-    return resolve_pretrained(model, what=f"base model '{model}'", probe="model_index.json")
-
-
-def is_toy(model: str) -> bool:
-    """Whether `model` is the embedded toy world, by name or by its installed path."""
-    if model == "toy":
-        return True
-    try:
-        from alignkit.toy import pipeline_path
-    except ImportError:
-        return False
-    return Path(model).expanduser().resolve() == Path(pipeline_path()).resolve()
 
 
 def _read_config(path: Path) -> dict:
@@ -143,11 +117,9 @@ def _read_metrics(path: Path) -> list[dict]:
 
 def _find_checkpoints(root: Path, train_log: list[dict]) -> list[LoraCheckpoint]:
     found: list[LoraCheckpoint] = []
-    for child in root.iterdir():
-        match = _CHECKPOINT_DIR.match(child.name)
-        if match and (child / LORA_FILE).is_file():
-            found.append(_checkpoint(child.name, int(match.group(1)), child / LORA_FILE))
-    found.sort(key=lambda c: c.step)
+    for child in checkpoint_dirs(root):  # oldest first
+        if (child / LORA_FILE).is_file():
+            found.append(_checkpoint(child.name, checkpoint_step_of(child.name), child / LORA_FILE))
     final_file = root / LORA_FILE
     if final_file.is_file():
         steps = [row["step"] for row in train_log if isinstance(row.get("step"), int)]

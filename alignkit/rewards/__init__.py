@@ -7,9 +7,9 @@
 
 from alignkit.rewards.base import CLIP_MEAN, CLIP_STD, InputError, Reward
 from alignkit.rewards.registry import REGISTRY, RewardEntry, get_entry, list_entries, register
-from alignkit.rewards.spec import CombinedReward, SpecError, load_reward, parse_spec
+from alignkit.rewards.spec import CombinedReward, SpecError, load_reward, parse_reward_options, parse_spec
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CombinedReward", "InputError", "REGISTRY", "Reward", "RewardEntry",
-    "SpecError", "get_entry", "list_entries", "load_reward", "parse_spec", "register",
+    "SpecError", "get_entry", "list_entries", "load_reward", "parse_reward_options", "parse_spec", "register",
 ]

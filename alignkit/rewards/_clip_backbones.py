@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError
-from alignkit.hub import _first_line, hub_reachable, load_into, load_state_dict, resolve_file, unreachable_reason
+from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError, first_line
+from alignkit.hub import hub_reachable, is_hub_id, load_into, load_state_dict, resolve_file, unreachable_reason
 from alignkit.rewards.base import Reward, normalize
 
 # A transformers model folder holds one of these; safetensors first, as transformers does.
@@ -41,8 +41,7 @@ def split_source(name_or_path: str, what: str, option: str) -> tuple[str | None,
     if path.exists():
         raise MissingWeightsError(f"{what}: {path} is a file; pass {option}= a model folder or a hub id")
     text = str(name_or_path)
-    # A hub id is ORG/NAME; anything else that does not exist locally was meant as a path.
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+    if not is_hub_id(text):
         raise MissingWeightsError(f"{what}: no folder at {text}; pass {option}= an existing model folder or a hub id")
     return text, None
 
@@ -120,7 +119,7 @@ def load_hf_clip(source: str, *, what: str, option: str, vision_only: bool = Fal
     try:
         raw = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{what}: {config_path} is not a readable config ({_first_line(exc)})") from None
+        raise CheckpointError(f"{what}: {config_path} is not a readable config ({first_line(exc)})") from None
     if raw.get("model_type") != "clip":
         raise CheckpointError(f"{what}: {config_path} describes a '{raw.get('model_type')}' model, not CLIP; "
                               f"pass {option}= a transformers CLIP model")
@@ -164,7 +163,7 @@ def load_hf_tokenizer(source: str, *, what: str, option: str):
     try:
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise MissingWeightsError(f"{what}: no usable CLIP tokenizer in {source} ({_first_line(exc)}); "
+        raise MissingWeightsError(f"{what}: no usable CLIP tokenizer in {source} ({first_line(exc)}); "
                                   f"pass {option}= a folder with vocab.json and merges.txt or tokenizer.json") from None
 
 

@@ -1,4 +1,5 @@
-"""Imports every reward family so that each registers itself (see registry.py).
+"""Imports alignkit's own reward families so that each registers itself (see registry.py);
+plugins (the toy world among them) register theirs through `alignkit.plugins`.
 
 Family modules import only torch at the top; their heavy imports (open_clip, transformers
 models, ultralytics) live inside the factories, so listing rewards stays cheap.
@@ -9,7 +10,6 @@ import importlib
 FAMILIES = (
     "alignkit.rewards.aesthetic", "alignkit.rewards.hps", "alignkit.rewards.pickscore",
     "alignkit.rewards.clip", "alignkit.rewards.compress", "alignkit.rewards.count",
-    "alignkit.toy.rewards",  # the toy world's rewards, weights bundled
 )
 
 for _family in FAMILIES:

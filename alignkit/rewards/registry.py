@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from alignkit.errors import AlignkitError
+from alignkit.plugins import load_plugins
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class RewardEntry:
     weights: tuple[tuple[str, str], ...] = ()
     # Whether gradients flow from the score to the pixels (the aligner needs this).
     differentiable: bool = True
-    # Weights that ship inside the package (the toy world's): always available.
+    # Weights that ship with the reward's package (the toy world's): always available.
     bundled: bool = False
     options: tuple[str, ...] = field(default=())
 
@@ -103,3 +104,4 @@ def build(name: str, device=None, dtype=None, **options):
 def _load_families() -> None:
     # Importing the family modules registers them; their heavy imports live in the factories.
     importlib.import_module("alignkit.rewards.families")
+    load_plugins()

@@ -116,3 +116,28 @@ def load_reward(spec: str, device=None, dtype=None, **overrides) -> Reward:
         parts = [(name, build(name, device=device, dtype=dtype, **per_reward.get(name, {})), weight)
                  for name, weight in terms]
     return CombinedReward(parts, spec).freeze()
+
+
+def parse_reward_options(options: list[str], spec: str) -> dict:
+    """['aesthetic.head_path=/x', 'hps.version=v2.1'] -> load_reward keyword overrides.
+
+    With a single reward the `name.` prefix may be left out.
+    """
+    import yaml
+
+    names = [name for name, _ in parse_spec(spec)]
+    overrides: dict = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AlignkitError(f"--reward-option '{item}' must look like NAME.OPTION=VALUE")
+        name, dot, option = key.rpartition(".")
+        if not dot:
+            if len(names) > 1:
+                raise AlignkitError(f"--reward-option '{item}': say which reward, e.g. {names[0]}.{key}={value}")
+            name, option = names[0], key
+        if name not in names:
+            raise AlignkitError(f"--reward-option '{item}': '{name}' is not in the reward spec '{spec}'")
+        parsed = yaml.safe_load(value) if value else value
+        overrides.setdefault(name, {})[option] = value if isinstance(parsed, (dict, list)) or parsed is None else parsed
+    return overrides

@@ -1,9 +1,7 @@
 """The toy world's YOLO detector: dataset, training (ultralytics), export, loading, detection.
 
-The exported folder is the `count` reward's contract for any YOLO detector:
-`model.yaml` (the ultralytics model YAML, with `nc` and `names`) and `model.safetensors` (the
-`DetectionModel` state_dict in fp16). Loading rebuilds `DetectionModel(cfg=yaml_dict)` and
-loads the tensors through `alignkit.hub.load_state_dict`: no pickle is ever read.
+The exported folder is the `count` reward's contract for any YOLO detector (alignkit.detectors,
+which also loads, saves and letterboxes it), with the weights in fp16.
 
 ultralytics is AGPL-3.0 and an optional extra; it is imported only inside these functions.
 """
@@ -15,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from alignkit.hub import load_into, load_state_dict
+from alignkit import detectors
+from alignkit.detectors import import_ultralytics
 from alignkit.toy import world
 
 # YOLOv8's layout at depth 0.33 and width 1/8 (channels 8-128): ~0.3M parameters. Objects are
@@ -62,9 +60,7 @@ MAX_STRIDE = 32
 
 
 def _ultralytics():
-    # The one import path (offline, private settings dir, PIL left alone): count.py's.
-    from alignkit.rewards.count import import_ultralytics
-
+    # The one import path (offline, private settings dir, PIL left alone).
     import_ultralytics()
     import ultralytics
 
@@ -176,47 +172,24 @@ def fit(data_yaml: Path, runs_dir: Path, minutes: float | None, epochs: int | No
 
 def export(net: torch.nn.Module, folder: Path) -> None:
     """Write the contract folder: model.yaml + fp16 model.safetensors."""
-    import yaml
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = dict(MODEL_YAML)
-    (folder / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    # Clone to own storage: safetensors refuses tensors that share memory.
-    state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().clone()
-             for k, v in net.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", "names": ",".join(world.SHAPES)})
+    detectors.save_detector(net, folder, dtype=torch.float16)
 
 
 def load_detector(path: str | Path | None = None, device=None) -> torch.nn.Module:
-    """A `DetectionModel` rebuilt from `model.yaml` with the fp16 weights, in float32 eval mode."""
-    import yaml
-
+    """The toy detector (default: the bundled one), frozen, in float32 eval mode."""
     from alignkit.toy import detector_path
 
     folder = Path(path) if path is not None else detector_path()
-    DetectionModel = _ultralytics().nn.tasks.DetectionModel
-    spec = yaml.safe_load((folder / "model.yaml").read_text())
-    net = DetectionModel(cfg=spec, verbose=False)
-    state = load_state_dict(folder / "model.safetensors", what="toy detector")
-    load_into(net, {k: v.float() for k, v in state.items()}, what="toy detector")
-    return net.float().eval().requires_grad_(False).to(device or "cpu")
-
-
-def pad_to_stride(images: Tensor) -> Tensor:
-    h, w = images.shape[-2:]
-    ph, pw = -h % MAX_STRIDE, -w % MAX_STRIDE
-    return F.pad(images, (0, pw, 0, ph), value=0.5) if ph or pw else images
+    return detectors.load_detector(str(folder)).requires_grad_(False).to(device or "cpu")
 
 
 @torch.no_grad()
 def detect(net: torch.nn.Module, images: Tensor, conf: float = 0.5, iou: float = 0.5) -> list[dict]:
     """Boxes (pixels), scores and classes per image after NMS, for float images in [0,1]."""
-    from alignkit.rewards.count import import_ultralytics
-
     non_max_suppression = import_ultralytics()[1]
     device = next(net.parameters()).device
-    preds = net(pad_to_stride(images.float()).to(device))
+    # 64 px scenes need no padding; other sizes are letterboxed as the count reward does.
+    preds = net(detectors.letterbox(images.float(), MAX_STRIDE).to(device))
     preds = preds[0] if isinstance(preds, (tuple, list)) else preds
     out = []
     for det in non_max_suppression(preds, conf_thres=conf, iou_thres=iou):
