@@ -14,11 +14,13 @@ $(BIN)/alignkit: pyproject.toml $(PINS)
 venv: $(BIN)/alignkit
 
 # The main job: align the embedded toy model on CPU (replacing the previous run of this
-# target), then evaluate base vs tuned on held-out prompts: count accuracy before and after.
+# target), then evaluate base vs tuned on held-out prompts, read by the toy world's own rules
+# (an independent judge): with the training sampler, then with plain DDIM (eta 0), as users sample.
 TOY_RUN ?= runs/toy-count
 train: venv
 	$(BIN)/alignkit train --output-dir $(TOY_RUN) --overwrite
 	$(BIN)/alignkit eval $(TOY_RUN) --seeds 8 --scales 0.5,1
+	$(BIN)/alignkit eval $(TOY_RUN) --seeds 8 --scales 1 --eta 0 --output-dir $(TOY_RUN)/eval-ddim
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
