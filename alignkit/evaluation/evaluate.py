@@ -26,6 +26,7 @@ from alignkit.evaluation.judges import JudgeScorer, check_independent, default_j
 from alignkit.evaluation.overopt import TRAINED, Flag, Pick, Watch, find_flags, find_unconfirmed, pick_candidate
 from alignkit.evaluation.source import EvalSource, open_source
 from alignkit.models import NamedModel, find_model
+from alignkit.rewards.spec import parse_named_options
 from alignkit.evaluation.store import Store
 from alignkit.rewards.base import check_prompts
 
@@ -153,29 +154,12 @@ def _substitutes(named: NamedModel | None) -> dict[str, str]:
 def _judges(config: EvalConfig, trained: Scorer, named: NamedModel | None, device: str) -> list[JudgeScorer]:
     """The independent judges: the ones named with --judge, else the model's own (the toy world's rules)."""
     names = config.judges if config.judges else default_judges(trained.names, named.judges if named else ())
-    options = _parse_judge_options(config.judge_options, names)
+    options = parse_named_options(config.judge_options, names, "judge",
+                                  f"is not a judge of this evaluation ({', '.join(names) or 'none'})")
     judges = [JudgeScorer(name, options.get(name, {}), device) for name in names]
     for judge in judges:
         check_independent(judge, lambda: trained.reward)
     return judges
-
-
-def _parse_judge_options(items: list[str], names: list[str]) -> dict[str, dict]:
-    """--judge-option [NAME.]KEY=VALUE (the name may be left out when there is one judge)."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AlignkitError(f"--judge-option '{item}' must be KEY=VALUE or JUDGE.KEY=VALUE")
-        name, dot, key = key.rpartition(".")
-        if not dot:
-            if len(names) != 1:
-                raise AlignkitError(f"--judge-option '{item}': say which judge, e.g. {names[0] if names else 'count'}.{key}=VALUE")
-            name = names[0]
-        if name not in names:
-            raise AlignkitError(f"--judge-option '{item}': '{name}' is not a judge of this evaluation ({', '.join(names) or 'none'})")
-        out.setdefault(name, {})[key] = value
-    return out
 
 
 def _gains(records: list[ImageRecord], conditions: list[Condition], metrics: list[str]) -> dict[str, dict[str, M.Gain]]:

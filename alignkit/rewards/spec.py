@@ -123,21 +123,30 @@ def parse_reward_options(options: list[str], spec: str) -> dict:
 
     With a single reward the `name.` prefix may be left out.
     """
+    names = [name for name, _ in parse_spec(spec)]
+    return parse_named_options(options, names, "reward", f"is not in the reward spec '{spec}'")
+
+
+def parse_named_options(options: list[str], names: list[str], kind: str, absent: str) -> dict:
+    """'NAME.OPTION=VALUE' items -> {NAME: {OPTION: value}} for the named things of one `kind`
+    (rewards, judges): values read as YAML scalars ('0.5' -> 0.5, a path stays a string),
+    the `NAME.` prefix optional when there is one name; `absent` ends the line for a NAME
+    that is not among `names`."""
     import yaml
 
-    names = [name for name, _ in parse_spec(spec)]
     overrides: dict = {}
     for item in options:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise AlignkitError(f"--reward-option '{item}' must look like NAME.OPTION=VALUE")
+            raise AlignkitError(f"--{kind}-option '{item}' must look like NAME.OPTION=VALUE")
         name, dot, option = key.rpartition(".")
         if not dot:
-            if len(names) > 1:
-                raise AlignkitError(f"--reward-option '{item}': say which reward, e.g. {names[0]}.{key}={value}")
+            if len(names) != 1:
+                example = names[0] if names else "NAME"
+                raise AlignkitError(f"--{kind}-option '{item}': say which {kind}, e.g. {example}.{key}={value}")
             name, option = names[0], key
         if name not in names:
-            raise AlignkitError(f"--reward-option '{item}': '{name}' is not in the reward spec '{spec}'")
+            raise AlignkitError(f"--{kind}-option '{item}': '{name}' {absent}")
         parsed = yaml.safe_load(value) if value else value
         overrides.setdefault(name, {})[option] = value if isinstance(parsed, (dict, list)) or parsed is None else parsed
     return overrides
