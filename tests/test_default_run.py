@@ -7,7 +7,7 @@ def test_default_run_is_the_toy_count_recipe():
     config = load_config()
     assert config.pretrained_model_name_or_path == "toy"
     assert (config.reward, config.prompts) == ("count", "toy_counting")
-    assert (config.num_inference_steps, config.truncation, config.train_batch_size) == (20, "full", 8)
+    assert (config.num_inference_steps, config.truncation, config.train_batch_size) == (20, "last:5", 8)
     assert (config.learning_rate, config.max_train_steps, config.checkpointing_steps) == (2e-3, 100, 25)
 
 
