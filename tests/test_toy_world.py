@@ -9,7 +9,7 @@ from alignkit.errors import AlignkitError
 from alignkit.prompts import load_prompt_set
 from alignkit.toy import world
 from alignkit.toy.prompts import EVAL_COMBINATIONS
-from alignkit.toy.quality import read_colours
+from alignkit.toy.counter import read_image
 from alignkit.toy.tokenizer import _bpe, build_vocab_and_merges, world_words
 
 
@@ -71,7 +71,8 @@ def test_scenes_for_given_prompts_and_the_stream():
 def test_colour_reader_is_exact_on_true_scenes():
     batch = world.generate(100, seed=1)
     for img, spec in zip(batch.images, batch.specs):
-        assert read_colours(img) == (spec.background, spec.colour)
+        reading = read_image(img)
+        assert (reading.background, reading.colour) == (spec.background, spec.colour)
 
 
 def test_toy_counting_prompt_set_holds_out_colour_background_pairs():

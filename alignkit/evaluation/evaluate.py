@@ -153,7 +153,7 @@ def _substitutes(named: NamedModel | None) -> dict[str, str]:
 
 def _judges(config: EvalConfig, trained: Scorer, named: NamedModel | None, device: str) -> list[JudgeScorer]:
     """The independent judges: the ones named with --judge, else the model's own (the toy world's rules)."""
-    names = config.judges if config.judges else default_judges(trained.names, named.judges if named else ())
+    names = config.judges if config.judges else default_judges(named.judges if named else ())
     options = parse_named_options(config.judge_options, names, "judge",
                                   f"is not a judge of this evaluation ({', '.join(names) or 'none'})")
     judges = [JudgeScorer(name, options.get(name, {}), device) for name in names]

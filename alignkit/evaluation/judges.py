@@ -126,7 +126,7 @@ class JudgeScorer:
         return dict(self.judge.confirms)
 
 
-def default_judges(trained: list[str], model_judges: tuple[str, ...] = ()) -> list[str]:
+def default_judges(model_judges: tuple[str, ...] = ()) -> list[str]:
     """The judges evaluation uses unless told otherwise: those the model names for itself
     (the toy world's rules on the toy model), where registered."""
     load_plugins()

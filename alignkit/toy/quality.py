@@ -18,9 +18,6 @@ from torch import Tensor
 from alignkit.rewards.base import normalize, resize_shortest_crop
 from alignkit.toy import world
 
-# Pixels farther than this (RGB, 0-255) from the background colour count as object pixels.
-_OBJECT_DISTANCE = 60.0
-
 
 def clip_pixels(images: Tensor) -> Tensor:
     """The toy CLIP's preprocessing, differentiable: 64 px, then CLIP's mean and std."""
@@ -60,25 +57,6 @@ def clip_retrieval(model, tokenizer, trials: int = 16, candidates: int = 32, see
         total += candidates
     return {"top1_image_to_prompt_among_32": round(hits_i2t / total, 4),
             "top1_prompt_to_image_among_32": round(hits_t2i / total, 4), "images": total}
-
-
-def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
-    names = list(palette)
-    table = np.array([palette[k] for k in names], dtype=np.float64)
-    return names[int(np.argmin(((table - rgb) ** 2).sum(axis=1)))]
-
-
-def read_colours(image: np.ndarray) -> tuple[str, str | None]:
-    """(background, object colour) of a uint8 (H,W,3) image, by nearest palette colour.
-
-    The background is the median of the border pixels; the object colour is the median of
-    the pixels far from it (None when the image shows no object at all).
-    """
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
-    bg_rgb = np.median(border, axis=0)
-    far = np.sqrt(((image.astype(np.float64) - bg_rgb) ** 2).sum(axis=-1)) > _OBJECT_DISTANCE
-    colour = _nearest(np.median(image[far].astype(np.float64), axis=0), world.COLOURS) if far.sum() >= 4 else None
-    return _nearest(bg_rgb, world.BACKGROUNDS), colour
 
 
 def scene_metrics(images: Tensor, prompts: list[str], net=None, conf: float = 0.25) -> dict:

@@ -450,9 +450,10 @@ def train_detector(cfg: RunConfig) -> dict:
     samples_log: dict = {}
     train = [detector.rendered_examples(3000, rng), detector.round_trip_examples(pipe.vae, 1000, rng),
              *_detector_samples(pipe, cfg, specs, cfg.seed, samples_log)]
-    val = [detector.rendered_examples(250, rng),
-           *detector.counter_labelled(sample(pipe, balanced_prompts(256, cfg.seed + 7, specs), seed=cfg.seed + 7,
-                                             eta=1.0), balanced_prompts(256, cfg.seed + 7, specs), "val samples")[:1]]
+    val_prompts = balanced_prompts(256, cfg.seed + 7, specs)
+    val_samples, _ = detector.counter_labelled(sample(pipe, val_prompts, seed=cfg.seed + 7, eta=1.0), val_prompts,
+                                               "val samples")
+    val = [detector.rendered_examples(250, rng), val_samples]
     with tempfile.TemporaryDirectory(prefix="alignkit-toy-yolo-") as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("YOLO_OFFLINE", "1")
