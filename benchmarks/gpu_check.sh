@@ -50,7 +50,7 @@ log "card: $(head -2 "$OUT/card.txt" | tail -1)"
 
 # Build once (1.07B parameters of random weights, ~4.3 GB fp32): every run then loads the same folder.
 log "building the $arch pipeline at ${res} px in $WORK"
-if ! timeout 120 "$PY" benchmarks/tiny_pipeline.py "$arch" "$WORK/pipelines/$arch-${res}px-seed0" \
+if ! timeout 120 "$PY" -m alignkit.testing "$arch" "$WORK/pipelines/$arch-${res}px-seed0" \
       --resolution "$res" >> "$OUT/gpu_check.log" 2>&1; then
   log "FAILED: building the pipeline (see $OUT/gpu_check.log)"; exit 1
 fi

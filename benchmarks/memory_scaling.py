@@ -37,12 +37,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-# configs dir, image sides, weight dtype, batch, timed steps, and the grid of (T, K, checkpointing).
-CPU_PLAN = dict(configs="small", resolutions=[32, 64], dtype="float32", batch=2, steps=1,
+# alignkit.testing's architecture, image sides, weight dtype, batch, timed steps, and the grid of (T, K, checkpointing).
+CPU_PLAN = dict(arch="small", resolutions=[32, 64], dtype="float32", batch=2, steps=1,
                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False), (4, 4, True)])
-GPU_PLAN = dict(configs="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
+GPU_PLAN = dict(arch="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
 if os.environ.get("ALIGNKIT_BENCH_GRID"):  # e.g. "50,1,1;50,50,1": a subset, to fit a short device lease
     GPU_PLAN["grid"] = CPU_PLAN["grid"] = [tuple(int(v) for v in item.split(",")[:2]) + (item.split(",")[2] == "1",)
@@ -80,29 +79,12 @@ class RSSPeak:
         self.peak = max(self.peak, self.now())
 
 
-def build_pipeline(configs: str, device, dtype):
-    """A StableDiffusionPipeline from the JSON configs, random weights, built on `device`."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def build_pipeline(arch: str, resolution: int, device, dtype):
+    """The benchmark pipeline `arch` of `alignkit.testing`, random weights, built on `device`."""
+    from alignkit.testing import random_pipeline
 
-    from tiny_pipelines import write_clip_tokenizer
-
-    folder = HERE / "configs" / configs
-    read = lambda name: json.loads((folder / f"{name}.json").read_text())  # noqa: E731
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the GPU directly: SD's 860M-parameter UNet is slow on CPU
-        unet = UNet2DConditionModel.from_config(read("unet"))
-        vae = AutoencoderKL.from_config(read("vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**read("text_encoder")))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp), max_length=77))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler.from_config(read("scheduler")), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    for module in (unet, vae, text_encoder):  # cast in place (pipe.to(dtype) warns about fp32 modules)
+    pipe = random_pipeline(arch, resolution, seed=0, device=device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):  # cast in place (pipe.to(dtype) warns about fp32 modules)
         module.to(dtype)
     return pipe
 
@@ -117,7 +99,7 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    loaded = prepare_pipeline(build_pipeline(spec["configs"], device, dtype), spec["configs"])
+    loaded = prepare_pipeline(build_pipeline(spec["arch"], spec["resolution"], device, dtype), spec["arch"])
     params = add_lora(loaded.pipe.unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     T, K, B = spec["T"], spec["K"], spec["batch"]
     sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"],
@@ -281,14 +263,14 @@ def main() -> None:
     console = Console()
     for res in plan["resolutions"]:
         for T, K, ckpt in plan["grid"]:
-            spec = dict(device=device, configs=plan["configs"], dtype=plan["dtype"], resolution=res, T=T, K=K,
+            spec = dict(device=device, arch=plan["arch"], dtype=plan["dtype"], resolution=res, T=T, K=K,
                         ckpt=ckpt, batch=plan["batch"], steps=plan["steps"])
             started = time.perf_counter()
             rows.append(run_config(spec, args.timeout))
             console.log(f"{res}px T={T} K={K} ckpt={ckpt}: {time.perf_counter() - started:.0f} s",
                         rows[-1].get("error", ""))
 
-    table = Table(title=f"memory and time per step ({device}, {plan['configs']}, batch {plan['batch']}, CFG)")
+    table = Table(title=f"memory and time per step ({device}, {plan['arch']}, batch {plan['batch']}, CFG)")
     for column in ("px", "T", "K", "ckpt", "peak MB", "Δ peak MB", "s/step", "floor s", "step/floor",
                    "step/measured floor"):
         table.add_column(column, justify="right")

@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def targets(args) -> list[tuple[str, str, int]]:
     """(label, folder, resolution) to measure: built pipelines at each resolution, folders at their own."""
-    from tiny_pipeline import ARCHITECTURES, PipelineSpec, pipeline_folder
+    from alignkit.testing import ARCHITECTURES, PipelineSpec, pipeline_folder
 
     out = []
     for kind in args.pipelines:

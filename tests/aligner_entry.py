@@ -6,12 +6,9 @@ of training, so the test can check that every process ends with the same adapter
 """
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_pipelines import register_test_rewards  # noqa: E402
+from alignkit.testing import register_test_rewards
 
 register_test_rewards()
 

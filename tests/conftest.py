@@ -46,6 +46,32 @@ def images():
     return torch.rand(4, 3, 32, 32)
 
 
+@pytest.fixture(scope="session")
+def test_rewards():
+    """The `brightness` and `nondiff` rewards of `alignkit.testing`, registered for the session."""
+    from alignkit.testing import register_test_rewards, unregister_test_rewards
+
+    register_test_rewards()
+    yield
+    unregister_test_rewards()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion pipeline folder (`alignkit.testing.build_sd`), built once."""
+    from alignkit.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny") / "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline folder (`alignkit.testing.build_sdxl`), built once."""
+    from alignkit.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny") / "sdxl")
+
+
 @pytest.fixture
 def hub(tiny, monkeypatch):
     """huggingface_hub pointed, offline, at the fake hub cache of the test module's `tiny` fixture."""

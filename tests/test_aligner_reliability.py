@@ -21,7 +21,7 @@ from alignkit.aligner.runlock import LOCK_FILE
 from alignkit.hub import load_state_dict
 from alignkit.rewards.registry import REGISTRY, register
 from tiny_models import write_code_pickle
-from tiny_pipelines import Brightness, run_cli, test_rewards, tiny_sd  # noqa: F401  (fixtures)
+from alignkit.testing import Brightness, run_cli
 
 BASE = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--guidance-scale", "1",
         "--train-batch-size", "1", "--report-to", "none", "--truncation", "last:1", "--seed", "0"]

@@ -7,7 +7,7 @@ from alignkit.aligner.lora import add_lora
 from alignkit.aligner.pipeline import PipelineError, check_resolution, load_pipeline
 from alignkit.aligner.sampler import DDIMSampler
 from alignkit.aligner.truncation import TruncationError, parse_truncation
-from tiny_pipelines import RESOLUTION, tiny_sd, tiny_sdxl  # noqa: F401  (fixtures)
+from alignkit.testing import RESOLUTION
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -22,7 +22,7 @@ import torch
 
 from alignkit.runfolder import LORA_FILE
 from alignkit.hub import load_state_dict
-from tiny_pipelines import run_cli, test_rewards, tiny_sd  # noqa: F401  (fixtures)
+from alignkit.testing import run_cli
 
 TRAIN = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--guidance-scale", "1",
          "--train-batch-size", "1", "--max-train-steps", "1", "--report-to", "none", "--truncation", "last:1"]

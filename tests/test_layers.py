@@ -6,7 +6,7 @@ a dependency. The layers (a module may import its own layer's modules and lower 
     0  errors, plugins, hub, images, prompts, runfolder, models, devices, detectors
     1  rewards
     2  aligner, evaluation
-    3  cli, __main__
+    3  cli, __main__, testing   (testing: pipelines and rewards for tests and benchmarks)
     4  toy          (a user of the library: a plugin, never imported by the core)
 
 `alignkit.plugins` imports the plugins it lists by name (importlib), the way entry points are
@@ -25,7 +25,7 @@ LAYERS = {
     "devices": 0, "detectors": 0,
     "rewards": 1,
     "aligner": 2, "evaluation": 2,
-    "cli": 3, "__main__": 3,
+    "cli": 3, "__main__": 3, "testing": 3,
     "toy": 4,
 }
 
