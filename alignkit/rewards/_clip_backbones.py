@@ -23,12 +23,10 @@ from torch import Tensor, nn
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError, first_line
 from alignkit.hub import hub_reachable, is_hub_id, load_into, load_state_dict, resolve_file, unreachable_reason
-from alignkit.rewards.base import Reward, normalize
+from alignkit.rewards.base import Resize, Reward, clip_pixels
 
 # A transformers model folder holds one of these; safetensors first, as transformers does.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-Resize = Callable[[Tensor, int], Tensor]
 
 
 # --------------------------------------------------------------------------- sources
@@ -260,15 +258,6 @@ class OpenClipTowers(nn.Module):
 
 
 # --------------------------------------------------------------------------- scoring
-
-def clip_pixels(images: Tensor, size: int, resize: Resize, dtype: torch.dtype) -> Tensor:
-    """[0,1] images of any size and dtype -> normalised model input of `size`, differentiably.
-
-    Resizing runs in float32 (antialiased bicubic is not implemented for half on every
-    device); the result is cast to the backbone's dtype.
-    """
-    return normalize(resize(images.float(), size)).to(dtype)
-
 
 def encode_prompts(encode: Callable[[list[str]], Tensor], prompts: list[str]) -> Tensor:
     """Text features for each prompt, encoding every distinct prompt once and without a graph

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingWeightsError
 from alignkit.hub import load_into, load_state_dict, resolve_file
-from alignkit.rewards._clip_backbones import clip_pixels, load_hf_clip, place
-from alignkit.rewards.base import Reward, resize_shortest_crop
+from alignkit.rewards._clip_backbones import load_hf_clip, place
+from alignkit.rewards.base import Reward, clip_pixels
 from alignkit.rewards.registry import register
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -80,7 +80,7 @@ class AestheticReward(Reward):
         self.image_size = int(vision.config.image_size)
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        pixels = clip_pixels(images, self.image_size, resize_shortest_crop, self.vision.dtype)
+        pixels = clip_pixels(images, self.image_size, dtype=self.vision.dtype)
         embedding = self.vision(pixel_values=pixels).image_embeds
         # The heads were fitted on unit-norm embeddings, in float32.
         z = F.normalize(embedding.float(), dim=-1)

@@ -8,6 +8,8 @@ differentiable ops, so that the aligner can hand over its decoded samples as the
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,6 +19,9 @@ from alignkit.errors import AlignkitError
 # OpenAI CLIP's pixel statistics, used by every CLIP-family backbone here.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# A differentiable resize: (images, side) -> images of side x side.
+Resize = Callable[[Tensor, int], Tensor]
 
 # Decoded samples are clamped to [0,1]; allow float noise from dtype casts above that.
 _RANGE_TOLERANCE = 1e-3
@@ -139,3 +144,14 @@ def normalize(images: Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
     std_t = images.new_tensor(std).view(1, -1, 1, 1)
     return (images - mean_t) / std_t
 
+
+def clip_pixels(images: Tensor, size: int, resize: Resize = resize_shortest_crop,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """[0,1] images of any size and dtype -> a CLIP backbone's input of `size`, differentiably:
+    `resize` (CLIP's shortest side + centre crop by default; HPS pads instead), then CLIP's
+    mean and std.
+
+    Resizing runs in float32 (antialiased bicubic is not implemented for half on every
+    device); the result is cast to the backbone's `dtype`.
+    """
+    return normalize(resize(images.float(), size)).to(dtype)

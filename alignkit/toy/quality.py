@@ -15,13 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from alignkit.rewards.base import normalize, resize_shortest_crop
+from alignkit.rewards.base import clip_pixels
 from alignkit.toy import world
-
-
-def clip_pixels(images: Tensor) -> Tensor:
-    """The toy CLIP's preprocessing, differentiable: 64 px, then CLIP's mean and std."""
-    return normalize(resize_shortest_crop(images, world.IMAGE_SIZE))
 
 
 @torch.no_grad()
@@ -49,7 +44,7 @@ def clip_retrieval(model, tokenizer, trials: int = 16, candidates: int = 32, see
         ids = tokenizer(batch.prompts, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
         param = next(model.parameters())
-        pixels = clip_pixels(batch.tensor().to(param.device)).to(param.dtype)
+        pixels = clip_pixels(batch.tensor().to(param.device), world.IMAGE_SIZE, dtype=param.dtype)
         logits = model(input_ids=ids.to(param.device), pixel_values=pixels).logits_per_image.cpu()
         target = torch.arange(candidates)
         hits_i2t += (logits.argmax(dim=1) == target).sum().item()

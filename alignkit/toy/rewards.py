@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.hub import resolve_pretrained
-from alignkit.rewards.base import Reward
+from alignkit.rewards.base import Reward, clip_pixels
 from alignkit.rewards.registry import register
+from alignkit.toy import world
 
 
 class ToyCLIPReward(Reward):
@@ -31,9 +32,7 @@ class ToyCLIPReward(Reward):
         return F.normalize(self.model.get_text_features(input_ids=ids).pooler_output.float(), dim=-1)
 
     def embed_images(self, images: Tensor) -> Tensor:
-        from alignkit.toy.quality import clip_pixels
-
-        pixels = clip_pixels(images.to(self.device, torch.float32)).to(self.dtype)
+        pixels = clip_pixels(images.to(self.device), world.IMAGE_SIZE, dtype=self.dtype)
         return F.normalize(self.model.get_image_features(pixel_values=pixels).pooler_output.float(), dim=-1)
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:

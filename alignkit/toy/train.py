@@ -174,10 +174,10 @@ def train_vae(cfg: RunConfig) -> dict:
 
 def train_clip(cfg: RunConfig) -> dict:
     """Contrastive training; each batch holds distinct prompts, so in-batch negatives are true."""
-    from alignkit.toy.quality import clip_retrieval
     from transformers import CLIPImageProcessor
 
-    from alignkit.toy.quality import clip_pixels
+    from alignkit.rewards.base import clip_pixels
+    from alignkit.toy.quality import clip_retrieval
 
     torch.manual_seed(cfg.seed)
     folder = cfg.output_dir / "clip"
@@ -193,7 +193,7 @@ def train_clip(cfg: RunConfig) -> dict:
         images, prompts = next(scenes)
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids.to(cfg.device)
-        pixels = clip_pixels(images.to(cfg.device).float().div_(255))
+        pixels = clip_pixels(images.to(cfg.device).float().div_(255), world.IMAGE_SIZE)
         out = model(input_ids=ids, pixel_values=pixels)
         loss = (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels)) / 2
         opt.zero_grad(set_to_none=True)
