@@ -9,7 +9,7 @@ from alignkit.errors import AlignkitError
 from alignkit.evaluation.config import parse_scales
 from alignkit.evaluation.heldout import default_heldout
 from alignkit.models import find_model
-from alignkit.evaluation.metrics import Gain, Stat, diversity, find_embedder, pixel_embedder
+from alignkit.evaluation.metrics import Gain, Stat, diversity, pixel_embedder
 from alignkit.evaluation.overopt import Watch, find_flags, find_unconfirmed, pick_candidate
 
 
@@ -118,41 +118,44 @@ def tiny_clip():
     return CLIPModel(config).eval()
 
 
-def test_embedder_found_inside_a_reward():
-    from alignkit.rewards import Reward
+def test_a_clip_reward_embeds_through_its_own_preprocessing():
+    from types import SimpleNamespace
 
-    class WithClip(Reward):
-        def __init__(self):
-            super().__init__()
-            self.model = tiny_clip()
+    from alignkit.rewards._clip_backbones import ContrastiveReward, HFClipTowers
+    from alignkit.rewards.base import resize_shortest_crop
 
-        def score(self, images, prompts):
-            return images.mean(dim=(1, 2, 3))
-
-    reward = WithClip().freeze()
-    embedder = find_embedder({"withclip": reward})
-    assert embedder is not None and embedder.distance == "cosine" and "CLIPModel" in embedder.name
+    model = tiny_clip()
+    # embed_images never tokenises: a stand-in tokenizer only gives the length.
+    reward = ContrastiveReward(HFClipTowers(model, SimpleNamespace(model_max_length=77)), resize_shortest_crop,
+                               100.0).freeze()
     images = torch.rand(3, 3, 40, 24)  # any size: shortest side to 16 (long side truncated, as torchvision), centre crop
-    features = embedder(images)
-    assert features.shape == (3, 6)
     with torch.no_grad():
-        expected = reward.model.get_image_features(
+        features = reward.embed_images(images)
+        expected = model.get_image_features(
             pixel_values=(torch.nn.functional.interpolate(images, size=(26, 16), mode="bicubic", antialias=True)[:, :, 5:21]
                           - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1))
             / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)).pooler_output
+    assert features.shape == (3, 6)
     torch.testing.assert_close(features, expected, atol=1e-4, rtol=1e-4)
-    assert find_embedder({"plain": Reward()}) is None
 
 
-def test_embed_images_hook_wins():
+def test_a_reward_without_an_embedding_says_none_and_a_combination_asks_its_parts():
     from alignkit.rewards import Reward
+    from alignkit.rewards.spec import CombinedReward
 
-    class Hooked(Reward):
+    class Plain(Reward):
+        def score(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
+
+    class Embeds(Plain):
         def embed_images(self, images):
             return images.flatten(1)[:, :5]
 
-    embedder = find_embedder({"hooked": Hooked()})
-    assert embedder.name == "hooked:embed_images" and embedder(torch.rand(2, 3, 4, 4)).shape == (2, 5)
+    images = torch.rand(2, 3, 4, 4)
+    assert Plain().embed_images(images) is None
+    combined = CombinedReward([("plain", Plain(), 1.0), ("embeds", Embeds(), 0.5)], "plain+embeds:0.5")
+    torch.testing.assert_close(combined.embed_images(images), images.flatten(1)[:, :5])
+    assert CombinedReward([("plain", Plain(), 1.0)], "plain").embed_images(images) is None
 
 
 def test_small_but_significant_fall_is_flagged_only_with_enough_images():

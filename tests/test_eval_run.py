@@ -21,6 +21,7 @@ from alignkit.errors import AlignkitError
 from alignkit.evaluation import EvalConfig, run
 from alignkit.evaluation.judges import register_judge
 from alignkit.rewards import Reward, register
+from alignkit.rewards.base import clip_pixels
 
 PROMPTS = ["a red cat", "two blue dogs"]
 STEPS = 3
@@ -121,6 +122,9 @@ class TinyClipReward(Reward):
         x = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear")
         return self.model.get_image_features(pixel_values=x).pooler_output[:, 0]
 
+    def embed_images(self, images):
+        return self.model.get_image_features(pixel_values=clip_pixels(images, 16)).pooler_output
+
 
 CLIP_BUILDS = {"n": 0}
 
@@ -158,7 +162,7 @@ def _judge(options, device):
 register_judge("eval_judge", _judge)
 
 
-@register("eval_tinyclip", "test: a reward with a CLIP image tower inside")
+@register("eval_tinyclip", "test: a reward with a CLIP image embedding")
 def _tinyclip(device=None, dtype=None):
     CLIP_BUILDS["n"] += 1
     return TinyClipReward()

@@ -271,7 +271,8 @@ def _image_metrics(records: list[ImageRecord], scorers: list[Scorer], store: Sto
 
 def _embeddings(records, scorers: list[Scorer], store: Store, notes,
                 batch_size: int) -> tuple[M.Embedder | None, dict | None]:
-    """Embeddings of every record from the first reward that carries a CLIP, cached by name."""
+    """Embeddings of every record from the first reward that has one (`Reward.embed_images`),
+    cached by the reward's spec."""
     ordered = sorted(scorers, key=lambda s: EMBED_PREFERENCE.index(s.spec) if s.spec in EMBED_PREFERENCE else len(EMBED_PREFERENCE))
     for scorer in ordered:
         name = f"reward:{scorer.spec}"
@@ -281,23 +282,23 @@ def _embeddings(records, scorers: list[Scorer], store: Store, notes,
         if scorer.scorer_id in store.meta["no_embedder"]:
             continue  # learnt on an earlier run: do not load it just to look again
         try:
-            found = M.find_embedder({scorer.spec: scorer.reward})
+            embedder = M.Embedder(name, scorer.reward.embed_images)
         except AlignkitError:
             continue
-        if found is None:
-            store.meta["no_embedder"].append(scorer.scorer_id)
-            store.mark()
-            continue
-        embedder = M.Embedder(name, found.embed, found.distance)
         todo = [r for r in records if cached[r.key] is None]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             features = embedder(torch.stack([r.as_float() for r in chunk]).to(scorer.reward.device))
+            if features is None:  # this reward has no embedding: remember it, try the next
+                store.meta["no_embedder"].append(scorer.scorer_id)
+                store.mark()
+                break
             for r, feature in zip(chunk, features):
                 cached[r.key] = feature
                 store.set_embedding(r.key, name, feature)
-        return embedder, cached
-    notes.append("no loaded reward carries a CLIP image encoder: diversity is measured in pixel space only")
+        else:
+            return embedder, cached
+    notes.append("no loaded reward has an image embedding: diversity is measured in pixel space only")
     return None, None
 
 

@@ -1,12 +1,10 @@
 """Image-set metrics for over-optimisation: diversity across seeds and drift from the base.
 
-Distances live in an embedding space when one is at hand, in this order:
-1. a reward that exposes `embed_images(images) -> (B, D)`;
-2. the CLIP image tower inside a loaded reward (a transformers `CLIPModel` /
-   `CLIPVisionModelWithProjection`, or an open_clip model with `encode_image`), fed with
-   CLIP's preprocessing: distance = 1 - cosine of the image embeddings;
-3. otherwise pixels: images area-downsampled to 64x64, distance = root-mean-square
-   difference in [0,1] units (cheap, model-free, but blind to semantics).
+Distances live in an embedding space when one is at hand: a loaded reward's
+`Reward.embed_images(images) -> (B, D)` (the CLIP family's image features, through the
+reward's own preprocessing), distance = 1 - cosine of the embeddings. Otherwise pixels:
+images area-downsampled to 64x64, distance = root-mean-square difference in [0,1] units
+(cheap, model-free, but blind to semantics).
 LPIPS (`lpips` package, AlexNet) is added as `diversity/lpips`, reported but not watched,
 when the package is importable and its weights load.
 
@@ -23,9 +21,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from alignkit.rewards.base import normalize, resize_shortest_crop
+from torch import Tensor
 
 PIXEL_SIDE = 64
 
@@ -40,8 +36,10 @@ class Embedder:
     distance: str = "cosine"
 
     @torch.no_grad()
-    def __call__(self, images: Tensor) -> Tensor:
-        return self.embed(images).float().flatten(1).cpu()
+    def __call__(self, images: Tensor) -> Tensor | None:
+        features = self.embed(images)
+        # None: the embedding function has no features to give (a reward without an embedding).
+        return None if features is None else features.float().flatten(1).cpu()
 
 
 def pixel_embedder() -> Embedder:
@@ -49,51 +47,6 @@ def pixel_embedder() -> Embedder:
         return F.interpolate(images.float(), size=(PIXEL_SIDE, PIXEL_SIDE), mode="area")
 
     return Embedder("pixel", embed, distance="rms")
-
-
-def find_embedder(rewards: dict[str, nn.Module]) -> Embedder | None:
-    """The first CLIP-like image encoder among loaded rewards (see the module docstring)."""
-    for label, reward in rewards.items():
-        # A combination holds its parts as submodules: look inside it too.
-        for module in reward.modules():
-            hook = getattr(module, "embed_images", None)
-            if callable(hook):
-                return Embedder(f"{label}:embed_images", hook)
-    for label, reward in rewards.items():
-        for module in reward.modules():
-            embed = _clip_tower(module)
-            if embed is not None:
-                return Embedder(f"{label}:{type(module).__name__}", embed)
-    return None
-
-
-def _clip_tower(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
-    """A preprocessing + image-feature function for a transformers or open_clip CLIP."""
-    config = getattr(module, "config", None)
-    if hasattr(module, "get_image_features") and config is not None:
-        side = getattr(getattr(config, "vision_config", config), "image_size", 224)
-
-        def embed(images: Tensor) -> Tensor:
-            x = normalize(resize_shortest_crop(images, side)).to(_dtype(module))
-            out = module.get_image_features(pixel_values=x)
-            # transformers >= 5 returns an output object whose pooler_output is projected.
-            return getattr(out, "pooler_output", out)
-
-        return embed
-    if type(module).__name__ == "CLIPVisionModelWithProjection":
-        side = module.config.image_size
-        return lambda images: module(pixel_values=normalize(resize_shortest_crop(images, side)).to(_dtype(module))).image_embeds
-    if hasattr(module, "encode_image") and hasattr(module, "visual"):
-        size = getattr(module.visual, "image_size", 224)
-        side = size[0] if isinstance(size, (tuple, list)) else int(size)
-        return lambda images: module.encode_image(normalize(resize_shortest_crop(images, side)).to(_dtype(module)))
-    return None
-
-
-def _dtype(module: nn.Module) -> torch.dtype:
-    for tensor in module.parameters():
-        return tensor.dtype
-    return torch.float32
 
 
 def lpips_metric(device: str) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, str | None]:

@@ -7,7 +7,9 @@ about to replace), then filled from a state dict that `alignkit.hub.load_state_d
 so every load is safetensors or `torch.load(weights_only=True)` and every failure one line.
 
 Both are wrapped as "towers" with one interface, `encode_images(pixels)` and
-`encode_texts(prompts)`, so that a reward only states its preprocessing and its formula.
+`encode_texts(prompts)`, so that a reward only states its preprocessing and its formula. The
+towers take the backbone's input (resized, normalised pixels); a reward's public
+`embed_images(images)` takes [0,1] images and applies its preprocessing first.
 """
 
 from __future__ import annotations
@@ -281,9 +283,11 @@ class ContrastiveReward(Reward):
         self.resize = resize
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).detach().clone())
 
+    def embed_images(self, images: Tensor) -> Tensor:
+        return self.towers.encode_images(clip_pixels(images, self.towers.image_size, self.resize, self.dtype))
+
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        pixels = clip_pixels(images, self.towers.image_size, self.resize, self.dtype)
-        image_features = F.normalize(self.towers.encode_images(pixels).float(), dim=-1)
+        image_features = F.normalize(self.embed_images(images).float(), dim=-1)
         text_features = F.normalize(encode_prompts(self.towers.encode_texts, prompts).float(), dim=-1)
         return self.scale.float() * (image_features * text_features).sum(dim=-1)
 

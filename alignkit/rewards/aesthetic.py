@@ -79,9 +79,12 @@ class AestheticReward(Reward):
         self.head = head
         self.image_size = int(vision.config.image_size)
 
+    def embed_images(self, images: Tensor) -> Tensor:
+        """The CLIP image embedding the head reads (before its unit normalisation)."""
+        return self.vision(pixel_values=clip_pixels(images, self.image_size, dtype=self.vision.dtype)).image_embeds
+
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        pixels = clip_pixels(images, self.image_size, dtype=self.vision.dtype)
-        embedding = self.vision(pixel_values=pixels).image_embeds
+        embedding = self.embed_images(images)
         # The heads were fitted on unit-norm embeddings, in float32.
         z = F.normalize(embedding.float(), dim=-1)
         return self.head(z.to(self.head_dtype)).squeeze(-1).float()

@@ -54,6 +54,17 @@ class Reward(nn.Module):
         total = self(images, prompts)
         return total, {self.name: total}
 
+    def embed_images(self, images: Tensor) -> Tensor | None:
+        """Optional: this reward's image embedding, `(B, D)`, for images as `forward` takes them.
+
+        Evaluation measures over-optimisation in it: diversity across the seeds of a prompt
+        and drift from the base model's image, as 1 - cosine (so the scale of the features
+        does not matter). A reward built on an image encoder (the CLIP family) returns that
+        encoder's features, through the reward's own preprocessing; None (the default) means
+        it has none, and evaluation uses another reward's or falls back to pixels.
+        """
+        return None
+
     @torch.no_grad()
     def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
         """The quantities this reward stands for, usually non-differentiable (a real JPEG size,

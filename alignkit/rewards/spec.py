@@ -81,6 +81,14 @@ class CombinedReward(Reward):
     def _total(self, parts: dict[str, Tensor]) -> Tensor:
         return sum(self.weights[name] * value.float() for name, value in parts.items())
 
+    def embed_images(self, images: Tensor) -> Tensor | None:
+        """The first part's embedding that has one (in the order of the spec)."""
+        for reward in self.rewards.values():
+            features = reward.embed_images(images)
+            if features is not None:
+                return features
+        return None
+
     @torch.no_grad()
     def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
