@@ -57,10 +57,10 @@ def write_clip_tokenizer(folder: Path, max_length: int = 32) -> Path:
     return folder
 
 
-def _text_config(projection_dim: int | None = None):
+def _text_config(projection_dim: int | None = None, hidden_size: int = 32):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+    return CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden_size, intermediate_size=37,
                           num_attention_heads=4, num_hidden_layers=2, vocab_size=200, max_position_embeddings=32,
                           projection_dim=projection_dim or 32)
 
@@ -83,18 +83,20 @@ def _scheduler():
 
 # ---- test pipelines ------------------------------------------------------------------------------
 
-def build_sd(seed: int = 0):
-    """A tiny `StableDiffusionPipeline` (UNet blocks (4,8), 2-layer text encoder, hidden 32)."""
+def build_sd(seed: int = 0, cross_attention_dim: int = 32):
+    """A tiny `StableDiffusionPipeline` (UNet blocks (4,8), 2-layer text encoder, hidden 32).
+    Another `cross_attention_dim` (the text encoder's width) makes a LoRA that does not fit."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=RESOLUTION // 2,
-                                in_channels=4, out_channels=4, norm_num_groups=2, cross_attention_dim=32,
+                                in_channels=4, out_channels=4, norm_num_groups=2,
+                                cross_attention_dim=cross_attention_dim,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=2)
     return dict(cls=StableDiffusionPipeline, unet=unet, vae=_vae(), scheduler=_scheduler(),
-                text_encoder=CLIPTextModel(_text_config()))
+                text_encoder=CLIPTextModel(_text_config(hidden_size=cross_attention_dim)))
 
 
 def build_sdxl(seed: int = 0):

@@ -11,6 +11,7 @@ from alignkit.evaluation.heldout import default_heldout
 from alignkit.models import find_model
 from alignkit.evaluation.metrics import Gain, Stat, diversity, pixel_embedder
 from alignkit.evaluation.overopt import Watch, find_flags, find_unconfirmed, pick_candidate
+from tiny_models import small_clip_model
 
 
 def stats_of(**conditions):
@@ -106,25 +107,13 @@ def test_diversity_and_pixel_fallback():
     assert diversity(pixel_embedder()(varied[:1]), "rms") is None  # one seed has no spread
 
 
-def tiny_clip():
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 50},
-        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1,
-                       "image_size": 16, "patch_size": 8},
-        projection_dim=6)
-    return CLIPModel(config).eval()
-
-
 def test_a_clip_reward_embeds_through_its_own_preprocessing():
     from types import SimpleNamespace
 
     from alignkit.rewards._clip_backbones import ContrastiveReward, HFClipTowers
     from alignkit.rewards.base import resize_shortest_crop
 
-    model = tiny_clip()
+    model = small_clip_model()
     # embed_images never tokenises: a stand-in tokenizer only gives the length.
     reward = ContrastiveReward(HFClipTowers(model, SimpleNamespace(model_max_length=77)), resize_shortest_crop,
                                100.0).freeze()

@@ -22,6 +22,8 @@ from alignkit.evaluation import EvalConfig, run
 from alignkit.evaluation.judges import register_judge
 from alignkit.rewards import Reward, register
 from alignkit.rewards.base import clip_pixels
+from alignkit.testing import assemble, build_sd
+from tiny_models import small_clip_model
 
 PROMPTS = ["a red cat", "two blue dogs"]
 STEPS = 3
@@ -108,15 +110,7 @@ class TinyClipReward(Reward):
 
     def __init__(self):
         super().__init__()
-        from transformers import CLIPConfig, CLIPModel
-
-        torch.manual_seed(0)
-        self.model = CLIPModel(CLIPConfig(
-            text_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
-                         "num_hidden_layers": 1, "vocab_size": 50},
-            vision_config={"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
-                           "num_hidden_layers": 1, "image_size": 16, "patch_size": 8},
-            projection_dim=6))
+        self.model = small_clip_model()
 
     def score(self, images, prompts):
         x = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear")
@@ -183,37 +177,6 @@ def _absent(device=None, dtype=None):  # pragma: no cover - never built: its wei
 
 # -- tiny pipeline and LoRAs ----------------------------------------------------------------
 
-def tiny_pipeline(cross_attention_dim: int = 8):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim, norm_num_groups=2, attention_head_dim=2)
-    vae = AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        norm_num_groups=2, sample_size=32)
-    # A byte-level vocabulary with no merges: every word splits into characters, so
-    # transformers 5's tokenizer never meets a merge result missing from the vocabulary.
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=1,
-        hidden_size=cross_attention_dim, intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
-        vocab_size=len(vocab), max_position_embeddings=16))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
-
 def save_lora(pipe, folder: Path, strength: float, seed: int = 1) -> None:
     """A LoRA as the aligner saves it; lora_B is randomised (peft zero-inits it: a no-op)."""
     from diffusers import StableDiffusionPipeline
@@ -238,7 +201,7 @@ def save_lora(pipe, folder: Path, strength: float, seed: int = 1) -> None:
 def world(tmp_path_factory):
     """A base pipeline folder, a run folder in the aligner's layout, and a mismatched LoRA."""
     root = tmp_path_factory.mktemp("eval")
-    pipe = tiny_pipeline()
+    pipe = assemble(build_sd())
     pipe.save_pretrained(root / "base")
     run_dir = root / "run"
     # Checkpoints along the way to the final LoRA: the same direction, growing.
@@ -254,7 +217,7 @@ def world(tmp_path_factory):
     (run_dir / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "reward": 0.4 + 0.01 * s, "loss": -0.4, "lr": 1e-4, "k": 1,
                     "step_time": 0.1, "peak_mem_mb": 10.0}) + "\n" for s in range(1, 7)))
-    bad = tiny_pipeline(cross_attention_dim=16)
+    bad = assemble(build_sd(cross_attention_dim=16))
     save_lora(bad, root / "other_lora", 1.0)
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     return {"root": root, "run": run_dir, "base": root / "base", "other": root / "other_lora",

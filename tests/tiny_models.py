@@ -63,6 +63,18 @@ def tiny_clip_config(image_size: int = 32, projection_dim: int = EMBED_DIM):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
+def small_clip_model(seed: int = 0):
+    """A transformers `CLIPModel`, random weights, 16 px input, 6-d projection, never saved:
+    for tests that only need a CLIP inside a reward."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    tower = {"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1}
+    config = CLIPConfig(text_config={**tower, "vocab_size": 50},
+                        vision_config={**tower, "image_size": 16, "patch_size": 8}, projection_dim=6)
+    return CLIPModel(config).eval()
+
+
 def save_tiny_clip(folder: Path, seed: int = 0, logit_scale: float | None = None, **config_kwargs) -> Path:
     """A transformers CLIP folder (config + model.safetensors + tokenizer), seeded."""
     from safetensors.torch import save_file
