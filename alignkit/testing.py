@@ -155,73 +155,58 @@ BUILDER_VERSION = 1
 SPEC_FILE = "bench_pipeline.json"
 
 
-def _tiny_parts(resolution: int):
+# Each architecture as data: the UNet's, the VAE's and the CLIP text encoder's settings (the
+# UNet's sample_size and the VAE's follow from the resolution). The VAE shrinks a side by
+# 2 ** (levels - 1): resolutions must be a multiple of that.
+ARCHITECTURES = {
+    # ~1.2M-parameter UNet, a factor-8 VAE with 4 latent channels (four levels, as in SD).
+    "tiny": dict(
+        unet=dict(layers_per_block=1, block_out_channels=(32, 48, 64), norm_num_groups=16, cross_attention_dim=32,
+                  attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+        vae=dict(layers_per_block=1, block_out_channels=(16, 32, 32, 32), norm_num_groups=8),
+        text=dict(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=32)),
+    # The memory benchmark's CPU architecture: three levels, a factor-4 VAE, 77 text positions.
+    "small": dict(
+        unet=dict(layers_per_block=1, block_out_channels=(32, 64, 64), norm_num_groups=32, cross_attention_dim=64,
+                  attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+        vae=dict(layers_per_block=1, block_out_channels=(32, 64, 64), norm_num_groups=32),
+        text=dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=77)),
+    # Stable Diffusion 1.5's published component configs (stable-diffusion-v1-5/*/config.json);
+    # eos id 1 is the character tokenizer's (the real vocabulary's is 49407; only the length matters here).
+    "sd15": dict(
+        unet=dict(layers_per_block=2, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+                  attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu", center_input_sample=False,
+                  flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1,
+                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+        vae=dict(layers_per_block=2, block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu"),
+        text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)),
+}
+
+
+def vae_factor(arch: str) -> int:
+    return 2 ** (len(ARCHITECTURES[arch]["vae"]["block_out_channels"]) - 1)
+
+
+def _bench_parts(arch: str, resolution: int) -> dict:
+    """The models of `arch` at `resolution`, built in a fixed order (UNet, VAE, text) from the seed."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 48, 64), norm_num_groups=16, cross_attention_dim=32, attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-    # Four levels, as in SD: a factor-8 autoencoder with 4 latent channels.
-    vae = AutoencoderKL(
-        sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32, 32, 32), norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    config = ARCHITECTURES[arch]
+    levels = len(config["vae"]["block_out_channels"])
+    unet = UNet2DConditionModel(sample_size=resolution // vae_factor(arch), in_channels=4, out_channels=4,
+                                **config["unet"])
+    vae = AutoencoderKL(sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, **config["vae"])
+    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, **config["text"]))
     return dict(cls=StableDiffusionPipeline, unet=unet, vae=vae, text_encoder=text, scheduler=_scheduler())
-
-
-def _small_parts(resolution: int):
-    """The memory benchmark's CPU architecture: three levels, a factor-4 VAE, 77 text positions."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 4, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 64), norm_num_groups=32, cross_attention_dim=64, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(
-        sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 64), norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    return dict(cls=StableDiffusionPipeline, unet=unet, vae=vae, text_encoder=text, scheduler=_scheduler())
-
-
-def _sd15_parts(resolution: int):
-    """Stable Diffusion 1.5's published component configs (stable-diffusion-v1-5/*/config.json)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 8, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-        norm_num_groups=32, norm_eps=1e-5, act_fn="silu", center_input_sample=False, flip_sin_to_cos=True,
-        freq_shift=0, downsample_padding=1, mid_block_scale_factor=1,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-    vae = AutoencoderKL(
-        sample_size=resolution, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-        block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu",
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    # The character tokenizer's ids: eos 1 (the real vocabulary's is 49407; only the length matters here).
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    return dict(cls=StableDiffusionPipeline, unet=unet, vae=vae, text_encoder=text, scheduler=_scheduler())
-
-
-ARCHITECTURES = {"tiny": _tiny_parts, "small": _small_parts, "sd15": _sd15_parts}
-# How much each architecture's VAE shrinks a side: resolutions must be a multiple of it.
-VAE_FACTORS = {"tiny": 8, "small": 4, "sd15": 8}
 
 
 @dataclass(frozen=True)
@@ -240,11 +225,11 @@ def random_pipeline(arch: str, resolution: int, seed: int = 0, device=None):
     (SD 1.5's 860M-parameter UNet is slow to initialise on a CPU)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
-    if resolution % VAE_FACTORS[arch]:
-        raise ValueError(f"resolution {resolution} is not a multiple of {VAE_FACTORS[arch]} ({arch}'s VAE factor)")
+    if resolution % vae_factor(arch):
+        raise ValueError(f"resolution {resolution} is not a multiple of {vae_factor(arch)} ({arch}'s VAE factor)")
     torch.manual_seed(seed)
     with torch.device(device or "cpu"):
-        parts = ARCHITECTURES[arch](resolution)
+        parts = _bench_parts(arch, resolution)
     return assemble(parts)
 
 
