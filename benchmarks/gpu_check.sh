@@ -85,8 +85,8 @@ elif [ "${SMOKE:-0}" = "1" ]; then
 else
   grid=""; [ "$mode" = "full" ] || grid="50,1,1;50,50,1"
   log "memory_scaling.py --gpu (${grid:-full grid})"
-  if ALIGNKIT_BENCH_GRID="$grid" timeout 270 "$PY" benchmarks/memory_scaling.py --gpu --out "$OUT/memory_scaling.json" \
-       > "$OUT/memory_scaling.log" 2>&1; then
+  if timeout 270 "$PY" benchmarks/memory_scaling.py --gpu ${grid:+--grid "$grid"} --results "$OUT" \
+       --logs "$WORK/memory_scaling" > "$OUT/memory_scaling.log" 2>&1; then
     log "memory_scaling: ok"
   else
     log "memory_scaling: FAILED or timed out (exit $?; see $OUT/memory_scaling.log)"; status=1

@@ -9,6 +9,7 @@ raw samples, and the terminal gets one rich table per benchmark: figure, value, 
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -28,8 +29,7 @@ RESULTS = BENCH / "results"
 # The peer environment made by benchmarks/peers/setup.sh (ALIGNKIT_TRL_PYTHON overrides it).
 PEER_VENV = Path("benchmarks") / "peers" / ".venv-trl"
 
-sys.path.insert(0, str(ROOT))  # scripts run as `python benchmarks/x.py`: make alignkit importable
-from alignkit.errors import AlignkitError, debug_enabled  # noqa: E402
+from alignkit.errors import AlignkitError, debug_enabled
 
 
 class BenchError(AlignkitError):
@@ -37,7 +37,20 @@ class BenchError(AlignkitError):
 
 
 class Unavailable(BenchError):
-    """A benchmark that cannot run in this checkout or environment (a missing part or peer)."""
+    """A benchmark that cannot run in this environment (no peer venv, a reward's weights absent)."""
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+def preset_parser(doc: str, quick: str | None = None, full: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its module docstring as the help (the first paragraph, the
+    rest as the epilog) and the two presets every benchmark has, --quick and --full
+    (`args.preset`; run_all passes one of them)."""
+    head, _, rest = doc.partition("\n\n")
+    p = argparse.ArgumentParser(description=head, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest)
+    p.add_argument("--quick", action="store_const", dest="preset", const="quick", help=quick)
+    p.add_argument("--full", action="store_const", dest="preset", const="full", help=full)
+    return p
 
 
 # ---- processes ---------------------------------------------------------------------------------

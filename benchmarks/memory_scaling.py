@@ -17,9 +17,12 @@ Beside it, a measured floor times the backward passes instead of assuming them (
 forwards, K forward+backward, K recompute forwards and one decode when checkpointing,
 decode+reward forward+backward): step time over it is the aligner's own overhead.
 
-Results: a rich table, and JSON in benchmarks/results/memory_scaling.json (machine,
-versions, date). Targets: peak memory at K=T=50 <= 1.25x that at K=1 (checkpointing on);
-step time <= 1.15x the floor.
+Each configuration is a fresh child of `harness.run_child`; the report is the harness's table
+(figure, value, target, pass/miss) beside a table of every configuration, and the result is
+`benchmarks/results/memory_scaling.json` (`memory_scaling_gpu.json` with --gpu) in the
+harness's format: machine, versions, date, settings, figures, and every configuration's row.
+Targets: peak memory at K=T <= 1.25x that at K=1 (checkpointing on); step time <= 1.15x the
+floor.
 """
 
 from __future__ import annotations
@@ -27,25 +30,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
+import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+import harness
+from harness import BenchError, Check, Result
 
+NAME = "memory_scaling"
+# Measures alignkit alone: no peer environment to record (run_all reads this).
+USES_PEER = False
+# The targets of the module docstring.
+TARGET_MEMORY = "<= 1.25"
+TARGET_FLOOR = "<= 1.15"
 # alignkit.testing's architecture, image sides, weight dtype, batch, timed steps, and the grid of (T, K, checkpointing).
 CPU_PLAN = dict(arch="small", resolutions=[32, 64], dtype="float32", batch=2, steps=1,
                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False), (4, 4, True)])
 GPU_PLAN = dict(arch="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
-if os.environ.get("ALIGNKIT_BENCH_GRID"):  # e.g. "50,1,1;50,50,1": a subset, to fit a short device lease
-    GPU_PLAN["grid"] = CPU_PLAN["grid"] = [tuple(int(v) for v in item.split(",")[:2]) + (item.split(",")[2] == "1",)
-                                           for item in os.environ["ALIGNKIT_BENCH_GRID"].split(";")]
 GUIDANCE = 7.5
 
 
@@ -96,7 +100,7 @@ def worker(spec: dict) -> dict:
     from alignkit.aligner.pipeline import prepare_pipeline
     from alignkit.aligner.sampler import DDIMSampler
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(spec.get("threads") or max(1, min(4, os.cpu_count() or 1)))
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
     loaded = prepare_pipeline(build_pipeline(spec["arch"], spec["resolution"], device, dtype), spec["arch"])
@@ -191,38 +195,76 @@ def worker(spec: dict) -> dict:
 
 # ---- the driver ------------------------------------------------------------------------------------
 
-def run_config(spec: dict, timeout: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {**spec, "error": tail[:200]}
-    return json.loads(lines[-1])
+def parse_grid(text: str) -> list[tuple[int, int, bool]]:
+    """"50,1,1;50,50,1" -> [(T, K, checkpointing), ...]: a subset, to fit a short device lease."""
+    try:
+        grid = [(int(t), int(k), c == "1") for t, k, c in (item.split(",") for item in text.split(";"))]
+    except ValueError:
+        raise BenchError(f"--grid {text!r}: expected T,K,CKPT items separated by ';', e.g. 50,1,1;50,50,1") from None
+    if any(not 1 <= k <= t for t, k, _ in grid):
+        raise BenchError(f"--grid {text!r}: every K must be between 1 and its T")
+    return grid
 
 
-def versions() -> dict:
-    import importlib.metadata as md
+def build_parser() -> argparse.ArgumentParser:
+    # --quick and --full run the same CPU grid (minutes): its figures need no larger size.
+    p = harness.preset_parser(__doc__)
+    p.add_argument("--gpu", action="store_true", help="SD 1.5 architecture at 512 px on CUDA, bf16")
+    p.add_argument("--grid", type=parse_grid, help="configurations to run, e.g. '50,1,1;50,50,1' (T,K,checkpointing)")
+    p.add_argument("--threads", type=int, help="OMP/MKL and torch threads of each configuration's process")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
+    p.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
+    p.add_argument("--results", type=Path, default=harness.RESULTS, help="folder of the JSON result")
+    p.add_argument("--name", help=f"result file name (default: {NAME}, {NAME}_gpu with --gpu)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
 
-    out = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "peft", "accelerate"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.name = args.name or (f"{NAME}_gpu" if args.gpu else NAME)
+    return args
 
 
-def machine(gpu: bool) -> dict:
-    # The load average says whether CPU timings were taken on a shared, busy machine.
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "loadavg_1_5_15": os.getloadavg()}
-    if gpu:
-        import torch
+def run_config(spec: dict, args) -> dict:
+    """One configuration in a fresh process; its figures, or its error in one line."""
+    label = f"{spec['resolution']}px-T{spec['T']}-K{spec['K']}-{'ckpt' if spec['ckpt'] else 'nockpt'}"
+    child = harness.run_child([sys.executable, __file__, "--worker", json.dumps(spec)], args.logs / f"{label}.log",
+                              harness.child_env(args.threads), args.timeout)
+    lines = [line for line in child.log.read_text(errors="replace").splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines:
+        return {**spec, "error": ("timed out" if child.timed_out else child.tail(1) or "no output")[:200]}
+    # The child's whole-process peak (model building included), beside the worker's own per-step peak.
+    return {**json.loads(lines[-1]), "process_peak_rss_mb": child.peak_rss_mb}
 
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+
+def run(args) -> Result:
+    plan = dict(GPU_PLAN if args.gpu else CPU_PLAN)
+    if args.grid:
+        plan["grid"] = args.grid
+    device = "cuda" if args.gpu else "cpu"
+    con = harness.console(stderr=True)
+    rows = []
+    for res in plan["resolutions"]:
+        for T, K, ckpt in plan["grid"]:
+            spec = dict(device=device, arch=plan["arch"], dtype=plan["dtype"], resolution=res, T=T, K=K,
+                        ckpt=ckpt, batch=plan["batch"], steps=plan["steps"], threads=args.threads)
+            started = time.perf_counter()
+            rows.append(run_config(spec, args))
+            con.print(f"{res}px T={T} K={K} ckpt={ckpt}: {time.perf_counter() - started:.0f} s",
+                      rows[-1].get("error", ""))
+    checks = []
+    for res, entry in summarize(rows).items():
+        if "memory_K=T_over_K=1" in entry:
+            checks.append(Check(f"{res} px: peak memory K=T / K=1 (checkpointing)", entry["memory_K=T_over_K=1"],
+                                "{:.2f}x", TARGET_MEMORY))
+        if "worst_over_floor" in entry:
+            checks.append(Check(f"{res} px: slowest step time / compute floor", entry["worst_over_floor"], "{:.2f}x",
+                                TARGET_FLOOR))
+    settings = {"mode": device, "plan": plan, "timeout_s": args.timeout, "threads": args.threads,
+                "memory_measure": "device max allocated (torch.cuda)" if args.gpu else
+                "peak RSS above the RSS before the timed steps, sampled every 5 ms in the child"}
+    return Result(args.name, settings, rows, checks, extra={"summary": summarize(rows)})
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -243,56 +285,41 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", action="store_true", help="SD 1.5 architecture at 512 px on CUDA, bf16")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(HERE / "results" / "memory_scaling.json"))
-    parser.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))), flush=True)
-        return
-
-    from rich.console import Console
+def configs_table(rows: list[dict]):
     from rich.table import Table
 
-    plan = GPU_PLAN if args.gpu else CPU_PLAN
-    device = "cuda" if args.gpu else "cpu"
-    rows = []
-    console = Console()
-    for res in plan["resolutions"]:
-        for T, K, ckpt in plan["grid"]:
-            spec = dict(device=device, arch=plan["arch"], dtype=plan["dtype"], resolution=res, T=T, K=K,
-                        ckpt=ckpt, batch=plan["batch"], steps=plan["steps"])
-            started = time.perf_counter()
-            rows.append(run_config(spec, args.timeout))
-            console.log(f"{res}px T={T} K={K} ckpt={ckpt}: {time.perf_counter() - started:.0f} s",
-                        rows[-1].get("error", ""))
-
-    table = Table(title=f"memory and time per step ({device}, {plan['arch']}, batch {plan['batch']}, CFG)")
+    table = Table(title="memory and time per step, per configuration (batch with CFG)", title_justify="left")
     for column in ("px", "T", "K", "ckpt", "peak MB", "Δ peak MB", "s/step", "floor s", "step/floor",
                    "step/measured floor"):
         table.add_column(column, justify="right")
     for r in rows:
+        head = [str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no"]
         if "error" in r:
-            table.add_row(str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no",
-                          f"[red]{r['error'][:40]}[/]", "", "", "", "", "")
+            table.add_row(*head, f"[red]{r['error'][:40]}[/]", "", "", "", "", "")
             continue
-        table.add_row(str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no",
-                      f"{r['peak_mb']:.0f}", f"{r['peak_delta_mb']:.0f}", f"{r['step_s']:.3f}",
+        table.add_row(*head, f"{r['peak_mb']:.0f}", f"{r['peak_delta_mb']:.0f}", f"{r['step_s']:.3f}",
                       f"{r['floor_s']:.3f}", f"{r['over_floor']:.2f}", f"{r['over_measured_floor']:.2f}")
-    console.print(table)
-    summary = summarize(rows)
-    console.print_json(data=summary)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": device,
-              "machine": machine(args.gpu), "versions": versions(), "plan": plan, "rows": rows, "summary": summary}
-    existing = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    existing[device] = result  # CPU and GPU results live side by side in one file
-    Path(args.out).write_text(json.dumps(existing, indent=2) + "\n")
-    console.print(f"wrote {args.out}")
+    return table
+
+
+def report(result: Result, con) -> None:
+    con.print(configs_table(result.samples))
+    plan = result.settings["plan"]
+    con.print(harness.checks_table(f"memory and time vs T and K ({result.settings['mode']}, {plan['arch']}, "
+                                   f"batch {plan['batch']})", result.checks))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    result = run(args)
+    con = harness.console()
+    report(result, con)
+    con.print(f"wrote {harness.write_result(result, out_dir=args.results)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    harness.entry_point(main)

@@ -6,23 +6,22 @@
 Each benchmark writes `benchmarks/results/<name>.json` (machine, versions, date, raw samples);
 this script prints one terminal report at the end: a table per benchmark (figure, value,
 target, pass/miss) and a summary of what ran, what was skipped and why, and how long each took.
-A benchmark that cannot run here (no toy world yet, no peer environment) is skipped with its
-one-line reason; the others still run.
+A benchmark that cannot run here (no peer environment, a reward whose weights are absent) is
+skipped with its one-line reason; the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import BenchError, Check, Unavailable  # noqa: E402
+# Run as `python benchmarks/NAME.py`: Python puts benchmarks/ first on sys.path, so the
+# harness imports as a sibling; alignkit is the installed package (`make venv`).
+import harness
+from harness import BenchError, Unavailable
 
 
 @dataclass
@@ -46,44 +45,17 @@ def _in_process(module_name: str) -> Callable[[str, argparse.Namespace], Outcome
         result = module.run(args)
         tables = _capture(module.report, result)
         result.extra.pop("runs_table", None)  # live objects; the JSON holds the same data
-        path = harness.write_result(result, harness.trl_python(), args.results)
+        peer = harness.trl_python() if getattr(module, "USES_PEER", True) else None
+        path = harness.write_result(result, peer, args.results)
         (args.results / f"{args.name}.partial.json").unlink(missing_ok=True)
         return Outcome(module_name, "ok", 0.0, str(path.relative_to(harness.ROOT)), tables)
 
     return runner
 
 
-# memory_scaling.py's own targets (its docstring): peak memory at K=T over K=1 with
-# checkpointing, and the slowest configuration's step time over its compute floor.
-MEMORY_SCALING_TARGETS = {"memory_K=T_over_K=1": ("peak memory K=T / K=1 (checkpointing)", "<= 1.25"),
-                          "worst_over_floor": ("slowest step time / compute floor", "<= 1.15")}
-
-
-def _memory_scaling(preset: str, opts: argparse.Namespace) -> Outcome:
-    """memory_scaling.py (the aligner's benchmark) through its own CLI.
-
-    Its default run is its CPU quick mode, for --quick and --full alike; it writes
-    results/memory_scaling.json as {device: {..., "summary": {resolution: {figure: value}}}}.
-    """
-    script = harness.BENCH / "memory_scaling.py"
-    log = Path(opts.logs) / "memory_scaling.log"
-    result = harness.RESULTS / "memory_scaling.json"
-    child = harness.run_child([sys.executable, str(script), "--out", str(result)], log,
-                              harness.child_env(opts.threads))
-    if child.returncode != 0 or not result.is_file():
-        return Outcome("memory_scaling", "failed", 0.0, f"exit {child.returncode}: {child.tail(1)} [log: {log}]")
-    summary = json.loads(result.read_text()).get("cpu", {}).get("summary", {})
-    checks = [Check(f"{res} px: {label}", value, "{:.2f}x", target)
-              for res, figures in summary.items()
-              for key, (label, target) in MEMORY_SCALING_TARGETS.items()
-              if (value := figures.get(key)) is not None]
-    tables = [harness.checks_table("memory and time vs T and K (memory_scaling, CPU)", checks)] if checks else []
-    return Outcome("memory_scaling", "ok", 0.0, str(result.relative_to(harness.ROOT)), tables)
-
-
 # name -> runner(preset, options): the order they run in.
 BENCHMARKS: dict[str, Callable[[str, argparse.Namespace], Outcome]] = {
-    "memory_scaling": _memory_scaling,
+    "memory_scaling": _in_process("memory_scaling"),
     "vs_trl_alignprop": _in_process("vs_trl_alignprop"),
     "vs_ddpo": _in_process("vs_ddpo"),
 }

@@ -17,7 +17,7 @@ that `--report` recomputes every figure):
   on another model, another detector than the reward's (`--judge-detector PATH`, the `count`
   judge); for `compress`/`incompress`, the real PIL JPEG size. A count read with the reward's
   own detector is never the truth: the aligner optimises against that detector and can fool
-  it (it did, issue 10);
+  it (it did: README, "What the previous default did");
 - the proxy: the reward's own detector's NMS count accuracy, reported beside the truth and
   labelled as such.
 
@@ -49,9 +49,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import BenchError, Check, Result, Unavailable  # noqa: E402
+# Run as `python benchmarks/NAME.py`: Python puts benchmarks/ first on sys.path, so the
+# harness imports as a sibling; alignkit is the installed package (`make venv`).
+import harness
+from harness import BenchError, Check, Result, Unavailable
 
 NAME = "vs_ddpo"
 TRL_LORA_RANK, TRL_LORA_ALPHA = 4, 4.0
@@ -119,10 +120,7 @@ PRESETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--quick", action="store_const", dest="preset", const="quick")
-    p.add_argument("--full", action="store_const", dest="preset", const="full")
+    p = harness.preset_parser(__doc__)
     p.add_argument("--model", default="toy", help="'toy' (alignkit.toy.pipeline_path()) or a diffusers folder")
     p.add_argument("--reward", default="count", help="alignkit reward both methods optimise")
     p.add_argument("--prompts", default="toy_counting", help="prompt set (its train split is sampled)")

@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import BenchError, Check, Result, Unavailable  # noqa: E402
-
-from alignkit.errors import AlignkitError  # noqa: E402
+# Run as `python benchmarks/NAME.py`: Python puts benchmarks/ first on sys.path, so the
+# harness imports as a sibling; alignkit is the installed package (`make venv`).
+import harness
+from harness import BenchError, Check, Result
 
 NAME = "vs_trl_alignprop"
 # The targets for alignkit against trl on the same job.
@@ -43,7 +41,7 @@ TRL_LORA_ALPHA = 4.0
 PRESETS = {
     # Minutes on a 2-core CPU: one resolution, two pairs, no warm-up pair.
     "quick": dict(pipelines=["tiny"], resolutions=[64], pairs=2, steps=5, skip_steps=2, warmup_pairs=0),
-    # The toy model (64 px native) joins; it is skipped with a note when its weights are missing.
+    # The toy model (64 px native, its weights ship with alignkit) joins.
     "full": dict(pipelines=["tiny", "toy"], resolutions=[64, 256], pairs=5, steps=10, skip_steps=3, warmup_pairs=1),
 }
 
@@ -68,10 +66,7 @@ class Job:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--quick", action="store_const", dest="preset", const="quick", help="minutes: 64 px, 2 pairs")
-    p.add_argument("--full", action="store_const", dest="preset", const="full", help="64 and 256 px, 5 pairs")
+    p = harness.preset_parser(__doc__, quick="minutes: 64 px, 2 pairs", full="64 and 256 px, 5 pairs")
     p.add_argument("--pipeline", dest="pipelines", nargs="+", help="tiny (random ~1.2M UNet), sd15 (SD 1.5 "
                    "architecture, random weights), toy (alignkit's embedded model), or diffusers folders")
     p.add_argument("--resolutions", type=int, nargs="+", help="image sides in pixels for tiny/sd15 (a folder or "
@@ -140,10 +135,7 @@ def resolve_pipeline(kind: str) -> tuple[str, int]:
     if kind == "toy":
         from alignkit.models import resolve_model
 
-        try:
-            kind = resolve_model("toy")
-        except AlignkitError as exc:  # the package is there but its weights are not (yet)
-            raise Unavailable(f"--pipeline toy: {exc}") from None
+        kind = resolve_model("toy")
     folder = Path(kind)
     config = folder / "unet" / "config.json"
     if not config.is_file():
@@ -225,17 +217,8 @@ def run(args: argparse.Namespace) -> Result:
     con = harness.console(stderr=True)  # progress; the report itself goes to stdout
     if warning := harness.busy_warning():
         con.print(f"[yellow]warning:[/] {warning}")
-    samples, checks, per_res, skipped = {}, [], {}, []
-    todo = []
-    for kind in args.pipelines:
-        try:
-            todo += targets(argparse.Namespace(**{**vars(args), "pipelines": [kind]}))
-        except Unavailable as exc:
-            if len(args.pipelines) == 1:
-                raise
-            skipped.append(str(exc))  # e.g. no toy model yet: the other pipelines still run
-            con.print(f"[yellow]skipped:[/] {exc}")
-    for name, model, resolution in todo:
+    samples, checks, per_res = {}, [], {}
+    for name, model, resolution in targets(args):
         job = Job(model, resolution, args.num_inference_steps, args.k, args.batch_size, args.learning_rate,
                   args.guidance_scale, args.eta, args.reward, args.toy_prompt if name == "toy" else args.prompt,
                   args.steps, args.seed, args.mixed_precision)
@@ -279,7 +262,7 @@ def run(args: argparse.Namespace) -> Result:
                     memory_measure="device max allocated (torch.cuda)" if gpu else
                     "peak RSS by the end of the last training step (getrusage in the child); whole-process "
                     "peak incl. saving in samples as peak_rss_mb (wait4)")
-    return Result(args.name, settings, samples, checks, extra={"pairs_table": _pairs_rows(per_res), "skipped": skipped})
+    return Result(args.name, settings, samples, checks, extra={"pairs_table": _pairs_rows(per_res)})
 
 
 def _pairs_rows(per_res: dict) -> list[dict]:
@@ -305,9 +288,8 @@ def pairs_table(rows: list[dict]):
 
 def report(result: Result, con) -> None:
     con.print(pairs_table(result.extra["pairs_table"]))
-    skipped = "; ".join(f"skipped: {s}" for s in result.extra.get("skipped", []))
     con.print(harness.checks_table("alignkit vs trl 0.23.1 AlignPropTrainer (same pipeline, reward, T, K, batch)",
-                                   result.checks, caption=skipped or None))
+                                   result.checks))
 
 
 def _write_partial(args, samples: dict) -> None:

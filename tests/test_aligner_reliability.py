@@ -4,7 +4,6 @@ that fails mid-run costs no complete checkpoint."""
 
 import errno
 import json
-import math
 import os
 import shutil
 import subprocess

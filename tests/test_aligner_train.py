@@ -3,7 +3,6 @@ checkpoints and resume, truncation bookkeeping, and loading the LoRA in plain di
 
 import json
 
-import pytest
 import torch
 import yaml
 

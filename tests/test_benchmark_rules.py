@@ -3,14 +3,13 @@
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from harness import BenchError  # noqa: E402
-from vs_ddpo import (TRUTHS, doubling_steps, first_reach, interval, reach_and_hold, rereport,  # noqa: E402
-                     truth_source)
+# benchmarks/ is on the test path (pyproject's pytest `pythonpath`): the scripts import each
+# other as siblings, the way Python runs them.
+from harness import BenchError
+from vs_ddpo import TRUTHS, doubling_steps, first_reach, interval, reach_and_hold, rereport, truth_source
 
 
 def test_alignkit_must_reach_and_hold_a_level():

@@ -155,7 +155,7 @@ def _parse_draft_lv(arg, spec):
     return DraftLV(spec, renoise=n)
 
 
-# name -> parser of the text after the colon; `random` is the design brief's name for uniform.
+# name -> parser of the text after the colon; `random` is another name for `uniform` (AlignProp's).
 POLICIES: dict[str, Callable[[str, str], TruncationPolicy]] = {
     "full": _parse_full,
     "last": _parse_last,
