@@ -117,6 +117,24 @@ def run_alignkit_train(train_args: list, out: Path, threads: int | None, timeout
     return child, [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
 
 
+def run_peer(python: Path, child: str, job: dict, out: Path, threads: int | None, timeout_s: float | None,
+             what: str) -> tuple[ChildRun, dict]:
+    """One peer run: `job` written to OUT/job.json, `benchmarks/peers/CHILD` run by the peer's
+    `python` in its own process, its OUT/result.json read back. A result with an "error" (the
+    child's own one-line reason) or none at all is a BenchError naming `what` and the log."""
+    (out / "job.json").write_text(json.dumps(job))
+    result_path = out / "result.json"
+    run = run_child([str(python), str(BENCH / "peers" / child), str(out / "job.json"), str(result_path)],
+                    out.with_suffix(".log"), child_env(threads), timeout_s)
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if "error" in result:
+        raise BenchError(result["error"])
+    if run.returncode != 0 or not result:
+        raise BenchError(f"{what} failed (exit {run.returncode}{', timed out' if run.timed_out else ''}): "
+                         f"{run.tail(2)} [log: {run.log}]")
+    return run, result
+
+
 def trl_python() -> Path:
     """The peer environment's interpreter, or one line saying how to make it."""
     override = os.environ.get("ALIGNKIT_TRL_PYTHON")

@@ -324,17 +324,8 @@ def train_ddpo(world: World, lr: float, args, python: Path) -> Run:
            "sample_batch_size": args.ddpo_sample_batch, "sample_num_batches_per_epoch": args.ddpo_batches_per_epoch,
            "train_batch_size": args.ddpo_train_batch, "learning_rate": lr, "per_prompt_stat_tracking": False,
            "output_dir": str(out)}
-    (out / "job.json").write_text(json.dumps(job))
-    result_path = out / "result.json"
-    child = harness.run_child([str(python), str(harness.BENCH / "peers" / "trl_ddpo_child.py"), str(out / "job.json"),
-                               str(result_path)], out.with_suffix(".log"), harness.child_env(args.threads),
-                              args.timeout)
-    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    if "error" in result:
-        raise BenchError(result["error"])
-    if child.returncode != 0 or not result:
-        raise BenchError(f"trl DDPOTrainer (lr {lr:g}) failed (exit {child.returncode}): {child.tail(2)} "
-                         f"[log: {child.log}]")
+    child, result = harness.run_peer(python, "trl_ddpo_child.py", job, out, args.threads, args.timeout,
+                                     f"trl DDPOTrainer (lr {lr:g})")
     log = result["epochs"]
     wall = list(itertools.accumulate(r["step_time"] for r in log))
     points = [Point(r["samples"], wall[i], r["checkpoint"]) for i, r in enumerate(log) if r.get("checkpoint")]

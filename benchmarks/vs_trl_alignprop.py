@@ -169,18 +169,8 @@ def run_alignkit(job: Job, out: Path, args) -> dict:
 def run_trl(job: Job, out: Path, args, python: Path) -> dict:
     """trl's AlignPropTrainer in the peer environment, in its own process."""
     out.mkdir(parents=True, exist_ok=True)
-    spec = {**job.__dict__, "output_dir": str(out)}
-    (out / "job.json").write_text(json.dumps(spec))
-    result_path = out / "result.json"
-    child = harness.run_child([str(python), str(harness.BENCH / "peers" / "trl_alignprop_child.py"),
-                               str(out / "job.json"), str(result_path)],
-                              out.with_suffix(".log"), harness.child_env(args.threads), args.timeout)
-    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    if "error" in result:
-        raise BenchError(result["error"])
-    if child.returncode != 0 or not result:
-        raise BenchError(f"trl AlignPropTrainer failed (exit {child.returncode}"
-                         f"{', timed out' if child.timed_out else ''}): {child.tail(2)} [log: {child.log}]")
+    child, result = harness.run_peer(python, "trl_alignprop_child.py", {**job.__dict__, "output_dir": str(out)}, out,
+                                     args.threads, args.timeout, "trl AlignPropTrainer")
     if any(k != job.k for k in result["k_effective"]):
         raise BenchError(f"trl backpropagated through K={result['k_effective']} steps, not {job.k}: the "
                          "truncated_backprop_timestep mapping is wrong for this trl version")

@@ -179,3 +179,26 @@ def test_the_bridge_serves_the_judges_columns():
         client.close()
     assert {"reward", "jpeg_kb", "pixel_count_correct"} <= set(out)
     assert out["pixel_count_correct"].tolist() == [0.0]  # a blank white image draws no circles
+
+
+def test_a_peer_run_reads_its_result_and_fails_in_one_line(tmp_path, monkeypatch):
+    import harness
+
+    peers = tmp_path / "bench" / "peers"
+    peers.mkdir(parents=True)
+    # A stand-in peer child: JOB.json RESULT.json, as benchmarks/peers/*_child.py take them.
+    (peers / "echo_child.py").write_text(
+        "import json, sys\njob = json.load(open(sys.argv[1]))\n"
+        "if job['mode'] == 'crash':\n    sys.exit(3)\n"
+        "out = {'error': 'no GPU here'} if job['mode'] == 'refuse' else {'doubled': 2 * job['x']}\n"
+        "json.dump(out, open(sys.argv[2], 'w'))\n")
+    monkeypatch.setattr(harness, "BENCH", tmp_path / "bench")
+    for mode in ("ok", "refuse", "crash"):
+        (tmp_path / mode).mkdir()
+    child, result = harness.run_peer(sys.executable, "echo_child.py", {"mode": "ok", "x": 21}, tmp_path / "ok",
+                                     1, 60, "echo")
+    assert result == {"doubled": 42} and child.returncode == 0
+    with pytest.raises(BenchError, match="^no GPU here$"):
+        harness.run_peer(sys.executable, "echo_child.py", {"mode": "refuse"}, tmp_path / "refuse", 1, 60, "echo")
+    with pytest.raises(BenchError, match=r"^echo failed \(exit 3\).*\[log: "):
+        harness.run_peer(sys.executable, "echo_child.py", {"mode": "crash"}, tmp_path / "crash", 1, 60, "echo")

@@ -128,13 +128,8 @@ def test_unknown_version(hub):
 
 
 def test_head_stays_float32_under_bfloat16(hub, images):
-    reward = load_reward("aesthetic", dtype=torch.bfloat16)
+    reward = tm.assert_bfloat16_close(lambda dtype: load_reward("aesthetic", dtype=dtype), images, PROMPTS, atol=0.05)
     assert reward.vision.dtype == torch.bfloat16 and reward.head_dtype == torch.float32
-    x = images.half().requires_grad_(True)
-    scores = reward(x, PROMPTS)
-    torch.testing.assert_close(scores, load_reward("aesthetic")(images, PROMPTS), atol=0.05, rtol=0.05)
-    scores.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_head_missing_offline_names_repo_file_and_option(tiny, monkeypatch, tmp_path):

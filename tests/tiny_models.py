@@ -231,6 +231,20 @@ def assert_pixel_gradient(reward, size: tuple[int, int], prompts: list[str]):
     return scores
 
 
+def assert_bfloat16_close(load, images: torch.Tensor, prompts: list[str], atol: float, rtol: float = 0.05):
+    """`load(dtype)` builds a reward. With bfloat16 weights it scores half-precision images in
+    float32, close to its float32 twin (`load(None)`), with a finite, non-zero gradient at the
+    pixels. Returns the bfloat16 reward."""
+    reward = load(torch.bfloat16)
+    x = images.half().requires_grad_(True)
+    scores = reward(x, prompts)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, load(None)(images, prompts), atol=atol, rtol=rtol)
+    scores.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    return reward
+
+
 def assert_one_line(exc_info, *fragments: str) -> str:
     """The error is one line and names every fragment; returns the message."""
     message = str(exc_info.value)
