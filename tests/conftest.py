@@ -73,6 +73,24 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def fails(capsys):
+    """`fails(argv, *fragments)`: `alignkit ARGV`, run in this process, exits non-zero with one
+    line on stderr, `error: ...` and no traceback, holding every fragment. Returns that line."""
+    from alignkit.testing import run_cli
+
+    def check(argv: list, *fragments: str) -> str:
+        capsys.readouterr()  # only this command's output counts
+        code = run_cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert code != 0, f"exit 0 for {argv}"
+        assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err, err
+        assert all(fragment in err for fragment in fragments), err
+        return err
+
+    return check
+
+
+@pytest.fixture
 def hub(tiny, monkeypatch):
     """huggingface_hub pointed, offline, at the fake hub cache of the test module's `tiny` fixture."""
     from tiny_models import use_hub_cache

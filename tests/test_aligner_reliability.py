@@ -34,13 +34,6 @@ def _tree(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error:") and "Traceback" not in err, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def checkpointed_run(tiny_sd, test_rewards, tmp_path_factory):
     """A 2-step run with a checkpoint at each step (read-only for the tests: they copy it)."""
@@ -59,7 +52,7 @@ def test_a_checkpoint_holds_no_pickle_of_ours(checkpointed_run):
 
 
 def test_a_planted_pickle_in_any_checkpoint_file_is_refused_without_running(checkpointed_run, tiny_sd, tmp_path,
-                                                                            capsys):
+                                                                            fails):
     files = sorted(p.name for p in (checkpointed_run / "checkpoint-2").iterdir())
     for name in files:
         run = tmp_path / name
@@ -67,37 +60,28 @@ def test_a_planted_pickle_in_any_checkpoint_file_is_refused_without_running(chec
         marker = tmp_path / f"{name}.pwned"
         write_code_pickle(run / "checkpoint-2" / name, marker)
         before = _tree(run)
-        capsys.readouterr()
-        code = run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
-                        "--output-dir", run, "--resume-from-checkpoint", "latest"])
-        err = _one_error_line(capsys)
-        assert code != 0, name
+        err = fails(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
+                     "--output-dir", run, "--resume-from-checkpoint", "latest"])
         assert not marker.exists(), f"the payload planted in {name} ran"
         assert name in err or "checkpoint" in err, err
         assert _tree(run) == before, name  # nothing written, not even the lock file left
 
 
-def test_a_missing_checkpoint_file_is_an_error_not_a_silent_skip(checkpointed_run, tiny_sd, tmp_path, capsys):
+def test_a_missing_checkpoint_file_is_an_error_not_a_silent_skip(checkpointed_run, tiny_sd, tmp_path, fails):
     for name in ("random_states_0.pkl", "optimizer.bin", "scheduler.bin", "train_state.json", LORA_FILE):
         run = tmp_path / name
         shutil.copytree(checkpointed_run, run)
         (run / "checkpoint-2" / name).unlink()
-        capsys.readouterr()
-        code = run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--output-dir", run,
-                        "--resume-from-checkpoint", "latest"])
-        err = _one_error_line(capsys)
-        assert code != 0 and f"{name} missing" in err and "incomplete" in err, err
+        fails(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--output-dir", run,
+               "--resume-from-checkpoint", "latest"], f"{name} missing", "incomplete")
 
 
 def test_a_checkpoint_of_another_rank_or_reward_is_refused_even_into_a_new_folder(checkpointed_run, tiny_sd,
-                                                                                 tmp_path, capsys):
+                                                                                 tmp_path, fails):
     source = checkpointed_run / "checkpoint-2"
     for extra, field in ((["--rank", "2"], "rank"), (["--reward", "brightness:2"], "reward")):
-        capsys.readouterr()
-        code = run_cli(["train", "--model", tiny_sd, *BASE, *extra, "--max-train-steps", "3",
-                        "--output-dir", tmp_path / "new", "--resume-from-checkpoint", source])
-        err = _one_error_line(capsys)
-        assert code != 0 and f"{field} differ" in err, err
+        fails(["train", "--model", tiny_sd, *BASE, *extra, "--max-train-steps", "3",
+               "--output-dir", tmp_path / "new", "--resume-from-checkpoint", source], f"{field} differ")
         assert not (tmp_path / "new").exists()
     # The same settings may continue into a new folder (a fork of the run).
     assert run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
@@ -186,7 +170,7 @@ def test_a_learning_rate_that_blows_up_stops_with_one_line(tiny_sd, test_rewards
     assert all(_finite(p / LORA_FILE) for p in checkpoints.checkpoint_dirs(run))
 
 
-def test_eval_refuses_a_lora_with_non_finite_values(checkpointed_run, tmp_path, capsys):
+def test_eval_refuses_a_lora_with_non_finite_values(checkpointed_run, tmp_path, fails):
     from safetensors.torch import save_file
 
     run = tmp_path / "run"
@@ -195,10 +179,7 @@ def test_eval_refuses_a_lora_with_non_finite_values(checkpointed_run, tmp_path, 
     first = next(iter(state))
     state[first] = torch.full_like(state[first], float("nan"))
     save_file(state, str(run / LORA_FILE))
-    capsys.readouterr()
-    assert run_cli(["eval", run, "--seeds", "1", "--rewards", "brightness"]) != 0
-    err = _one_error_line(capsys)
-    assert "non-finite" in err and "final" in err, err
+    fails(["eval", run, "--seeds", "1", "--rewards", "brightness"], "non-finite", "final")
     assert not (run / "eval").exists()
 
 
@@ -232,7 +213,7 @@ def test_a_second_train_on_a_running_folder_is_refused(tiny_sd, test_rewards, tm
     assert not (run / LOCK_FILE).exists()
 
 
-def test_a_lock_left_by_a_killed_run_is_stale(tiny_sd, test_rewards, tmp_path, capsys):
+def test_a_lock_left_by_a_killed_run_is_stale(tiny_sd, test_rewards, tmp_path, fails):
     run = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from alignkit.aligner.runlock import RunLock; "
@@ -240,10 +221,7 @@ def test_a_lock_left_by_a_killed_run_is_stale(tiny_sd, test_rewards, tmp_path, c
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        capsys.readouterr()
-        assert run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "1", "--output-dir", run]) != 0
-        err = _one_error_line(capsys)
-        assert f"pid {holder.pid}" in err, err
+        fails(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "1", "--output-dir", run], f"pid {holder.pid}")
         assert sorted(os.listdir(run)) == [LOCK_FILE]  # the holder's; the refused run wrote nothing
     finally:
         holder.kill()  # as a crash would: no clean-up, the lock file stays
@@ -300,7 +278,7 @@ def test_a_checkpoint_of_the_earlier_format_resumes_to_the_same_weights(checkpoi
 
 
 def test_a_run_that_fails_before_its_first_step_does_not_block_the_corrected_rerun(tiny_sd, test_rewards, tmp_path,
-                                                                                  capsys):
+                                                                                  fails):
     from alignkit.errors import AlignkitError
 
     class FailsAtOnce(Brightness):
@@ -310,11 +288,11 @@ def test_a_run_that_fails_before_its_first_step_does_not_block_the_corrected_rer
     register("fails_at_once", "tests")(lambda device=None, dtype=None: FailsAtOnce().to(device))
     run = tmp_path / "run"
     try:
-        assert run_cli(["train", "--model", tiny_sd, *BASE, "--reward", "fails_at_once", "--max-train-steps", "1",
-                        "--output-dir", run]) != 0
+        err = fails(["train", "--model", tiny_sd, *BASE, "--reward", "fails_at_once", "--max-train-steps", "1",
+                     "--output-dir", run])
     finally:
         REGISTRY.pop("fails_at_once")
-    assert _one_error_line(capsys).endswith("this reward cannot score these images")
+    assert err.endswith("this reward cannot score these images")
     assert (run / "config.yaml").exists() and not (run / LOCK_FILE).exists()
     assert run_cli(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "1", "--output-dir", run]) == 0
     assert "brightness" in (run / "config.yaml").read_text()

@@ -504,18 +504,9 @@ def test_unavailable_default_heldout_is_skipped_with_a_note(world, evaluated, tm
 
 # -- bad input: one line, non-zero exit ----------------------------------------------------------
 
-def cli(argv, capsys) -> tuple[int, str]:
-    from alignkit.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    return info.value.code, err
-
-
 @pytest.mark.parametrize("case", ["no_lora", "other_base", "zero_seeds", "unknown_heldout", "output_is_file",
                                   "option_for_unused_reward", "corrupted_lora"])
-def test_bad_input_is_one_line(world, tmp_path, capsys, case):
+def test_bad_input_is_one_line(world, tmp_path, fails, case):
     args = ["eval", str(world["run"]), "--prompts", str(world["prompts"]), "--seeds", "2",
             "--output-dir", str(tmp_path / "out")]
     expected = {
@@ -544,9 +535,7 @@ def test_bad_input_is_one_line(world, tmp_path, capsys, case):
         args += ["--rewards", "eval_dark", "--reward-option", "eval_drak.x=1"]
     else:
         (tmp_path / "out").write_text("precious")
-    code, err = cli(args, capsys)
-    assert code != 0
-    assert expected in err and len(err.splitlines()) == 1, err
+    fails(args, expected)
     if case == "output_is_file":
         assert (tmp_path / "out").read_text() == "precious"  # nothing on disk is lost
     else:
