@@ -122,7 +122,7 @@ def test_score_count_with_a_detector_folder(tmp_path, pictures):
     import copy
 
     from alignkit.detectors import import_ultralytics, save_detector
-    from test_rewards_count import TINY_YAML  # tests/ is on sys.path (rootdir-less test modules)
+    from tiny_models import TINY_YAML
 
     DetectionModel, _ = import_ultralytics()
     torch.manual_seed(0)

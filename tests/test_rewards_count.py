@@ -9,6 +9,7 @@ import torch
 from alignkit.errors import AlignkitError, CheckpointError, MissingDependencyError, MissingWeightsError
 from alignkit.rewards import load_reward
 from alignkit.rewards.count import SoftCountConfig, parse_count_prompt, soft_count
+from tiny_models import TINY_YAML
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 COCO_LIKE = {0: "person", 1: "apple", 2: "traffic light", 3: "bus", 4: "sheep", 5: "strawberry"}
@@ -143,28 +144,6 @@ def test_soft_count_threshold_follows_config():
 
 
 # --------------------------------------------------------------------------- ultralytics path
-
-TINY_YAML = {
-    "nc": 3,
-    "names": ["circle", "square", "triangle"],
-    # yolov8's layout at a tiny width: a few hundred k parameters, built in a second.
-    "scales": {"n": [0.33, 0.0625, 256]},
-    "scale": "n",
-    "backbone": [
-        [-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 1, "C2f", [128, True]],
-        [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "C2f", [256, True]], [-1, 1, "Conv", [512, 3, 2]],
-        [-1, 1, "C2f", [512, True]], [-1, 1, "Conv", [1024, 3, 2]], [-1, 1, "C2f", [1024, True]],
-        [-1, 1, "SPPF", [1024, 5]],
-    ],
-    "head": [
-        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]], [-1, 1, "C2f", [512]],
-        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 4], 1, "Concat", [1]], [-1, 1, "C2f", [256]],
-        [-1, 1, "Conv", [256, 3, 2]], [[-1, 12], 1, "Concat", [1]], [-1, 1, "C2f", [512]],
-        [-1, 1, "Conv", [512, 3, 2]], [[-1, 9], 1, "Concat", [1]], [-1, 1, "C2f", [1024]],
-        [[15, 18, 21], 1, "Detect", ["nc"]],
-    ],
-}
-
 
 @pytest.fixture(scope="module")
 def detector_dir(tmp_path_factory) -> Path:

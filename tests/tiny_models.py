@@ -63,6 +63,30 @@ def tiny_clip_config(image_size: int = 32, projection_dim: int = EMBED_DIM):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
+# An ultralytics DetectionModel config (the count reward's detector) for the toy world's three
+# shapes.
+TINY_YAML = {
+    "nc": 3,
+    "names": ["circle", "square", "triangle"],
+    # yolov8's layout at a tiny width: a few hundred k parameters, built in a second.
+    "scales": {"n": [0.33, 0.0625, 256]},
+    "scale": "n",
+    "backbone": [
+        [-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 1, "C2f", [128, True]],
+        [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "C2f", [256, True]], [-1, 1, "Conv", [512, 3, 2]],
+        [-1, 1, "C2f", [512, True]], [-1, 1, "Conv", [1024, 3, 2]], [-1, 1, "C2f", [1024, True]],
+        [-1, 1, "SPPF", [1024, 5]],
+    ],
+    "head": [
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]], [-1, 1, "C2f", [512]],
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 4], 1, "Concat", [1]], [-1, 1, "C2f", [256]],
+        [-1, 1, "Conv", [256, 3, 2]], [[-1, 12], 1, "Concat", [1]], [-1, 1, "C2f", [512]],
+        [-1, 1, "Conv", [512, 3, 2]], [[-1, 9], 1, "Concat", [1]], [-1, 1, "C2f", [1024]],
+        [[15, 18, 21], 1, "Detect", ["nc"]],
+    ],
+}
+
+
 def small_clip_model(seed: int = 0):
     """A transformers `CLIPModel`, random weights, 16 px input, 6-d projection, never saved:
     for tests that only need a CLIP inside a reward."""
