@@ -112,6 +112,21 @@ def to_model_range(images: torch.Tensor, device) -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(127.5).sub_(1)
 
 
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+    """One optimiser step of a toy trainer, the gradient norm clipped at 1 (all three models)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def _count_step(budget: Budget, last: list[float], losses: list[float], value: float) -> None:
+    """Record a step's loss and count it against the budget; a progress line every 30 s."""
+    losses.append(value)
+    budget.step += 1
+    _log_every(budget, last, losses)
+
+
 def _log_every(budget: Budget, last: list[float], losses: list[float], every_s: float = 30.0) -> None:
     if budget.elapsed - last[0] >= every_s:
         last[0] = budget.elapsed
@@ -147,13 +162,8 @@ def train_vae(cfg: RunConfig) -> dict:
         recon = vae.decode(posterior.sample()).sample
         mse = F.mse_loss(recon, x)
         loss = mse + kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        losses.append(mse.item())
-        budget.step += 1
-        _log_every(budget, last, losses)
+        _update(opt, loss, vae.parameters())
+        _count_step(budget, last, losses, mse.item())
     train_seconds = budget.elapsed
     vae.eval()
     # Latent diffusion scales latents to unit variance; measure this VAE's factor.
@@ -196,13 +206,8 @@ def train_clip(cfg: RunConfig) -> dict:
         pixels = clip_pixels(images.to(cfg.device).float().div_(255), world.IMAGE_SIZE)
         out = model(input_ids=ids, pixel_values=pixels)
         loss = (F.cross_entropy(out.logits_per_image, labels) + F.cross_entropy(out.logits_per_text, labels)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        budget.step += 1
-        _log_every(budget, last, losses)
+        _update(opt, loss, model.parameters())
+        _count_step(budget, last, losses, loss.item())
     train_seconds = budget.elapsed
     model.eval()
     quality = clip_retrieval(model, tokenizer, trials=max(1, cfg.eval_samples // 32), seed=cfg.seed + 2000)
@@ -364,15 +369,11 @@ def train_unet(cfg: RunConfig) -> dict:
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         weight = torch.clamp(snr, max=snr_gamma) / snr
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _update(opt, loss, params)
+        # The averages read the step count before this step is counted (their warm-up schedule).
         ema_unet.update(unet, budget.step)
         ema_text.update(text_encoder, budget.step)
-        losses.append(loss.item())
-        budget.step += 1
-        _log_every(budget, last, losses)
+        _count_step(budget, last, losses, loss.item())
         if budget.step in cfg.snapshots:
             folder = cfg.output_dir / "snapshots" / f"unet-step{budget.step}"
             save_pipeline(folder, vae, ema_text.module, tokenizer, ema_unet.module)
