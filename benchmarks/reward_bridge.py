@@ -83,7 +83,7 @@ def serve(spec: str, judge_name: str | None = None, judge_options: str = "{}") -
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # Runs under alignkit's own interpreter (`python` of RewardClient), where alignkit is installed.
     import torch
 
     from alignkit.errors import AlignkitError

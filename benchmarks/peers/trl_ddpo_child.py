@@ -22,6 +22,8 @@ import warnings
 
 def main(job_path: str, result_path: str) -> None:
     job = json.loads(open(job_path).read())
+    # The peer's venv has neither alignkit nor benchmarks/ on its path: the bridge's client is
+    # imported from the folder above this script (the server side runs under alignkit's python).
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from reward_bridge import RewardClient
 
