@@ -8,7 +8,7 @@ import torch
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingDependencyError, MissingWeightsError
 from alignkit.rewards import load_reward
-from alignkit.rewards.count import SoftCountConfig, parse_count_prompt, soft_count
+from alignkit.rewards.count import SoftCountConfig, count_log_likelihood, parse_count_prompt, soft_count
 from tiny_models import TINY_YAML
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
@@ -143,6 +143,58 @@ def test_soft_count_threshold_follows_config():
     assert soft_count(boxes, logits, SoftCountConfig(conf=0.6)).item() < 0.2
 
 
+# --------------------------------------------------------------------------- the likelihood objective
+
+def _log_lik(boxes, logits, n):
+    return count_log_likelihood(boxes, logits, torch.tensor([float(n)]))
+
+
+def test_likelihood_by_hand_on_separated_boxes():
+    # Three separate boxes at p = 0.9, 0.6, 0.2: "two" = log .9 + log .6 + log(1 - .2).
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 60], [100, 0, 110, 10]]])
+    logits = _logit([0.9, 0.6, 0.2])[None]
+    expected = torch.log(torch.tensor([0.9, 0.6, 0.8])).sum()
+    assert _log_lik(boxes, logits, 2).item() == pytest.approx(expected.item(), abs=1e-4)
+    expected_one = torch.log(torch.tensor([0.9, 0.4, 0.8])).sum()
+    assert _log_lik(boxes, logits, 1).item() == pytest.approx(expected_one.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("n_objects", [0, 1, 3])
+def test_likelihood_is_highest_at_the_true_count_and_groups_anchors(n_objects):
+    # Duplicate anchors on one object are suppressed as in the soft count: they are neither a
+    # second object nor a penalty.
+    boxes, logits = _scene(n_objects)
+    scores = [_log_lik(boxes, logits, n).item() for n in range(6)]
+    assert max(range(6), key=scores.__getitem__) == n_objects
+    assert scores[n_objects] > -0.5 * max(n_objects, 1) - 1.0
+
+
+def test_likelihood_gradient_is_largest_where_the_count_is_surely_wrong():
+    # The failure this guards against: the soft count's sharp gate gives an extra object the
+    # detector is sure of (p = 0.95) almost no gradient, so the aligner never removes it.
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 60]]])
+    sure = _logit([0.95, 0.95])[None].requires_grad_(True)
+    _log_lik(boxes, sure, 1).backward()
+    soft = _logit([0.95, 0.95])[None].requires_grad_(True)
+    (-(soft_count(boxes, soft) - 1).abs()).backward()
+    assert sure.grad.abs().max() > 0.9 and soft.grad.abs().max() < 1e-3
+    # and a missing object the detector gives little chance gets pushed up.
+    weak = _logit([0.95, 0.02])[None].requires_grad_(True)
+    _log_lik(boxes, weak, 2).backward()
+    assert weak.grad[0, 1] > 0.9
+
+
+def test_likelihood_is_continuous_where_anchors_tie():
+    boxes, logits = _plateau()
+    numbers = torch.tensor([3.0])
+    base = count_log_likelihood(boxes, logits, numbers).item()
+    g = torch.Generator().manual_seed(1)
+    noisy = logits + 1e-5 * torch.randn(logits.shape, generator=g)
+    assert count_log_likelihood(boxes, noisy, numbers).item() == pytest.approx(base, abs=1e-2)
+    order = torch.randperm(logits.shape[1], generator=g)
+    assert count_log_likelihood(boxes[:, order], logits[:, order], numbers).item() == pytest.approx(base, abs=1e-2)
+
+
 # --------------------------------------------------------------------------- ultralytics path
 
 @pytest.fixture(scope="module")
@@ -199,6 +251,19 @@ def test_count_reward_matches_soft_count_of_head(reward):
         scores = reward(images, ["3 circles", "no triangles"])
     expected = -(torch.sqrt((counts - torch.tensor([3.0, 0.0])) ** 2 + 0.01) - 0.1)
     torch.testing.assert_close(scores, expected)
+
+
+def test_likelihood_objective_option(detector_dir, reward):
+    lik = load_reward("count", detector=str(detector_dir), objective="likelihood")
+    images = torch.rand(2, 3, 64, 64).requires_grad_(True)
+    scores = lik(images, ["3 circles", "no triangles"])
+    assert scores.shape == (2,) and (scores <= 0).all()
+    scores.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    with torch.no_grad():
+        boxes, logits = reward.class_outputs(images, torch.tensor([0, 2]))
+    expected = count_log_likelihood(boxes, logits, torch.tensor([3.0, 0.0]))
+    torch.testing.assert_close(scores.detach(), expected)
 
 
 def test_targets_count_with_nms(reward):
@@ -336,7 +401,7 @@ def test_no_default_detector_without_toy_weights(monkeypatch, tmp_path):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("options", [{"imgsz": 20}, {"conf": 1.5}, {"iou": 0}])
+@pytest.mark.parametrize("options", [{"imgsz": 20}, {"conf": 1.5}, {"iou": 0}, {"objective": "mse"}])
 def test_bad_options(options):
     with pytest.raises(AlignkitError):
         load_reward("count", detector="x", **options)
