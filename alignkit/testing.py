@@ -15,7 +15,7 @@ Two tables of architectures:
                    sdxl   StableDiffusionXLPipeline: two text encoders, pooled embeddings, time ids
     ARCHITECTURES  for benchmarks, at any resolution that is a multiple of the VAE's factor:
                    tiny   a ~1.2M-parameter UNet, a factor-8 VAE (the CPU peer comparisons)
-                   small  a ~4M-parameter UNet, a factor-4 VAE (memory_scaling's CPU grid)
+                   small  a ~1.5M-parameter UNet, a factor-4 VAE (memory_scaling's CPU grid)
                    sd15   Stable Diffusion 1.5's published configs (860M UNet), for GPU timings
 
     python -m alignkit.testing sd OUT_DIR

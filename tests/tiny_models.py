@@ -40,7 +40,7 @@ def clip_bpe() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_clip_tokenizer(folder: Path) -> None:
+def write_clip_bpe_tokenizer(folder: Path) -> None:
     """The tokenizer files of openai/clip-vit-large-patch14 (slow-tokenizer layout)."""
     vocab, merges = clip_bpe()
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def save_tiny_clip(folder: Path, seed: int = 0, logit_scale: float | None = None
     n_patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     state["vision_model.embeddings.position_ids"] = torch.arange(n_patches + 1).unsqueeze(0)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    write_clip_tokenizer(folder)
+    write_clip_bpe_tokenizer(folder)
     return folder
 
 
