@@ -154,9 +154,9 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 def _candidates(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The k strongest anchors and how much each survives the soft NMS.
 
-    Returns (candidate logits (B,k), presence of every anchor (B,N), candidate indices (B,k),
-    membership of the candidate set (B,k), log of the share not suppressed by stronger
-    overlapping candidates (B,k)). Continuous in its inputs (see `soft_count`).
+    Returns (candidate logits (B,k), their presence (B,k), the summed presence of the anchors
+    outside the candidates (B,), membership of the candidate set (B,k), log of the share not
+    suppressed by stronger overlapping candidates (B,k)). Continuous in its inputs (see `soft_count`).
     """
     logits = logits.float()
     # Presence: a sharpened gate at the confidence threshold, in logit space so that the
@@ -175,6 +175,9 @@ def _candidates(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig) -> tuple[Te
     else:
         member = torch.ones_like(cand_logits)
     top = presence.gather(1, index)
+    # Anchors outside the candidates count (and pass gradient) without pairwise suppression,
+    # which would cost O(N^2); they are far below the gate.
+    rest = presence.sum(1) - top.sum(1)
     cand = boxes.float().gather(1, index[..., None].expand(-1, -1, 4))
     overlap = torch.sigmoid((box_iou(cand, cand) - cfg.group_iou) / cfg.iou_temperature)
     # Anchor i is discounted by each stronger anchor j that overlaps it. "Stronger" is a steep
@@ -184,7 +187,7 @@ def _candidates(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig) -> tuple[Te
     stronger = stronger * (1 - torch.eye(k, device=stronger.device, dtype=stronger.dtype))
     suppress = ((top * member)[:, None, :] * overlap * stronger).clamp(max=1 - 1e-6)
     log_keep = torch.log1p(-suppress).sum(-1)
-    return cand_logits, presence, index, member, log_keep
+    return cand_logits, top, rest, member, log_keep
 
 
 def soft_count(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig = SoftCountConfig()) -> Tensor:
@@ -194,11 +197,7 @@ def soft_count(boxes: Tensor, logits: Tensor, cfg: SoftCountConfig = SoftCountCo
     reorders two anchors or moves one across the candidate cut (see the comments below), so
     the same image scores the same alone or in a batch up to float noise, on any kernel.
     """
-    _, presence, index, member, log_keep = _candidates(boxes, logits, cfg)
-    top = presence.gather(1, index)
-    # Anchors outside the candidates count (and pass gradient) without pairwise suppression,
-    # which would cost O(N^2); they are far below the gate.
-    rest = presence.sum(1) - top.sum(1)
+    _, top, rest, member, log_keep = _candidates(boxes, logits, cfg)
     # A candidate at the edge of the set is suppressed as little as the anchors outside it.
     return (top * (1 - member * (1 - log_keep.exp()))).sum(1) + rest
 
