@@ -2,7 +2,7 @@
 
 The flow-matching counterparts of `tiny_pipelines.py`: the real pipeline classes
 (`StableDiffusion3Pipeline`, `FluxPipeline`), folder layouts and file names, with tiny sizes
-(2 transformer layers, hidden 32, a 32 px VAE with 2 blocks) so that a sample takes well under
+(2 transformer layers, hidden 32, a 32 px VAE) so that a sample takes well under
 a second on a CPU. The configs follow diffusers' own pipeline tests
 (tests/pipelines/stable_diffusion_3, tests/pipelines/flux), with the real models' scheduler
 settings and VAE shift/scaling factors, so that the sigma shifts and the decode are the
@@ -20,7 +20,8 @@ import torch
 
 from tiny_pipelines import _text_config, write_clip_tokenizer
 
-# Native resolution of every tiny flow pipeline (vae sample_size): a 16x16 latent.
+# Native resolution of every tiny flow pipeline (vae sample_size): a 4x4 latent (VAE factor 8, as
+# the real models), so 2x2 = 4 transformer tokens (patch 2 for SD3, 2x2 packing for FLUX).
 RESOLUTION = 32
 # T5's hidden size; SD3 pads the two CLIPs' concatenated hidden states (32 + 32) up to it.
 T5_DIM = 64
@@ -47,11 +48,12 @@ def _t5():
 
 
 def _vae(shift_factor: float, scaling_factor: float):
-    """Two blocks (factor 2) and 4 latent channels; the real models' shift and scale."""
+    """Four blocks (factor 8, so the family's size step is the real 16) and 4 latent channels;
+    the real models' shift and scale."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    return AutoencoderKL(block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                          norm_num_groups=2, sample_size=RESOLUTION, use_quant_conv=False,
                          use_post_quant_conv=False, shift_factor=shift_factor, scaling_factor=scaling_factor)
 
@@ -63,10 +65,10 @@ def build_sd3(seed: int = 0):
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=RESOLUTION // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+        sample_size=RESOLUTION // 8, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
         # The joint context is T5's width; the pooled projection is the two CLIPs' 32 + 32.
-        joint_attention_dim=T5_DIM, pooled_projection_dim=64, pos_embed_max_size=16)
+        joint_attention_dim=T5_DIM, pooled_projection_dim=64, pos_embed_max_size=8)
     return dict(cls=StableDiffusion3Pipeline, transformer=transformer,
                 # SD3(.5)'s scheduler: a fixed shift of 3.0, no resolution-dependent shift.
                 scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
