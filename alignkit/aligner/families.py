@@ -69,16 +69,3 @@ def apply_defaults(config, family: Family, guidance_embeds: bool = True) -> None
     if config.lora_target_modules is None:
         config.lora_target_modules = list(family.lora_targets)
 
-
-def build_sampler(loaded, resolution: int, config):
-    """The family's differentiable sampler, configured from a TrainConfig."""
-    if loaded.family.sampler == "flow":
-        from alignkit.aligner.flow_sampler import FlowMatchSampler
-
-        return FlowMatchSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale,
-                                config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt,
-                                offload_t5=config.offload_t5)
-    from alignkit.aligner.sampler import DDIMSampler
-
-    return DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
-                       config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)

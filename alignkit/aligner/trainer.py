@@ -24,11 +24,11 @@ import torch
 
 from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
-from alignkit.aligner.families import apply_defaults, build_sampler
+from alignkit.aligner.families import apply_defaults
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import check_resolution, inspect_model, load_pipeline
 from alignkit.aligner.runlock import RunLock
-from alignkit.aligner.sampler import Sampler
+from alignkit.aligner.sampler import DDIMSampler, Sampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
 from alignkit.errors import AlignkitError, CheckpointError
 from alignkit.rewards.base import check_prompts
@@ -290,7 +290,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     params = add_lora(unet, config.rank, config.lora_alpha, config.lora_target_modules)
     if config.mixed_precision == "fp16" and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16 (diffusers' force_upcast)
-    sampler: Sampler = build_sampler(loaded, resolution, config)
+    sampler: Sampler = _build_sampler(loaded, resolution, config)
 
     # --- optimizer and lr schedule
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -398,6 +398,18 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     finally:
         accelerator.end_training()
     return output_dir
+
+
+def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
+    """The family's differentiable sampler: DDIM (SD, SDXL) or flow-matching Euler (SD3, FLUX)."""
+    if loaded.family.sampler == "flow":
+        from alignkit.aligner.flow_sampler import FlowMatchSampler
+
+        return FlowMatchSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale,
+                                config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt,
+                                offload_t5=config.offload_t5)
+    return DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
+                       config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
 
 
 def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, k: int, global_batch: int,

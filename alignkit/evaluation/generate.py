@@ -9,6 +9,8 @@ same latents on any device and in any batch.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -90,7 +92,13 @@ class Sampler:
     def generate(self, condition: Condition, prompt: str, seeds: list[int], settings: Settings) -> Tensor:
         """uint8 images (len(seeds),3,H,W) for one prompt, one per seed."""
         self.activate(condition)
-        size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
+        # Unset: the native size the aligner trains at (the VAE's sample_size). SD/SDXL pipelines
+        # default to it already; FLUX's would default to 1024 px whatever the model.
+        side = settings.resolution or (self.pipe.vae.config.sample_size if hasattr(self.pipe, "transformer") else None)
+        kwargs = {"height": side, "width": side} if side else {}
+        # Flow-matching pipelines (SD3, FLUX) are deterministic and take no eta.
+        if "eta" in inspect.signature(self.pipe.__call__).parameters:
+            kwargs["eta"] = settings.eta
         chunks = []
         for start in range(0, len(seeds), self.batch_size):
             chunk = seeds[start:start + self.batch_size]
@@ -98,8 +106,7 @@ class Sampler:
             self.calls += 1
             out = self.pipe(prompt=prompt, num_images_per_prompt=len(chunk), generator=generators,
                             num_inference_steps=settings.num_inference_steps,
-                            guidance_scale=settings.guidance_scale, eta=settings.eta,
-                            output_type="pt", **size)
+                            guidance_scale=settings.guidance_scale, output_type="pt", **kwargs)
             # Quantise as the saved PNGs will be, so fresh and cached images score the same.
             chunks.append(out.images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
         return torch.cat(chunks)

@@ -1,0 +1,112 @@
+"""`alignkit train` and `eval` on tiny SD3 and FLUX.1 pipelines: family defaults in the run's
+config, exact resume, LoRA files that plain diffusers loads, and evaluation through the plain
+pipeline (CPU, seconds each)."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from alignkit.aligner.families import FLUX_TARGETS, SD3_TARGETS
+from alignkit.hub import load_state_dict
+from alignkit.runfolder import LORA_FILE
+from tiny_flow_pipelines import RESOLUTION, tiny_flux, tiny_flux_schnell, tiny_sd3  # noqa: F401  (fixtures)
+from tiny_pipelines import run_cli, test_rewards  # noqa: F401  (fixtures)
+
+FAST = ["--reward", "brightness", "--prompt", "two red circles", "--num-inference-steps", "2",
+        "--train-batch-size", "2", "--report-to", "none", "--seed", "0"]
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _generate(pipe, guidance):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt="two red circles", num_inference_steps=2, guidance_scale=guidance, height=RESOLUTION,
+                width=RESOLUTION, max_sequence_length=32, output_type="pt",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+@pytest.mark.parametrize("fixture, pipeline, targets, guidance", [
+    ("tiny_sd3", "StableDiffusion3Pipeline", SD3_TARGETS, 7.0),
+    ("tiny_flux", "FluxPipeline", FLUX_TARGETS, 3.5),
+])
+def test_run_records_family_defaults_and_its_lora_loads_in_plain_diffusers(fixture, pipeline, targets, guidance,
+                                                                          test_rewards, tmp_path, request):
+    import diffusers
+
+    model = request.getfixturevalue(fixture)
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", model, *FAST, "--truncation", "last:1", "--learning-rate", "0.05",
+                    "--max-train-steps", "2", "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    # Unset flags took the family's defaults, and the run's config says so.
+    assert config["eta"] == 0.0 and config["guidance_scale"] == guidance
+    assert config["lora_target_modules"] == list(targets)
+    assert [r["step"] for r in _metrics(run)] == [1, 2]
+    state = load_state_dict(run / LORA_FILE)
+    assert state and all(k.startswith("transformer.") for k in state)
+    cls = getattr(diffusers, pipeline)
+    pipe = cls.from_pretrained(model)
+    base = _generate(pipe, guidance)
+    pipe.load_lora_weights(run)
+    (adapter,) = pipe.transformer.peft_config.values()
+    assert adapter.r == 4 and set(adapter.target_modules) == set(targets)
+    assert (_generate(pipe, guidance) - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd3", "tiny_flux"])
+def test_stop_and_resume_equals_an_uninterrupted_run(fixture, test_rewards, tmp_path, request):
+    common = ["--model", request.getfixturevalue(fixture), *FAST, "--truncation", "uniform:0-1",
+              "--learning-rate", "0.02", "--checkpointing-steps", "2", "--gradient-accumulation-steps", "2"]
+    assert run_cli(["train", *common, "--max-train-steps", "4", "--output-dir", tmp_path / "full"]) == 0
+    assert run_cli(["train", *common, "--max-train-steps", "2", "--output-dir", tmp_path / "cut"]) == 0
+    assert run_cli(["train", *common, "--max-train-steps", "4", "--output-dir", tmp_path / "cut",
+                    "--resume-from-checkpoint", "latest"]) == 0
+    full, resumed = load_state_dict(tmp_path / "full" / LORA_FILE), load_state_dict(tmp_path / "cut" / LORA_FILE)
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("step_time", "peak_mem_mb")} for r in rows]  # noqa: E731
+    assert strip(_metrics(tmp_path / "cut")) == strip(_metrics(tmp_path / "full"))
+    assert len({r["k"] for r in _metrics(tmp_path / "full")}) >= 1
+
+
+def test_reward_rises_on_flux(tiny_flux, test_rewards, tmp_path):
+    """The gradient through the Euler chain, the packing and the VAE's shift points uphill."""
+    run = tmp_path / "run"
+    (tmp_path / "config.yaml").write_text("lora_target_modules: [attn.to_q, attn.to_k, attn.to_v, attn.to_out.0, "
+                                          "ff.net.2, proj_out]\n")
+    assert run_cli(["train", "--config", tmp_path / "config.yaml", "--model", tiny_flux, *FAST, "--truncation",
+                    "full", "--learning-rate", "0.05", "--max-train-steps", "12", "--checkpointing-steps", "0",
+                    "--output-dir", run]) == 0
+    rows = _metrics(run)
+    first, last = (sum(r["reward"] for r in part) / 3 for part in (rows[:3], rows[-3:]))
+    # Fixed prompt, deterministic sampler, one seed stream: the rise is well above step-to-step noise.
+    assert last > first + 0.005, (first, last)
+
+
+def test_eval_runs_on_a_flux_run_through_the_plain_pipeline(tiny_flux, test_rewards, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", tiny_flux, *FAST, "--truncation", "last:1", "--learning-rate", "0.05",
+                    "--max-train-steps", "1", "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    assert run_cli(["eval", run, "--seeds", "2", "--scales", "0,1", "--rewards", "brightness", "--device", "cpu",
+                    "--output-dir", tmp_path / "eval"]) == 0
+    written = {p.name for p in (tmp_path / "eval").iterdir()}
+    assert any(name.endswith(".json") for name in written), written
+
+
+def test_schnell_takes_no_guidance(tiny_flux_schnell, test_rewards, tmp_path, caplog):
+    """Schnell has no guidance embedding: an unset guidance resolves to 0; a given one is
+    ignored with one warning."""
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        assert run_cli(["train", "--model", tiny_flux_schnell, *FAST, "--guidance-scale", "3.5", "--truncation",
+                        "last:1", "--max-train-steps", "2", "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    warnings = [r.message for r in caplog.records if "is ignored" in r.getMessage()]
+    assert len(warnings) == 1
+    assert run_cli(["train", "--model", tiny_flux_schnell, *FAST, "--truncation", "last:1", "--max-train-steps", "1",
+                    "--checkpointing-steps", "0", "--output-dir", tmp_path / "unset"]) == 0
+    assert yaml.safe_load((tmp_path / "unset" / "config.yaml").read_text())["guidance_scale"] == 0.0
