@@ -10,6 +10,7 @@ same latents on any device and in any batch.
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from torch import Tensor
@@ -63,6 +64,13 @@ class Sampler:
         from alignkit.hub import load_state_dict
 
         state = load_state_dict(checkpoint.path, what=f"LoRA {checkpoint.path}")
+        foreign = _foreign_module(self.pipe, state)
+        if foreign is not None:
+            # diffusers would load the keys that happen to match and skip the rest with a warning.
+            raise CheckpointError(
+                f"LoRA {checkpoint.path} does not fit the base model '{self.model}' ({type(self.pipe).__name__}): "
+                f"its module {foreign} is not in that model (a LoRA of another model family?); "
+                "pass the --model it was trained on")
         try:
             with quiet_loading():
                 self.pipe.load_lora_weights(state, adapter_name=checkpoint.adapter_name)
@@ -110,6 +118,27 @@ class Sampler:
             # Quantise as the saved PNGs will be, so fresh and cached images score the same.
             chunks.append(out.images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
         return torch.cat(chunks)
+
+
+# A LoRA key in diffusers' layouts: COMPONENT.MODULE.lora_A.weight (peft) or COMPONENT.MODULE.lora.down.weight.
+_LORA_KEY = re.compile(r"^(unet|transformer|text_encoder|text_encoder_2)\.(.+?)\.lora(?:_[AB]|\.down|\.up|_magnitude_vector)\b")
+
+
+def _foreign_module(pipe, state: dict) -> str | None:
+    """The first LoRA module (as COMPONENT.MODULE) that the pipeline lacks, or None. Keys in
+    other layouts (kohya, ...) are left to diffusers' converters."""
+    for key in state:
+        match = _LORA_KEY.match(key)
+        if match is None:
+            continue
+        component, module = match.groups()
+        owner = getattr(pipe, component, None)
+        try:
+            if owner is None or owner.get_submodule(module) is None:
+                return f"{component}.{module}"
+        except AttributeError:  # get_submodule: no such submodule
+            return f"{component}.{module}"
+    return None
 
 
 def _mismatch(exc: BaseException) -> str:
