@@ -3,6 +3,13 @@ gradients), with and without per-step gradient checkpointing, against the comput
 
     python benchmarks/memory_scaling.py          # CPU quick mode: a small SD pipeline, 32 and 64 px
     python benchmarks/memory_scaling.py --gpu    # SD 1.5's architecture (random weights), 512 px, bf16
+    python benchmarks/memory_scaling.py --family sd3     # flow matching: tiny SD3 (CPU), 64 and 128 px
+    python benchmarks/memory_scaling.py --family flux --gpu   # FLUX.1-dev's architecture, 512 px, bf16
+
+For the flow families (SD3, FLUX: aligner/flow_sampler.py) the denoiser is the transformer and
+a "UNet forward" below is one transformer call (SD3 at the CFG batch; FLUX one batch with its
+guidance embedding); on a GPU they run with --offload-t5 (T5 off the card between encodes,
+as 24 GB cards need), and their peak includes T5's visit to the card for each encode.
 
 Each configuration runs in a fresh subprocess, so one configuration's allocations never
 count towards another's. Memory: on CPU the peak RSS above the RSS just before the timed
@@ -48,6 +55,21 @@ if os.environ.get("ALIGNKIT_BENCH_GRID"):  # e.g. "50,1,1;50,50,1": a subset, to
     GPU_PLAN["grid"] = CPU_PLAN["grid"] = [tuple(int(v) for v in item.split(",")[:2]) + (item.split(",")[2] == "1",)
                                            for item in os.environ["ALIGNKIT_BENCH_GRID"].split(";")]
 GUIDANCE = 7.5
+# The flow families' plans (family -> CPU, GPU): tiny pipelines on CPU (a 4x4 latent at their
+# native 32 px is too small to time, so 64 and 128 px: 16 and 64 tokens); on a GPU the issue's
+# sizes, SD3.5-medium at 1024 px and FLUX.1-dev at 512 px, K=1 and K=T at T=28 (both pipelines'
+# usual step count), batch 1.
+FLOW_PLANS = {
+    "sd3": (dict(configs="tiny-sd3", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
+                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),
+            dict(configs="sd35m", resolutions=[1024], dtype="bfloat16", batch=1, steps=2,
+                 grid=[(28, 1, True), (28, 28, True)])),
+    "flux": (dict(configs="tiny-flux", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
+                  grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),
+             dict(configs="flux1", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
+                  grid=[(28, 1, True), (28, 28, True)])),
+}
+FLOW_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
 
 
 # ---- the worker: one configuration in a fresh process --------------------------------------------
@@ -117,13 +139,29 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    loaded = prepare_pipeline(build_pipeline(spec["configs"], device, dtype), spec["configs"])
-    params = add_lora(loaded.pipe.unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     T, K, B = spec["T"], spec["K"], spec["batch"]
-    sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"],
-                          checkpoint_vae=spec["ckpt"])
+    family = spec.get("family", "sd")
+    if family == "sd":
+        loaded = prepare_pipeline(build_pipeline(spec["configs"], device, dtype), spec["configs"])
+        params = add_lora(loaded.pipe.unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"],
+                              checkpoint_vae=spec["ckpt"])
+    else:
+        from alignkit.aligner.families import family_of
+        from alignkit.aligner.flow_sampler import FlowMatchSampler
+        from flow_pipelines import build_flow_pipeline
+
+        loaded = prepare_pipeline(build_flow_pipeline(spec["configs"], device, dtype), spec["configs"])
+        # The family's LoRA targets (diffusers' SD3 / FLUX LoRA scripts), as `alignkit train` uses.
+        params = add_lora(loaded.denoiser, rank=4, alpha=4,
+                          target_modules=list(family_of(type(loaded.pipe).__name__).lora_targets))
+        offload = spec.get("offload_t5", False)
+        if offload:
+            loaded.t5.to("cpu")
+        sampler = FlowMatchSampler(loaded, spec["resolution"], T, FLOW_GUIDANCE[family],
+                                   gradient_checkpointing=spec["ckpt"], checkpoint_vae=spec["ckpt"], offload_t5=offload)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    unet = loaded.pipe.unet
+    unet = loaded.denoiser
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     prompts = ["a photo of a cat"] * B
     reward = lambda images: images.mean(dim=(1, 2, 3))  # noqa: E731  model-free: the floor counts it
@@ -161,9 +199,14 @@ def worker(spec: dict) -> dict:
     latents = torch.randn(B, sampler.latent_channels, sampler.latent_size, sampler.latent_size, device=device)
     model_in = torch.cat([latents, latents]) if sampler.do_cfg else latents
 
+    def denoise():
+        if family != "sd":  # one transformer call (CFG batch for SD3) and an elementwise Euler update
+            return sampler.step(unet, sampler.pack(latents), 0, cond)
+        return unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)[0]
+
     def unet_forward():
         with torch.no_grad(), autocast:
-            unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)
+            denoise()
 
     def decode_reward():
         with torch.no_grad(), autocast:
@@ -180,7 +223,7 @@ def worker(spec: dict) -> dict:
 
     def unet_forward_backward():
         with autocast:
-            out = unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)[0]
+            out = denoise()
         out.float().square().mean().backward()
 
     def decode_reward_backward():
@@ -264,6 +307,8 @@ def summarize(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="SD 1.5 architecture at 512 px on CUDA, bf16")
+    parser.add_argument("--family", choices=["sd", "sd3", "flux"], default="sd",
+                        help="sd: the DDIM sampler (default); sd3, flux: the flow-matching sampler")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results" / "memory_scaling.json"))
     parser.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
@@ -276,13 +321,18 @@ def main() -> None:
     from rich.table import Table
 
     plan = GPU_PLAN if args.gpu else CPU_PLAN
+    if args.family != "sd":
+        plan = dict(FLOW_PLANS[args.family][1 if args.gpu else 0])
+        if os.environ.get("ALIGNKIT_BENCH_GRID"):
+            plan["grid"] = GPU_PLAN["grid"]  # the subset parsed above
     device = "cuda" if args.gpu else "cpu"
     rows = []
     console = Console()
     for res in plan["resolutions"]:
         for T, K, ckpt in plan["grid"]:
             spec = dict(device=device, configs=plan["configs"], dtype=plan["dtype"], resolution=res, T=T, K=K,
-                        ckpt=ckpt, batch=plan["batch"], steps=plan["steps"])
+                        ckpt=ckpt, batch=plan["batch"], steps=plan["steps"], family=args.family,
+                        offload_t5=args.gpu and args.family != "sd")
             started = time.perf_counter()
             rows.append(run_config(spec, args.timeout))
             console.log(f"{res}px T={T} K={K} ckpt={ckpt}: {time.perf_counter() - started:.0f} s",
@@ -307,7 +357,8 @@ def main() -> None:
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": device,
               "machine": machine(args.gpu), "versions": versions(), "plan": plan, "rows": rows, "summary": summary}
     existing = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    existing[device] = result  # CPU and GPU results live side by side in one file
+    # CPU and GPU results (and each family's) live side by side in one file.
+    existing[device if args.family == "sd" else f"{device}-{args.family}"] = result
     Path(args.out).write_text(json.dumps(existing, indent=2) + "\n")
     console.print(f"wrote {args.out}")
 
