@@ -190,7 +190,9 @@ def worker(spec: dict) -> dict:
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        memory = {"peak_mb": peak, "peak_delta_mb": peak - base}
+        # Reserved: what the caching allocator holds (closer to what the card must have free).
+        memory = {"peak_mb": peak, "peak_delta_mb": peak - base,
+                  "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2 ** 20}
     else:
         memory = {"peak_mb": rss.peak, "peak_delta_mb": rss.peak - rss.base}
 

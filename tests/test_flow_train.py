@@ -110,3 +110,13 @@ def test_schnell_takes_no_guidance(tiny_flux_schnell, test_rewards, tmp_path, ca
     assert run_cli(["train", "--model", tiny_flux_schnell, *FAST, "--truncation", "last:1", "--max-train-steps", "1",
                     "--checkpointing-steps", "0", "--output-dir", tmp_path / "unset"]) == 0
     assert yaml.safe_load((tmp_path / "unset" / "config.yaml").read_text())["guidance_scale"] == 0.0
+
+
+def test_bf16_mixed_precision_run(tiny_sd3, test_rewards, tmp_path):
+    """bf16 autocast with bf16 frozen weights and fp32 LoRA, as on a GPU (here on the CPU)."""
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", tiny_sd3, *FAST, "--mixed-precision", "bf16", "--truncation", "last:1",
+                    "--max-train-steps", "2", "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    rows = _metrics(run)
+    assert len(rows) == 2 and all(r["reward"] == r["reward"] for r in rows)  # finite, not NaN
+    assert all(v.dtype == torch.float32 for v in load_state_dict(run / LORA_FILE).values())
