@@ -72,7 +72,8 @@ class FlowMatchSampler:
         self.loaded, self.pipe = loaded, loaded.pipe
         self.is_flux = loaded.family.name == "flux"
         self.resolution = resolution
-        # FLUX's latent side is rounded to an even number of cells (2x2 packing), as its pipeline does.
+        # check_resolution keeps the side a multiple of the family's step, so for FLUX the latent
+        # side is even (2x2 packing) and nothing is rounded away, unlike the pipeline's silent floor.
         self.latent_size = resolution // loaded.vae_scale_factor
         self.num_steps = num_inference_steps
         self.guidance_scale = guidance_scale
@@ -92,7 +93,8 @@ class FlowMatchSampler:
     # ---- randomness -------------------------------------------------------------------------
     @property
     def latent_channels(self) -> int:
-        # FLUX's transformer sees 2x2-packed latents: 4x the VAE's latent channels.
+        # The VAE's channels: noise is drawn unpacked, as both pipelines draw it (FLUX's
+        # transformer then sees 2x2-packed tokens of 4x these channels).
         return self.pipe.vae.config.latent_channels
 
     def draw(self, generator: torch.Generator, batch: int, k: int, renoise: int = 0) -> Trajectory:
