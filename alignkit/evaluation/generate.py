@@ -46,10 +46,13 @@ class Sampler:
         from diffusers import DiffusionPipeline
 
         source = resolve_model(self.model, what="base model")
+        dtype = self.dtype
+        if dtype == torch.float16 and _pipeline_class(source) == "FluxPipeline":
+            dtype = torch.bfloat16  # FLUX's activations overflow fp16 (black images); it is used in bf16
         try:
             with quiet_loading():
                 # Evaluation needs the raw images: no safety checker (it blacks out images).
-                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=self.dtype, safety_checker=None)
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({first_line(exc)})") from None
         if not hasattr(pipe, "load_lora_weights"):
@@ -118,6 +121,16 @@ class Sampler:
             # Quantise as the saved PNGs will be, so fresh and cached images score the same.
             chunks.append(out.images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
         return torch.cat(chunks)
+
+
+def _pipeline_class(source: str) -> str | None:
+    """The pipeline class named in model_index.json (None if it cannot be read here)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(source).get("_class_name")
+    except (OSError, ValueError):
+        return None
 
 
 # A LoRA key in diffusers' layouts: COMPONENT.MODULE.lora_A.weight (peft) or COMPONENT.MODULE.lora.down.weight.
