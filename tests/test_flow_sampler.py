@@ -206,3 +206,41 @@ def test_a_compiled_transformer_runs_only_the_steps_before_the_cut(tiny_flux):
     torch.testing.assert_close(fast.images, eager.images, rtol=0, atol=0)
     for a, b in zip((p.grad for p in params), eager_grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _held_for_backward(sampler, k):
+    """Bytes of the distinct tensors autograd keeps between the forward and the backward (frozen
+    weights excluded: they are held anyway): what grows with K unless steps are checkpointed."""
+    model = sampler.loaded.denoiser
+    weights = {p.untyped_storage().data_ptr() for m in sampler.pipe.components.values()
+               if isinstance(m, torch.nn.Module) for p in m.parameters()}
+    held = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            held[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    traj = sampler.draw(torch.Generator().manual_seed(0), 2, k)
+    cond = sampler.encode(PROMPTS, CPU)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sampler.sample(model, cond, traj)
+    return sum(held.values())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd3", "tiny_flux"])
+def test_checkpointing_keeps_what_backward_holds_flat_in_k(fixture, request):
+    """Memory flat in K, counted exactly instead of read from a noisy RSS: with per-step
+    checkpointing each extra step with gradients keeps only its input latents until the
+    backward (which recomputes one step at a time); without, it keeps all its activations."""
+    _, _, sampler = _sampler(request.getfixturevalue(fixture), steps=6, lora=True)
+    ckpt_1, ckpt_t = _held_for_backward(sampler, 1), _held_for_backward(sampler, 6)
+    sampler.gradient_checkpointing = sampler.checkpoint_vae = False
+    plain_1, plain_t = _held_for_backward(sampler, 1), _held_for_backward(sampler, 6)
+    print(f"{fixture}: held for backward, K=1 vs K=T=6: checkpointed {ckpt_1} -> {ckpt_t} B, "
+          f"plain {plain_1} -> {plain_t} B")
+    latents = 2 * sampler.latent_channels * sampler.latent_size ** 2 * 4  # one step's fp32 input
+    assert ckpt_t - ckpt_1 == 5 * latents
+    # The premise: without checkpointing each step adds its activations, orders of magnitude more.
+    assert plain_t - plain_1 > 100 * (ckpt_t - ckpt_1)
