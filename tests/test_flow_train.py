@@ -167,3 +167,26 @@ def test_two_processes_match_one_on_flux(tiny_flux, test_rewards, tmp_path):
         diff = (value - ref).abs()
         assert (diff <= 1e-5 + 1e-4 * ref.abs()).float().mean() > 0.99 and diff.max() < 1e-3, key
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in rank0.items() if "lora_B" in k)
+
+
+def test_a_flux_hub_id_trains_from_the_hub_cache_offline(tiny_flux, test_rewards, tmp_path, monkeypatch, capsys):
+    """`--model ORG/NAME` resolves through huggingface_hub's cache, offline; a cached copy that
+    lacks T5 is one line naming it, nothing written."""
+    import shutil
+
+    from tiny_models import put_in_hub_cache, use_hub_cache
+
+    cache = use_hub_cache(monkeypatch, tmp_path / "hub")
+    put_in_hub_cache(cache, "alignkit-test/tiny-flux", {"": tiny_flux})
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", "alignkit-test/tiny-flux", *FAST, "--truncation", "last:1",
+                    "--max-train-steps", "1", "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["guidance_scale"] == 3.5  # dev: read from the cache
+    snapshot = put_in_hub_cache(cache, "alignkit-test/flux-no-t5", {"": tiny_flux})
+    shutil.rmtree(snapshot / "text_encoder_2")
+    capsys.readouterr()
+    assert run_cli(["train", "--model", "alignkit-test/flux-no-t5", *FAST, "--truncation", "last:1",
+                    "--max-train-steps", "1", "--output-dir", tmp_path / "broken"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its T5 text encoder (text_encoder_2/) is not in the Hugging Face cache" in err, err
+    assert not (tmp_path / "broken").exists()

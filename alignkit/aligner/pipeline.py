@@ -110,6 +110,9 @@ def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
         if not dropped and Path(source).is_dir() and not (Path(source) / t5).is_dir():
             raise PipelineError(f"model '{name_or_path}': its T5 text encoder folder {Path(source) / t5} is missing; "
                                 "copy it from the original model (or download the model again)")
+        if not dropped and local_only and not _cached(source, f"{t5}/config.json", revision):
+            raise PipelineError(f"model '{name_or_path}': its T5 text encoder ({t5}/) is not in the Hugging Face "
+                                f"cache and the hub cannot be reached; download the whole model (hf download {source})")
     guidance_embeds = True
     if family.name == "flux":
         from diffusers import FluxTransformer2DModel
@@ -118,6 +121,12 @@ def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
                                                     local_files_only=local_only)
         guidance_embeds = bool(config.get("guidance_embeds", False))
     return ModelInfo(source, family, guidance_embeds)
+
+
+def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
 
 
 def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedPipeline:
