@@ -83,15 +83,15 @@ def rewards() -> None:
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."),
-    pretrained_model_name_or_path: Optional[str] = typer.Option(None, "--pretrained-model-name-or-path", "--model", help="Diffusers folder or hub id (SD 1.x/2.x, SDXL), or 'toy'."),
+    pretrained_model_name_or_path: Optional[str] = typer.Option(None, "--pretrained-model-name-or-path", "--model", help="Diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1), or 'toy'."),
     reward: Optional[str] = typer.Option(None, help="Reward spec, e.g. 'hps+aesthetic:0.5' (default: count)."),
     reward_option: list[str] = typer.Option([], help="NAME.OPTION=VALUE for a reward factory (repeatable)."),
     prompts: Optional[str] = typer.Option(None, help="Built-in prompt set or a file, one prompt a line."),
     prompt: Optional[str] = typer.Option(None, help="One prompt for every sample (instead of --prompts)."),
     resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's native size)."),
     num_inference_steps: Optional[int] = typer.Option(None, help="DDIM steps T."),
-    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
-    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 deterministic, 1 DDPM-like)."),
+    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (FLUX.1-dev: its guidance embedding); default: the model family's."),
+    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 deterministic, 1 DDPM-like); SD3/FLUX: 0 only."),
     truncation: Optional[str] = typer.Option(None, help="full | last:K | uniform:LO-HI | gaussian:MEAN,STD | draft-lv:N."),
     train_batch_size: Optional[int] = typer.Option(None, help="Samples per process per micro-batch."),
     gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
@@ -109,6 +109,7 @@ def train(
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Checkpoint each denoising step (default on)."),
     checkpoint_vae: Optional[bool] = typer.Option(None, "--checkpoint-vae/--no-checkpoint-vae", help="Also checkpoint the VAE decode (default on)."),
     compile_unet: Optional[bool] = typer.Option(None, "--compile-unet/--no-compile-unet", help="torch.compile the UNet for the steps without gradients."),
+    offload_t5: Optional[bool] = typer.Option(None, "--offload-t5/--no-offload-t5", help="SD3/FLUX: keep T5 on the CPU between encodes."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a previous run in --output-dir."),
 ) -> None:
     """Align a diffusion model to a reward (AlignProp): LoRA, truncated backprop, checkpointing."""

@@ -4,21 +4,27 @@ a plugin's own tests build on (as `diffusers.utils.testing_utils` is for diffuse
 The pipelines are built from configs and saved with `save_pretrained`, so they have the real
 pipelines' classes, folder layouts and file names (model_index.json, unet/, vae/,
 text_encoder/, tokenizer/, scheduler/): the loading code that reads them is the code that reads
-the real checkpoints. The tokenizer is a character-level CLIP BPE written offline: no merges,
-so every word splits into characters, which keeps transformers' vocabulary checks satisfied,
-and nothing is downloaded.
+the real checkpoints. The tokenizers are written offline: a character-level CLIP BPE (no
+merges, so every word splits into characters, which keeps transformers' vocabulary checks
+satisfied) and, for T5, a Unigram whose pieces are single characters; nothing is downloaded.
 
 Two tables of architectures:
 
     BUILDERS       for tests, seconds on a CPU, at RESOLUTION:
                    sd     StableDiffusionPipeline: UNet blocks (4,8), 2-layer text encoder
                    sdxl   StableDiffusionXLPipeline: two text encoders, pooled embeddings, time ids
-    ARCHITECTURES  for benchmarks, at any resolution that is a multiple of the VAE's factor:
+                   sd3    StableDiffusion3Pipeline: MMDiT (patch 2), CLIP-L + CLIP-G + T5, shift 3.0
+                   flux   FluxPipeline like FLUX.1-dev: guidance embedding, dynamic shift
+                   flux-schnell  FluxPipeline like FLUX.1-schnell: no guidance embedding, no shift
+    ARCHITECTURES  for benchmarks, at any resolution that is a multiple of the family's size step:
                    tiny   a ~1.2M-parameter UNet, a factor-8 VAE (the CPU peer comparisons)
                    small  a ~1.5M-parameter UNet, a factor-4 VAE (memory_scaling's CPU grid)
                    sd15   Stable Diffusion 1.5's published configs (860M UNet), for GPU timings
+                   sd35m  Stable Diffusion 3.5 medium's published configs (MMDiT-X, 24 layers)
+                   flux1  FLUX.1-dev's published configs (19 double + 38 single blocks)
 
     python -m alignkit.testing sd OUT_DIR
+    python -m alignkit.testing flux OUT_DIR
     python -m alignkit.testing tiny OUT_DIR --resolution 64
 """
 
@@ -54,6 +60,18 @@ def write_clip_tokenizer(folder: Path, max_length: int = 32) -> Path:
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
                               model_max_length=max_length, pad_token="<|endoftext|>")
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_t5_tokenizer(folder: Path) -> Path:
+    """A T5 tokenizer (transformers' Unigram backend) whose pieces are single characters."""
+    from transformers import T5TokenizerFast
+
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    # T5's layout: <pad>=0, </s>=1, <unk>=2, then the pieces ("\u2581" marks a word start).
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0),
+             *((c, -2.0) for c in chars), *(("\u2581" + c, -2.5) for c in chars)]
+    T5TokenizerFast(vocab=vocab, extra_ids=0).save_pretrained(folder)
     return folder
 
 
@@ -119,24 +137,108 @@ def build_sdxl(seed: int = 0):
                 text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=32)))
 
 
-BUILDERS = {"sd": build_sd, "sdxl": build_sdxl}
+# T5's hidden size in the flow test pipelines; SD3 pads the two CLIPs' concatenated hidden
+# states (32 + 32) up to it.
+T5_DIM = 64
+
+
+def _t5():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=160, d_model=T5_DIM, d_kv=16, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1))
+
+
+def _flow_vae(shift_factor: float, scaling_factor: float):
+    """Four blocks (factor 8, so the family's size step is the real 16: a 4x4 latent at RESOLUTION,
+    2x2 = 4 transformer tokens) and 4 latent channels; the real models' shift and scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         norm_num_groups=2, sample_size=RESOLUTION, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=shift_factor, scaling_factor=scaling_factor)
+
+
+# The flow-matching test pipelines follow diffusers' own pipeline tests
+# (tests/pipelines/stable_diffusion_3, tests/pipelines/flux), with the real models' scheduler
+# settings and VAE shift/scaling factors, so that the sigma shifts and the decode are the real ones.
+
+def build_sd3(seed: int = 0):
+    """A tiny `StableDiffusion3Pipeline`: MMDiT (patch 2), CLIP-L + CLIP-G + T5, shift 3.0."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=RESOLUTION // 8, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+        # The joint context is T5's width; the pooled projection is the two CLIPs' 32 + 32.
+        joint_attention_dim=T5_DIM, pooled_projection_dim=64, pos_embed_max_size=8)
+    return dict(cls=StableDiffusion3Pipeline, transformer=transformer,
+                # SD3(.5)'s scheduler: a fixed shift of 3.0, no resolution-dependent shift.
+                scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+                vae=_flow_vae(shift_factor=0.0609, scaling_factor=1.5305),
+                text_encoder=CLIPTextModelWithProjection(_text_config(projection_dim=32)),
+                text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=32)),
+                text_encoder_3=_t5())
+
+
+def _build_flux(seed: int, dev: bool):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    # 4 latent channels packed 2x2 -> 16 channels per token; rope axes sum to the head dim.
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=T5_DIM,
+                                         pooled_projection_dim=32, guidance_embeds=dev, axes_dims_rope=(4, 4, 8))
+    if dev:  # FLUX.1-dev's scheduler: the shift grows with the image's token count
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                    max_image_seq_len=4096)
+    else:  # FLUX.1-schnell's: no shift
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+    return dict(cls=FluxPipeline, transformer=transformer, scheduler=scheduler,
+                vae=_flow_vae(shift_factor=0.1159, scaling_factor=0.3611),
+                text_encoder=CLIPTextModel(_text_config(projection_dim=32)), text_encoder_2=_t5())
+
+
+def build_flux(seed: int = 0):
+    """A tiny FLUX.1-dev-like `FluxPipeline` (guidance embedding, dynamic shift)."""
+    return _build_flux(seed, dev=True)
+
+
+def build_flux_schnell(seed: int = 0):
+    """A tiny FLUX.1-schnell-like `FluxPipeline` (no guidance embedding, no shift)."""
+    return _build_flux(seed, dev=False)
+
+
+BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux,
+            "flux-schnell": build_flux_schnell}
 
 
 def assemble(parts: dict):
     """The pipeline of a builder's `parts` (its class under "cls", its models by the pipeline's
     argument names). Every CLIP text encoder without a tokenizer gets the character tokenizer,
-    sized to the encoder's positions; Stable Diffusion 1.x/2.x gets no safety checker."""
-    from transformers import CLIPTextConfig, CLIPTokenizer
+    sized to the encoder's positions, every T5 encoder the character T5 tokenizer; Stable
+    Diffusion 1.x/2.x gets no safety checker."""
+    from transformers import CLIPTextConfig, CLIPTokenizer, T5Config, T5TokenizerFast
 
     parts = dict(parts)
     cls = parts.pop("cls")
     for name, encoder in list(parts.items()):
         tokenizer_name = name.replace("text_encoder", "tokenizer")
         config = getattr(encoder, "config", None)
-        if name.startswith("text_encoder") and tokenizer_name not in parts and isinstance(config, CLIPTextConfig):
-            with tempfile.TemporaryDirectory() as scratch:
+        if not name.startswith("text_encoder") or tokenizer_name in parts:
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            if isinstance(config, CLIPTextConfig):
                 folder = write_clip_tokenizer(Path(scratch), config.max_position_embeddings)
                 parts[tokenizer_name] = CLIPTokenizer.from_pretrained(folder)
+            elif isinstance(config, T5Config):
+                parts[tokenizer_name] = T5TokenizerFast.from_pretrained(write_t5_tokenizer(Path(scratch)))
     if "safety_checker" in inspect.signature(cls.__init__).parameters:
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return cls(**parts)
@@ -155,9 +257,26 @@ BUILDER_VERSION = 1
 SPEC_FILE = "bench_pipeline.json"
 
 
-# Each architecture as data: the UNet's, the VAE's and the CLIP text encoder's settings (the
-# UNet's sample_size and the VAE's follow from the resolution). The VAE shrinks a side by
-# 2 ** (levels - 1): resolutions must be a multiple of that.
+# Each architecture as data. The UNet ones: the UNet's, the VAE's and the CLIP text encoder's
+# settings (the UNet's sample_size and the VAE's follow from the resolution). The VAE shrinks a
+# side by 2 ** (levels - 1): resolutions must be a multiple of that. The flow-matching ones
+# (a "family" key): every component's published config.json, the text encoders with their class.
+# The flow-matching architectures' shared components (their published config.json values).
+_FLOW_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[128, 256, 512, 512],
+                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                 layers_per_block=2, norm_num_groups=32, sample_size=1024, use_quant_conv=False,
+                 use_post_quant_conv=False, force_upcast=True)
+# eos id 1 is the character tokenizer's, as for sd15.
+_CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, projection_dim=768, num_hidden_layers=12,
+               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0,
+               eos_token_id=1, pad_token_id=1)
+_CLIP_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, projection_dim=1280, num_hidden_layers=32,
+               num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", bos_token_id=0,
+               eos_token_id=1, pad_token_id=1)
+_T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+               relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+               decoder_start_token_id=0)
+
 ARCHITECTURES = {
     # ~1.2M-parameter UNet, a factor-8 VAE with 4 latent channels (four levels, as in SD).
     "tiny": dict(
@@ -186,11 +305,67 @@ ARCHITECTURES = {
         vae=dict(layers_per_block=2, block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu"),
         text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)),
+    # stabilityai/stable-diffusion-3.5-medium: MMDiT-X, 24 layers, dual attention in 0-12,
+    # CLIP-L + CLIP-G + T5-XXL, a 16-channel VAE.
+    "sd35m": dict(
+        family="sd3",
+        vae=dict(_FLOW_VAE, scaling_factor=1.5305, shift_factor=0.0609),
+        scheduler=dict(num_train_timesteps=1000, shift=3.0),
+        transformer=dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                         attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                         caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
+                         qk_norm="rms_norm", dual_attention_layers=list(range(13))),
+        text_encoders=dict(text_encoder=("CLIPTextModelWithProjection", _CLIP_L),
+                           text_encoder_2=("CLIPTextModelWithProjection", _CLIP_G),
+                           text_encoder_3=("T5EncoderModel", _T5_XXL))),
+    # black-forest-labs/FLUX.1-dev: 19 double + 38 single blocks, guidance embedding,
+    # CLIP-L + T5-XXL, a 16-channel VAE.
+    "flux1": dict(
+        family="flux",
+        vae=dict(_FLOW_VAE, scaling_factor=0.3611, shift_factor=0.1159),
+        scheduler=dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                       base_image_seq_len=256, max_image_seq_len=4096),
+        transformer=dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                         guidance_embeds=True, axes_dims_rope=[16, 56, 56]),
+        text_encoders=dict(text_encoder=("CLIPTextModel", _CLIP_L), text_encoder_2=("T5EncoderModel", _T5_XXL))),
 }
+# The pipeline and denoiser classes of the flow-matching families.
+FLOW_CLASSES = {"sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel"),
+                "flux": ("FluxPipeline", "FluxTransformer2DModel")}
 
 
 def vae_factor(arch: str) -> int:
     return 2 ** (len(ARCHITECTURES[arch]["vae"]["block_out_channels"]) - 1)
+
+
+def size_step(arch: str) -> int:
+    """What a resolution of `arch` must be a multiple of: the VAE factor, x2 for the flow
+    families (SD3's patch size 2, FLUX's 2x2 latent packing)."""
+    return vae_factor(arch) * (2 if "family" in ARCHITECTURES[arch] else 1)
+
+
+def _flow_parts(arch: str) -> dict:
+    """The models of the flow-matching `arch` from its configs, built in a fixed order (VAE, the
+    first text encoder, transformer, the other text encoders) from the seed."""
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    config = ARCHITECTURES[arch]
+    pipeline, transformer = FLOW_CLASSES[config["family"]]
+
+    def text_encoder(name):
+        cls_name, settings = config["text_encoders"][name]
+        config_cls = transformers.T5Config if cls_name.startswith("T5") else transformers.CLIPTextConfig
+        return getattr(transformers, cls_name)(config_cls(**settings))
+
+    parts = dict(cls=getattr(diffusers, pipeline), vae=AutoencoderKL.from_config(config["vae"]),
+                 text_encoder=text_encoder("text_encoder"),
+                 scheduler=FlowMatchEulerDiscreteScheduler.from_config(config["scheduler"]),
+                 transformer=getattr(diffusers, transformer).from_config(config["transformer"]))
+    parts.update({name: text_encoder(name) for name in config["text_encoders"] if name != "text_encoder"})
+    return parts
 
 
 def _bench_parts(arch: str, resolution: int) -> dict:
@@ -199,6 +374,8 @@ def _bench_parts(arch: str, resolution: int) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = ARCHITECTURES[arch]
+    if "family" in config:
+        return _flow_parts(arch)
     levels = len(config["vae"]["block_out_channels"])
     unet = UNet2DConditionModel(sample_size=resolution // vae_factor(arch), in_channels=4, out_channels=4,
                                 **config["unet"])
@@ -220,16 +397,23 @@ class PipelineSpec:
     version: int = BUILDER_VERSION
 
 
-def random_pipeline(arch: str, resolution: int, seed: int = 0, device=None):
+def random_pipeline(arch: str, resolution: int, seed: int = 0, device=None, dtype=None):
     """The benchmark pipeline `arch` at `resolution`, random weights, built directly on `device`
-    (SD 1.5's 860M-parameter UNet is slow to initialise on a CPU)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
-    if resolution % vae_factor(arch):
-        raise ValueError(f"resolution {resolution} is not a multiple of {vae_factor(arch)} ({arch}'s VAE factor)")
+    (SD 1.5's 860M-parameter UNet is slow to initialise on a CPU) and, given `dtype`, made in it
+    (FLUX.1's 12B parameters in fp32 would take 48 GB and minutes). `arch` may also be a key of
+    BUILDERS: that test pipeline at its own size (the resolution is then checked when it loads)."""
+    if arch not in ARCHITECTURES and arch not in BUILDERS:
+        raise ValueError(f"unknown architecture '{arch}'; choose from {', '.join([*ARCHITECTURES, *BUILDERS])}")
+    if arch in ARCHITECTURES and resolution % size_step(arch):
+        raise ValueError(f"resolution {resolution} is not a multiple of {size_step(arch)} ({arch}'s size step)")
     torch.manual_seed(seed)
-    with torch.device(device or "cpu"):
-        parts = _bench_parts(arch, resolution)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        with torch.device(device or "cpu"):
+            parts = BUILDERS[arch](seed) if arch in BUILDERS else _bench_parts(arch, resolution)
+    finally:
+        torch.set_default_dtype(previous)
     return assemble(parts)
 
 
@@ -256,12 +440,12 @@ def pipeline_folder(spec: PipelineSpec, cache: Path) -> Path:
     return build_pipeline(spec, Path(cache) / f"{spec.arch}-{spec.resolution}px-seed{spec.seed}")
 
 
-def unet_params(folder: Path) -> int:
-    """Parameter count of a saved UNet, read from its safetensors header (no model built)."""
+def denoiser_params(folder: Path) -> int:
+    """Parameter count of a saved UNet or transformer, read from its safetensors header (no model built)."""
     from safetensors import safe_open
 
     total = 0
-    for path in (Path(folder) / "unet").glob("*.safetensors"):
+    for path in [*(Path(folder) / "unet").glob("*.safetensors"), *(Path(folder) / "transformer").glob("*.safetensors")]:
         with safe_open(str(path), "pt") as f:
             for key in f.keys():
                 total += int(torch.Size(f.get_slice(key).get_shape()).numel())
@@ -321,7 +505,8 @@ def main() -> None:
             folder = build_pipeline(PipelineSpec(args.kind, args.resolution, args.seed), args.output_dir)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from None
-    print(f"{folder}  (UNet {unet_params(folder) / 1e6:.2f}M parameters)")
+    denoiser = "UNet" if (folder / "unet").is_dir() else "transformer"
+    print(f"{folder}  ({denoiser} {denoiser_params(folder) / 1e6:.2f}M parameters)")
 
 
 if __name__ == "__main__":

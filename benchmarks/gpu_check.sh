@@ -5,6 +5,11 @@
 #      LoRA in fp32 on both sides; alignkit with its defaults: step and VAE checkpointing)
 #   2. the same with alignkit's --compile-unet (one pair: a compile costs a minute or so)
 #   3. memory_scaling.py --gpu: K=1 and K=T=50 with checkpointing (~2 more minutes; see below)
+#   4. the flow-matching families (issue 14), random weights in bf16, batch 1, T=28, K=1, with
+#      --offload-t5: SD3.5-medium's architecture at 1024 px and FLUX.1-dev's at 512 px; peak
+#      memory (allocated and reserved), s/step, and whether they fit 24 GB / 40 GB cards
+#      (FLOW_GRID="28,1,1;28,28,1" adds K=T). Not yet run on a device: no figures exist.
+#   PARTS=flow runs part 4 alone (it needs neither trl's environment nor the SD build).
 # Each part has its own time limit; what finished is kept. Results, logs and the card's name
 # go under $OUT (default benchmarks/results/gpu).
 #
@@ -26,6 +31,8 @@ mkdir -p "$OUT" "$WORK"
 start=$(date +%s)
 log() { echo "[gpu_check $(( $(date +%s) - start ))s] $*" | tee -a "$OUT/gpu_check.log"; }
 
+PARTS="${PARTS:-all}"
+if [ "$PARTS" = "flow" ]; then ALIGNKIT_TRL_PYTHON="$PY"; fi  # part 4 needs alignkit's env only
 for python in "$PY" "$ALIGNKIT_TRL_PYTHON"; do
   if [ ! -x "$python" ]; then
     echo "error: no Python at $python; set PY (alignkit's env) and ALIGNKIT_TRL_PYTHON (trl's env)" >&2
@@ -48,6 +55,45 @@ fi
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" >> "$OUT/card.txt" 2>&1
 log "card: $(head -2 "$OUT/card.txt" | tail -1)"
 
+status=0
+# flow_families: part 4, one memory_scaling.py run per family, each with its own time limit;
+# then a verdict per family against the card size users have (reserved memory + ~0.5 GB of
+# CUDA context must fit).
+flow_families() {
+  if [ "${SMOKE:-0}" = "1" ]; then log "flow families: not run in SMOKE mode (they need CUDA)"; return; fi
+  local family limit
+  for family in sd3 flux; do
+    limit=300
+    log "memory_scaling.py --gpu --family $family (grid ${FLOW_GRID:-28,1,1})"
+    if timeout "$limit" "$PY" benchmarks/memory_scaling.py --gpu --family "$family" --grid "${FLOW_GRID:-28,1,1}" \
+         --results "$OUT" --logs "$WORK/memory_scaling_$family" > "$OUT/memory_scaling_$family.log" 2>&1; then
+      log "memory_scaling $family: ok"
+    else
+      log "memory_scaling $family: FAILED or timed out (exit $?; see $OUT/memory_scaling_$family.log)"; status=1
+    fi
+  done
+  "$PY" - "$OUT" <<'PYEOF' | tee -a "$OUT/gpu_check.log"
+import json, sys
+from pathlib import Path
+for family, card_gb in (("sd3", 24), ("flux", 40)):
+    path = Path(sys.argv[1]) / f"memory_scaling_{family}_gpu.json"
+    for row in json.loads(path.read_text())["samples"] if path.is_file() else []:
+        if "error" in row:
+            print(f"{family}: {row['resolution']}px T={row['T']} K={row['K']}: error {row['error']}")
+            continue
+        need_gb = row["peak_reserved_mb"] / 1024 + 0.5
+        print(f"{family}: {row['resolution']}px T={row['T']} K={row['K']} batch {row['batch']}: "
+              f"{row['step_s']:.2f} s/step, peak {row['peak_mb'] / 1024:.1f} GB allocated, "
+              f"{row['peak_reserved_mb'] / 1024:.1f} GB reserved -> "
+              f"{'fits' if need_gb <= card_gb else 'does NOT fit'} a {card_gb} GB card")
+PYEOF
+}
+if [ "$PARTS" = "flow" ]; then
+  flow_families
+  log "done (exit $status); results in $OUT"
+  exit $status
+fi
+
 # Build once (1.07B parameters of random weights, ~4.3 GB fp32): every run then loads the same folder.
 log "building the $arch pipeline at ${res} px in $WORK"
 if ! timeout 120 "$PY" -m alignkit.testing "$arch" "$WORK/pipelines/$arch-${res}px-seed0" \
@@ -55,7 +101,6 @@ if ! timeout 120 "$PY" -m alignkit.testing "$arch" "$WORK/pipelines/$arch-${res}
   log "FAILED: building the pipeline (see $OUT/gpu_check.log)"; exit 1
 fi
 
-status=0
 # vs_trl NAME PAIRS STEPS SKIP LIMIT [alignkit flags]: one comparison, its report into the log.
 vs_trl() {
   local name="$1" n="$2" st="$3" sk="$4" limit="$5" extra="${6:-}"
@@ -93,5 +138,6 @@ else
   fi
 fi
 
+flow_families
 log "done (exit $status); results in $OUT"
 exit $status

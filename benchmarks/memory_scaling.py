@@ -3,6 +3,13 @@ gradients), with and without per-step gradient checkpointing, against the comput
 
     python benchmarks/memory_scaling.py          # CPU quick mode: a small SD pipeline, 32 and 64 px
     python benchmarks/memory_scaling.py --gpu    # SD 1.5's architecture (random weights), 512 px, bf16
+    python benchmarks/memory_scaling.py --family sd3     # flow matching: tiny SD3 (CPU), 64 and 128 px
+    python benchmarks/memory_scaling.py --family flux --gpu   # FLUX.1-dev's architecture, 512 px, bf16
+
+For the flow families (SD3, FLUX: aligner/flow_sampler.py) the denoiser is the transformer and
+a "UNet forward" below is one transformer call (SD3 at the CFG batch; FLUX one batch with its
+guidance embedding); on a GPU they run with --offload-t5 (T5 off the card between encodes,
+as 24 GB cards need), and their peak includes T5's visit to the card for each encode.
 
 Each configuration runs in a fresh subprocess, so one configuration's allocations never
 count towards another's. Memory: on CPU the peak RSS above the RSS just before the timed
@@ -19,8 +26,8 @@ decode+reward forward+backward): step time over it is the aligner's own overhead
 
 Each configuration is a fresh child of `harness.run_child`; the report is the harness's table
 (figure, value, target, pass/miss) beside a table of every configuration, and the result is
-`benchmarks/results/memory_scaling.json` (`memory_scaling_gpu.json` with --gpu) in the
-harness's format: machine, versions, date, settings, figures, and every configuration's row.
+`benchmarks/results/memory_scaling.json` (`memory_scaling_gpu.json` with --gpu;
+`memory_scaling_sd3.json`, `memory_scaling_flux_gpu.json`, ... with --family) in the harness's format: machine, versions, date, settings, figures, and every configuration's row.
 Targets: peak memory at K=T <= 1.25x that at K=1 (checkpointing on); step time <= 1.15x the
 floor.
 """
@@ -51,6 +58,20 @@ CPU_PLAN = dict(arch="small", resolutions=[32, 64], dtype="float32", batch=2, st
 GPU_PLAN = dict(arch="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
 GUIDANCE = 7.5
+# The flow families' plans (family -> CPU, GPU): the tests' tiny pipelines on CPU (a 4x4 latent at
+# their native 32 px is too small to time, so 64 and 128 px: 16 and 64 tokens); on a GPU the
+# issue's sizes, SD3.5-medium at 1024 px and FLUX.1-dev at 512 px, K=1 and K=T at T=28 (both
+# pipelines' usual step count), batch 1. Their guidance is the family's default (aligner/families.py).
+FLOW_PLANS = {
+    "sd3": (dict(arch="sd3", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
+                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),
+            dict(arch="sd35m", resolutions=[1024], dtype="bfloat16", batch=1, steps=2,
+                 grid=[(28, 1, True), (28, 28, True)])),
+    "flux": (dict(arch="flux", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
+                  grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),
+             dict(arch="flux1", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
+                  grid=[(28, 1, True), (28, 28, True)])),
+}
 
 
 # ---- the worker: one configuration in a fresh process --------------------------------------------
@@ -83,13 +104,17 @@ class RSSPeak:
         self.peak = max(self.peak, self.now())
 
 
-def build_pipeline(arch: str, resolution: int, device, dtype):
-    """The benchmark pipeline `arch` of `alignkit.testing`, random weights, built on `device`."""
+def build_pipeline(arch: str, resolution: int, device, dtype, family: str = "sd"):
+    """The benchmark pipeline `arch` of `alignkit.testing`, random weights, built on `device`
+    (the flow families' made directly in `dtype`: FLUX.1 in fp32 would take 48 GB)."""
+    import torch
+
     from alignkit.testing import random_pipeline
 
-    pipe = random_pipeline(arch, resolution, seed=0, device=device)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):  # cast in place (pipe.to(dtype) warns about fp32 modules)
-        module.to(dtype)
+    pipe = random_pipeline(arch, resolution, seed=0, device=device, dtype=None if family == "sd" else dtype)
+    for module in pipe.components.values():  # cast in place (pipe.to(dtype) warns about fp32 modules)
+        if isinstance(module, torch.nn.Module):
+            module.to(dtype)
     return pipe
 
 
@@ -103,13 +128,25 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec.get("threads") or max(1, min(4, os.cpu_count() or 1)))
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    loaded = prepare_pipeline(build_pipeline(spec["arch"], spec["resolution"], device, dtype), spec["arch"])
-    params = add_lora(loaded.pipe.unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     T, K, B = spec["T"], spec["K"], spec["batch"]
-    sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"],
-                          checkpoint_vae=spec["ckpt"])
+    family = spec.get("family", "sd")
+    loaded = prepare_pipeline(build_pipeline(spec["arch"], spec["resolution"], device, dtype, family), spec["arch"])
+    if family == "sd":
+        params = add_lora(loaded.pipe.unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        sampler = DDIMSampler(loaded, spec["resolution"], T, GUIDANCE, eta=1.0, gradient_checkpointing=spec["ckpt"],
+                              checkpoint_vae=spec["ckpt"])
+    else:
+        from alignkit.aligner.flow_sampler import FlowMatchSampler
+
+        # The family's LoRA targets (diffusers' SD3 / FLUX LoRA scripts) and guidance, as `alignkit train` uses.
+        params = add_lora(loaded.denoiser, rank=4, alpha=4, target_modules=list(loaded.family.lora_targets))
+        offload = spec.get("offload_t5", False)
+        if offload:
+            loaded.t5.to("cpu")
+        sampler = FlowMatchSampler(loaded, spec["resolution"], T, loaded.family.guidance_scale,
+                                   gradient_checkpointing=spec["ckpt"], checkpoint_vae=spec["ckpt"], offload_t5=offload)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    unet = loaded.pipe.unet
+    unet = loaded.denoiser
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     prompts = ["a photo of a cat"] * B
     reward = lambda images: images.mean(dim=(1, 2, 3))  # noqa: E731  model-free: the floor counts it
@@ -138,7 +175,9 @@ def worker(spec: dict) -> dict:
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        memory = {"peak_mb": peak, "peak_delta_mb": peak - base}
+        # Reserved: what the caching allocator holds (closer to what the card must have free).
+        memory = {"peak_mb": peak, "peak_delta_mb": peak - base,
+                  "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2 ** 20}
     else:
         memory = {"peak_mb": rss.peak, "peak_delta_mb": rss.peak - rss.base}
 
@@ -147,9 +186,14 @@ def worker(spec: dict) -> dict:
     latents = torch.randn(B, sampler.latent_channels, sampler.latent_size, sampler.latent_size, device=device)
     model_in = torch.cat([latents, latents]) if sampler.do_cfg else latents
 
+    def denoise():
+        if family != "sd":  # one transformer call (CFG batch for SD3) and an elementwise Euler update
+            return sampler.step(unet, sampler.pack(latents), 0, cond)
+        return unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)[0]
+
     def unet_forward():
         with torch.no_grad(), autocast:
-            unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)
+            denoise()
 
     def decode_reward():
         with torch.no_grad(), autocast:
@@ -166,7 +210,7 @@ def worker(spec: dict) -> dict:
 
     def unet_forward_backward():
         with autocast:
-            out = unet(model_in, sampler.timesteps[0], encoder_hidden_states=cond.embeds, return_dict=False)[0]
+            out = denoise()
         out.float().square().mean().backward()
 
     def decode_reward_backward():
@@ -209,26 +253,31 @@ def parse_grid(text: str) -> list[tuple[int, int, bool]]:
 def build_parser() -> argparse.ArgumentParser:
     # --quick and --full run the same CPU grid (minutes): its figures need no larger size.
     p = harness.preset_parser(__doc__)
-    p.add_argument("--gpu", action="store_true", help="SD 1.5 architecture at 512 px on CUDA, bf16")
+    p.add_argument("--gpu", action="store_true", help="SD 1.5 architecture at 512 px on CUDA, bf16 (with --family: "
+                   "SD3.5-medium's at 1024 px, FLUX.1-dev's at 512 px)")
+    p.add_argument("--family", choices=["sd", *FLOW_PLANS], default="sd",
+                   help="sd: the DDIM sampler (default); sd3, flux: the flow-matching sampler")
     p.add_argument("--grid", type=parse_grid, help="configurations to run, e.g. '50,1,1;50,50,1' (T,K,checkpointing)")
     p.add_argument("--threads", type=int, help="OMP/MKL and torch threads of each configuration's process")
     p.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
     p.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
     p.add_argument("--results", type=Path, default=harness.RESULTS, help="folder of the JSON result")
-    p.add_argument("--name", help=f"result file name (default: {NAME}, {NAME}_gpu with --gpu)")
+    p.add_argument("--name", help=f"result file name (default: {NAME}, {NAME}_gpu with --gpu, "
+                   f"{NAME}_sd3[_gpu] with --family sd3)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    args.name = args.name or (f"{NAME}_gpu" if args.gpu else NAME)
+    family = "" if args.family == "sd" else f"_{args.family}"
+    args.name = args.name or f"{NAME}{family}{'_gpu' if args.gpu else ''}"
     return args
 
 
 def run_config(spec: dict, args) -> dict:
     """One configuration in a fresh process; its figures, or its error in one line."""
-    label = f"{spec['resolution']}px-T{spec['T']}-K{spec['K']}-{'ckpt' if spec['ckpt'] else 'nockpt'}"
+    label = f"{spec['arch']}-{spec['resolution']}px-T{spec['T']}-K{spec['K']}-{'ckpt' if spec['ckpt'] else 'nockpt'}"
     child = harness.run_child([sys.executable, __file__, "--worker", json.dumps(spec)], args.logs / f"{label}.log",
                               harness.child_env(args.threads), args.timeout)
     lines = [line for line in child.log.read_text(errors="replace").splitlines() if line.startswith("{")]
@@ -239,7 +288,10 @@ def run_config(spec: dict, args) -> dict:
 
 
 def run(args) -> Result:
-    plan = dict(GPU_PLAN if args.gpu else CPU_PLAN)
+    if args.family == "sd":
+        plan = dict(GPU_PLAN if args.gpu else CPU_PLAN)
+    else:
+        plan = dict(FLOW_PLANS[args.family][1 if args.gpu else 0])
     if args.grid:
         plan["grid"] = args.grid
     device = "cuda" if args.gpu else "cpu"
@@ -248,7 +300,8 @@ def run(args) -> Result:
     for res in plan["resolutions"]:
         for T, K, ckpt in plan["grid"]:
             spec = dict(device=device, arch=plan["arch"], dtype=plan["dtype"], resolution=res, T=T, K=K,
-                        ckpt=ckpt, batch=plan["batch"], steps=plan["steps"], threads=args.threads)
+                        ckpt=ckpt, batch=plan["batch"], steps=plan["steps"], threads=args.threads,
+                        family=args.family, offload_t5=args.gpu and args.family != "sd")
             started = time.perf_counter()
             rows.append(run_config(spec, args))
             con.print(f"{res}px T={T} K={K} ckpt={ckpt}: {time.perf_counter() - started:.0f} s",
@@ -261,7 +314,7 @@ def run(args) -> Result:
         if "worst_over_floor" in entry:
             checks.append(Check(f"{res} px: slowest step time / compute floor", entry["worst_over_floor"], "{:.2f}x",
                                 TARGET_FLOOR))
-    settings = {"mode": device, "plan": plan, "timeout_s": args.timeout, "threads": args.threads,
+    settings = {"mode": device, "family": args.family, "plan": plan, "timeout_s": args.timeout, "threads": args.threads,
                 "memory_measure": "device max allocated (torch.cuda)" if args.gpu else
                 "peak RSS above the RSS before the timed steps, sampled every 5 ms in the child"}
     return Result(args.name, settings, rows, checks, extra={"summary": summarize(rows)})

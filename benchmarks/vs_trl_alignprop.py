@@ -122,6 +122,9 @@ def targets(args) -> list[tuple[str, str, int]]:
 
     out = []
     for kind in args.pipelines:
+        if "family" in ARCHITECTURES.get(kind, {}):
+            raise BenchError(f"--pipeline {kind}: a flow-matching architecture; trl's AlignPropTrainer runs "
+                             "Stable Diffusion UNet pipelines only")
         if kind in ARCHITECTURES:
             out += [(kind, str(pipeline_folder(PipelineSpec(kind, r), args.cache)), r) for r in args.resolutions]
         else:

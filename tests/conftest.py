@@ -72,6 +72,30 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny") / "sdxl")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    """A tiny SD3 pipeline folder (`alignkit.testing.build_sd3`), built once."""
+    from alignkit.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("sd3", tmp_path_factory.mktemp("tiny") / "sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> Path:
+    """A tiny FLUX.1-dev-like pipeline folder (`alignkit.testing.build_flux`), built once."""
+    from alignkit.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny") / "flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(tmp_path_factory) -> Path:
+    """A tiny FLUX.1-schnell-like pipeline folder (`alignkit.testing.build_flux_schnell`), built once."""
+    from alignkit.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("flux-schnell", tmp_path_factory.mktemp("tiny") / "flux-schnell")
+
+
 @pytest.fixture
 def fails(capsys):
     """`fails(argv, *fragments)`: `alignkit ARGV`, run in this process, exits non-zero with one

@@ -27,7 +27,7 @@ class ConfigError(AlignkitError, ValueError):
 
 @dataclass
 class TrainConfig:
-    # Model: a diffusers folder or hub id (SD 1.x/2.x or SDXL), or "toy" for the embedded toy model.
+    # Model: a diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/3.5 or FLUX.1), or "toy" for the embedded toy model.
     pretrained_model_name_or_path: str = "toy"
     # Hub revision of the model (branch, tag or commit); None = main.
     revision: Optional[str] = None
@@ -46,9 +46,12 @@ class TrainConfig:
     # Number of DDIM denoising steps T per sample.
     num_inference_steps: int = 50
     # Classifier-free guidance scale; <= 1 disables guidance (one UNet batch instead of two).
-    guidance_scale: float = 7.5
-    # DDIM eta: 0 = deterministic DDIM, 1 = DDPM-like noise at every step.
-    eta: float = 1.0
+    # FLUX.1-dev: the guidance embedding's value (no second batch); schnell takes none.
+    # None = the model family's default (SD/SDXL 7.5, SD3 7.0, FLUX.1-dev 3.5: aligner/families.py).
+    guidance_scale: Optional[float] = None
+    # DDIM eta: 0 = deterministic DDIM, 1 = DDPM-like noise at every step. The flow-matching
+    # sampler (SD3, FLUX) is a deterministic ODE: 0 only. None = the family's (1.0 DDIM, 0 flow).
+    eta: Optional[float] = None
     # Truncated backprop policy: full, last:K, uniform:LO-HI, gaussian:MEAN,STD, draft-lv:N.
     truncation: str = "gaussian:42,5"
     # Checkpoint each denoising step with gradients (recompute in backward): memory flat in K.
@@ -79,8 +82,12 @@ class TrainConfig:
     # LoRA rank r and alpha (the update is scaled by alpha / r).
     rank: int = 4
     lora_alpha: float = 4.0
-    # UNet module names LoRA wraps (peft `target_modules`).
-    lora_target_modules: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # Denoiser module names LoRA wraps (peft `target_modules`). None = those of diffusers' LoRA
+    # training script for the family (UNet attention; SD3 joint attention; FLUX attention + FF).
+    lora_target_modules: Optional[list] = None
+    # SD3 / FLUX: keep the T5 text encoder in CPU memory, moved to the accelerator only for each
+    # batch's encode (T5-XXL is 9.5 GB in bf16: what 24 GB cards cannot spare). No effect without T5.
+    offload_t5: bool = False
     # Number of optimizer steps to train.
     max_train_steps: int = 100
     # no, fp16 or bf16: autocast for the forward pass; frozen weights are stored in that dtype, LoRA in fp32.
@@ -128,11 +135,12 @@ class TrainConfig:
         for name in ("learning_rate", "lora_alpha", "adam_epsilon"):
             _require_finite(name, getattr(self, name), positive=True)
         for name in ("guidance_scale", "max_grad_norm"):
-            _require_finite(name, getattr(self, name))
+            if getattr(self, name) is not None:  # None: the model family's default, filled in later
+                _require_finite(name, getattr(self, name))
         _require_finite("adam_weight_decay", self.adam_weight_decay)
         if self.adam_weight_decay < 0:
             raise ConfigError(f"adam_weight_decay must be at least 0, got {self.adam_weight_decay}")
-        if not 0 <= self.eta <= 1:  # False for NaN too
+        if self.eta is not None and not 0 <= self.eta <= 1:  # False for NaN too
             raise ConfigError(f"--eta must be between 0 (DDIM) and 1 (DDPM-like), got {self.eta}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
@@ -141,7 +149,8 @@ class TrainConfig:
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
             hint = f"; use {self.resolution // 8 * 8} or {(self.resolution // 8 + 1) * 8}" if self.resolution > 8 else ""
             raise ConfigError(f"--resolution must be a positive multiple of 8, got {self.resolution}{hint}")
-        if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
+        targets = self.lora_target_modules
+        if targets is not None and (not targets or not all(isinstance(m, str) and m for m in targets)):
             raise ConfigError(f"lora_target_modules must be a non-empty list of module names, got {self.lora_target_modules!r}")
         if not str(self.output_dir).strip():
             raise ConfigError("--output-dir is empty")
@@ -181,7 +190,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FLAGS = {"pretrained_model_name_or_path", "reward", "prompts", "prompt", "resolution", "num_inference_steps",
          "guidance_scale", "eta", "truncation", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
          "rank", "lora_alpha", "max_train_steps", "mixed_precision", "output_dir", "seed", "checkpointing_steps",
-         "checkpoints_total_limit", "resume_from_checkpoint", "report_to"}
+         "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "offload_t5"}
 # Aliases accepted in config files (diffusers' and our flag spellings).
 ALIASES = {"model": "pretrained_model_name_or_path"}
 
@@ -268,7 +277,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 # changes floating-point rounding only).
 RESUMABLE_CHANGES = {"max_train_steps", "resume_from_checkpoint", "overwrite", "report_to", "checkpointing_steps",
                      "checkpoints_total_limit", "sample_every", "num_samples", "output_dir",
-                     "compile_unet", "max_nonfinite_steps"}
+                     "compile_unet", "max_nonfinite_steps", "offload_t5"}
 
 
 def changed_fields(saved: dict, config: TrainConfig) -> list[str]:

@@ -1,8 +1,11 @@
-"""LoRA on the UNet through peft, saved and loaded in diffusers' format.
+"""LoRA on the denoiser (UNet or transformer) through peft, saved and loaded in diffusers' format.
 
 Only the LoRA matrices train; every base weight keeps `requires_grad=False`. The file is
-`pytorch_lora_weights.safetensors` with `unet.`-prefixed keys and the adapter's LoraConfig
-as metadata (so `pipe.load_lora_weights(dir)` in plain diffusers restores rank and alpha).
+`pytorch_lora_weights.safetensors` with `unet.`- or `transformer.`-prefixed keys and the
+adapter's LoraConfig as metadata (so `pipe.load_lora_weights(dir)` in plain diffusers restores
+rank and alpha). UNet weights are in diffusers' key layout (`lora.down`/`lora.up`, as
+train_text_to_image_lora.py writes them); transformer weights in peft's (`lora_A`/`lora_B`), as
+diffusers' SD3 and FLUX LoRA scripts write them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from alignkit.runfolder import LORA_FILE
 
 
 def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[torch.nn.Parameter]:
-    """Freeze the UNet, add a gaussian-initialised LoRA adapter, return its (fp32) parameters."""
+    """Freeze the denoiser, add a gaussian-initialised LoRA adapter, return its (fp32) parameters."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)
@@ -35,12 +38,20 @@ def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[t
     return params
 
 
+def denoiser_prefix(model) -> str:
+    """The key prefix diffusers' loaders expect for this denoiser: `unet` or `transformer`."""
+    from diffusers import UNet2DConditionModel
+
+    return "unet" if isinstance(model, UNet2DConditionModel) else "transformer"
+
+
 def lora_state_dict(unet, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's weights in diffusers' key layout (without the `unet.` prefix)."""
+    """The adapter's weights in the layout diffusers' training scripts save (without the prefix)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    return convert_state_dict_to_diffusers(state) if denoiser_prefix(unet) == "unet" else state
 
 
 def save_lora(pipeline_cls, unet, directory: str | Path) -> Path:
@@ -48,13 +59,15 @@ def save_lora(pipeline_cls, unet, directory: str | Path) -> Path:
     metadata = unet.peft_config["default"].to_dict()
     # LoraConfig holds sets (target_modules); the metadata is JSON.
     metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in metadata.items()}
-    pipeline_cls.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
-                                   unet_lora_adapter_metadata=metadata, safe_serialization=True)
+    prefix = denoiser_prefix(unet)  # unet_lora_layers= / transformer_lora_layers=
+    pipeline_cls.save_lora_weights(str(directory), **{f"{prefix}_lora_layers": lora_state_dict(unet),
+                                                      f"{prefix}_lora_adapter_metadata": metadata},
+                                   safe_serialization=True)
     return Path(directory) / LORA_FILE
 
 
 def load_lora(unet, path: str | Path) -> None:
-    """Load a saved LoRA file (or a folder holding one) into a UNet that already has the adapter."""
+    """Load a saved LoRA file (or a folder holding one) into a denoiser that already has the adapter."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
 
@@ -62,14 +75,17 @@ def load_lora(unet, path: str | Path) -> None:
     if path.is_dir():
         path = path / LORA_FILE
     state = load_state_dict(path, what="LoRA weights")
-    state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    prefix = denoiser_prefix(unet) + "."
+    state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if prefix == "unet.":
+        state = convert_unet_state_dict_to_peft(state)
     try:
-        result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+        result = set_peft_model_state_dict(unet, state, adapter_name="default")
     except RuntimeError as exc:  # torch: "size mismatch for ...": another rank or model
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shapes differ")
-        raise CheckpointError(f"LoRA weights {path} do not fit this UNet ({detail}); "
+        raise CheckpointError(f"LoRA weights {path} do not fit this {prefix[:-1]} ({detail}); "
                               "was it trained with another --rank, model or --lora-target-modules?") from None
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected or not state:
-        raise CheckpointError(f"LoRA weights {path} do not fit this UNet (unexpected keys {unexpected[:3]}); "
+        raise CheckpointError(f"LoRA weights {path} do not fit this {prefix[:-1]} (unexpected keys {unexpected[:3]}); "
                               "was it trained with another model or --lora-target-modules?")

@@ -1,28 +1,32 @@
 """Loading a diffusers text-to-image pipeline for training, with one-line errors.
 
-Supported: `StableDiffusionPipeline` (SD 1.x/2.x) and `StableDiffusionXLPipeline`. Whatever
-scheduler a checkpoint ships, the sampler runs DDIM on that scheduler's noise schedule
-(`DDIMScheduler.from_config`), because its update is written explicitly and is safe to
-recompute under gradient checkpointing; multistep solvers (DPM-Solver, Euler, PNDM) keep a
-step counter and history that a recompute would corrupt.
+Supported: the families of `aligner/families.py` — `StableDiffusionPipeline` (SD 1.x/2.x),
+`StableDiffusionXLPipeline`, `StableDiffusion3Pipeline` (SD3, SD3.5) and `FluxPipeline`
+(FLUX.1 dev, schnell). The family is read from `model_index.json` before any weight loads.
+
+UNet families: whatever scheduler a checkpoint ships, the sampler runs DDIM on that
+scheduler's noise schedule (`DDIMScheduler.from_config`), because its update is written
+explicitly and is safe to recompute under gradient checkpointing; multistep solvers
+(DPM-Solver, Euler, PNDM) keep a step counter and history that a recompute would corrupt.
+Flow families: the sampler runs Euler on the sigmas of `FlowMatchEulerDiscreteScheduler`
+(what SD3 and FLUX.1 ship), swapped in from the config the same way if another one is given.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from alignkit.aligner.families import Family, family_of, supported
 from alignkit.errors import AlignkitError, MissingWeightsError, first_line
 from alignkit import models
 from alignkit.hub import hub_reachable, quiet_loading
 
 logger = logging.getLogger(__name__)
-
-# Pipeline class name -> whether it is an SDXL-style pipeline (two encoders, pooled embeds, time ids).
-SUPPORTED = {"StableDiffusionPipeline": False, "StableDiffusionXLPipeline": True}
 
 
 class PipelineError(AlignkitError):
@@ -39,6 +43,37 @@ class LoadedPipeline:
     size_multiple: int
     # The pipeline's native image side in pixels.
     native_resolution: int
+    # The model family (denoiser, sampler, defaults); SD when built by hand without one.
+    family: Family = None
+    # Why sides must be multiples of size_multiple (for the one-line error).
+    size_reason: str = "the VAE downsampling factor of this model"
+
+    @property
+    def denoiser(self):
+        """The module that denoises and carries the LoRA: the UNet or the transformer."""
+        return getattr(self.pipe, self.family.denoiser)
+
+    @property
+    def t5(self):
+        """The T5 text encoder (SD3, FLUX), or None."""
+        return getattr(self.pipe, self.family.t5, None) if self.family.t5 else None
+
+    def to(self, device, keep_t5_on_cpu: bool = False) -> None:
+        """Move the pipeline to `device`; T5 stays on the CPU if asked (the sampler moves it
+        over for each encode), so it never occupies the accelerator next to the denoiser."""
+        for name, module in self.pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                module.to("cpu" if keep_t5_on_cpu and module is self.t5 else device)
+
+
+@dataclass
+class ModelInfo:
+    """What model_index.json (and the denoiser's config) say, read without loading weights."""
+
+    source: str
+    family: Family
+    # FLUX.1-dev embeds the guidance scale; FLUX.1-schnell does not (it ignores one).
+    guidance_embeds: bool = True
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -49,44 +84,80 @@ def resolve_model(name_or_path: str) -> str:
         raise PipelineError(f"{exc} (--model)") from None
 
 
-def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedPipeline:
-    """Load a supported pipeline in `dtype` and prepare it for the sampler (`prepare_pipeline`)."""
+def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
+    """The model's family from its model_index.json, and its components checked: one line for an
+    unsupported pipeline or a component (such as T5) that the folder lacks."""
     from diffusers import DiffusionPipeline
 
     source = resolve_model(name_or_path)
     # A hub id whose files are cached loads from the cache alone when the hub cannot be reached,
     # instead of retrying it for every file.
     local_only = not Path(source).exists() and not hub_reachable()
-    # Read the class from model_index.json first: an unsupported pipeline fails before any weight loads.
-    class_name = DiffusionPipeline.load_config(source, revision=revision,
-                                               local_files_only=local_only).get("_class_name", "?")
-    if class_name not in SUPPORTED:
-        raise PipelineError(f"model '{name_or_path}' is a {class_name}; the aligner supports {' and '.join(SUPPORTED)}")
+    index = DiffusionPipeline.load_config(source, revision=revision, local_files_only=local_only)
+    class_name = index.get("_class_name", "?")
+    family = family_of(class_name)
+    if family is None:
+        raise PipelineError(f"model '{name_or_path}' is a {class_name}; the aligner supports {supported()}")
+    t5 = family.t5
+    if t5 is not None:
+        entry = index.get(t5)
+        # SD3 may drop T5 on purpose (model_index lists it as null: diffusers then uses zeros);
+        # FLUX's only prompt sequence comes from T5.
+        dropped = not entry or entry[0] is None
+        if dropped and family.name == "flux":
+            raise PipelineError(f"model '{name_or_path}': FLUX needs its T5 text encoder ({t5}), which its "
+                                "model_index.json leaves out")
+        if not dropped and Path(source).is_dir() and not (Path(source) / t5).is_dir():
+            raise PipelineError(f"model '{name_or_path}': its T5 text encoder folder {Path(source) / t5} is missing; "
+                                "copy it from the original model (or download the model again)")
+        if not dropped and local_only and not _cached(source, f"{t5}/config.json", revision):
+            raise PipelineError(f"model '{name_or_path}': its T5 text encoder ({t5}/) is not in the Hugging Face "
+                                f"cache and the hub cannot be reached; download the whole model (hf download {source})")
+    guidance_embeds = True
+    if family.name == "flux":
+        from diffusers import FluxTransformer2DModel
+
+        config = FluxTransformer2DModel.load_config(source, subfolder="transformer", revision=revision,
+                                                    local_files_only=local_only)
+        guidance_embeds = bool(config.get("guidance_embeds", False))
+    return ModelInfo(source, family, guidance_embeds)
+
+
+def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+
+
+def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedPipeline:
+    """Load a supported pipeline in `dtype` and prepare it for the sampler (`prepare_pipeline`)."""
+    from diffusers import DiffusionPipeline
+
+    info = inspect_model(name_or_path, revision)
+    local_only = not Path(info.source).exists() and not hub_reachable()
     # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
-    extra = {} if SUPPORTED[class_name] else {"safety_checker": None, "requires_safety_checker": False}
+    extra = {"safety_checker": None, "requires_safety_checker": False} if info.family.name == "sd" else {}
     try:
         with quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype, local_files_only=local_only,
-                                                     **extra)
+            pipe = DiffusionPipeline.from_pretrained(info.source, revision=revision, dtype=dtype,
+                                                     local_files_only=local_only, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise PipelineError(f"model '{name_or_path}' could not be loaded: {first_line(exc)}") from None
     return prepare_pipeline(pipe, name_or_path)
 
 
 def prepare_pipeline(pipe, name: str = "model") -> LoadedPipeline:
-    """Swap in DDIM, freeze every weight, and report the sizes the sampler needs."""
-    from diffusers import DDIMScheduler
-
+    """Swap in the sampler's scheduler, freeze every weight, and report the sizes the sampler needs."""
     class_name = type(pipe).__name__
-    if class_name not in SUPPORTED:
-        raise PipelineError(f"model '{name}' is a {class_name}; the aligner supports {' and '.join(SUPPORTED)}")
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        logger.info("sampling with DDIM on the noise schedule of %s (the aligner's sampler is DDIM)",
-                    type(pipe.scheduler).__name__)
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    if pipe.scheduler.config.thresholding:
-        raise PipelineError(f"model '{name}': DDIM dynamic thresholding is not supported by the aligner")
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+    family = family_of(class_name)
+    if family is None:
+        raise PipelineError(f"model '{name}' is a {class_name}; the aligner supports {supported()}")
+    if family.sampler == "flow":
+        _flow_scheduler(pipe, name)
+    else:
+        _ddim_scheduler(pipe, name)
+    for attr in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, attr, None)
         if module is not None:
             module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
@@ -95,15 +166,45 @@ def prepare_pipeline(pipe, name: str = "model") -> LoadedPipeline:
     # diffusers' own pipelines check); the UNet takes any latent size (it passes explicit
     # upsample sizes when the latent side is not a multiple of its own downsampling).
     vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return LoadedPipeline(pipe=pipe, is_sdxl=SUPPORTED[class_name], vae_scale_factor=vae_factor,
-                          size_multiple=vae_factor,
-                          native_resolution=int(pipe.vae.config.sample_size))
+    multiple, reason = vae_factor, "the VAE downsampling factor of this model"
+    if family.name == "sd3":  # the transformer cuts the latent into patch x patch tokens
+        multiple = vae_factor * pipe.transformer.config.patch_size
+        reason = f"the VAE factor {vae_factor} x the transformer's patch size {pipe.transformer.config.patch_size}"
+    elif family.name == "flux":  # FLUX packs 2x2 latent cells into one token
+        multiple, reason = vae_factor * 2, f"the VAE factor {vae_factor} x FLUX's 2x2 latent packing"
+    return LoadedPipeline(pipe=pipe, is_sdxl=family.name == "sdxl", vae_scale_factor=vae_factor,
+                          size_multiple=multiple, native_resolution=int(pipe.vae.config.sample_size),
+                          family=family, size_reason=reason)
+
+
+def _ddim_scheduler(pipe, name: str) -> None:
+    from diffusers import DDIMScheduler
+
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        logger.info("sampling with DDIM on the noise schedule of %s (the aligner's sampler is DDIM)",
+                    type(pipe.scheduler).__name__)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if pipe.scheduler.config.thresholding:
+        raise PipelineError(f"model '{name}': DDIM dynamic thresholding is not supported by the aligner")
+
+
+def _flow_scheduler(pipe, name: str) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+        logger.info("sampling with flow-matching Euler on the sigmas of %s (the aligner's flow sampler is Euler)",
+                    type(pipe.scheduler).__name__)
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    config = pipe.scheduler.config
+    if config.get("stochastic_sampling") or config.get("invert_sigmas"):
+        raise PipelineError(f"model '{name}': its scheduler's stochastic_sampling / invert_sigmas is not supported "
+                            "by the aligner's deterministic Euler sampler")
 
 
 def check_resolution(resolution: int, loaded: LoadedPipeline) -> None:
-    """The VAE halves the side per block: the image side must be a multiple of its factor."""
+    """The image side must be a multiple of the model's size step (VAE factor, patches, packing)."""
     m = loaded.size_multiple
     if resolution <= 0 or resolution % m:
         below, above = max(m, resolution // m * m), (resolution // m + 1) * m
-        raise PipelineError(f"--resolution {resolution} is not a multiple of {m} (the VAE downsampling "
-                            f"factor of this model); use {below} or {above}")
+        raise PipelineError(f"--resolution {resolution} is not a multiple of {m} ({loaded.size_reason}); "
+                            f"use {below} or {above}")

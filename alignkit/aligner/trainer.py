@@ -24,8 +24,9 @@ import torch
 
 from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
+from alignkit.aligner.families import apply_defaults
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
-from alignkit.aligner.pipeline import check_resolution, load_pipeline, resolve_model
+from alignkit.aligner.pipeline import check_resolution, inspect_model, load_pipeline
 from alignkit.aligner.runlock import RunLock
 from alignkit.aligner.sampler import DDIMSampler, Sampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
@@ -112,7 +113,26 @@ def plan_inputs(config: TrainConfig) -> Plan:
     prompts = (single_prompt(config.prompt) if config.prompt is not None else load_prompt_set(config.prompts)).train
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
-    return Plan(policy, prompts, resolve_model(config.pretrained_model_name_or_path))
+    model = inspect_model(config.pretrained_model_name_or_path, config.revision)
+    check_family_settings(config, model)
+    return Plan(policy, prompts, model.source)
+
+
+def check_family_settings(config: TrainConfig, model) -> None:
+    """Fill the settings left unset with the model family's defaults (so config.yaml records
+    what trains), and refuse what the family's sampler cannot do."""
+    family = model.family
+    flux_schnell = family.name == "flux" and not model.guidance_embeds
+    if flux_schnell and config.guidance_scale not in (None, 0.0):
+        logger.warning("--guidance-scale %g is ignored: this FLUX model (schnell-like) has no guidance embedding "
+                       "and the aligner runs no classifier-free batch for FLUX", config.guidance_scale)
+    apply_defaults(config, family, guidance_embeds=model.guidance_embeds)
+    if family.sampler == "flow" and config.eta > 0:
+        raise AlignkitError(f"--eta {config.eta:g}: the flow-matching sampler of {family.pipeline} is a deterministic "
+                            "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0")
+    if family.name == "flux" and config.negative_prompt:
+        raise AlignkitError("negative_prompt: FLUX.1 is guidance-distilled and the aligner runs no classifier-free "
+                            "batch for it, so a negative prompt would be ignored; leave it empty")
 
 
 def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler: bool) -> None:
@@ -264,14 +284,13 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     # Every training prompt must be readable by the reward: found now, not at the step that draws it.
     check_prompts(reward, plan.prompts)
 
-    # --- LoRA: only its matrices train
-    pipe.to(device)
-    unet = pipe.unet
+    # --- LoRA: only its matrices train (on the UNet or the transformer: the family's denoiser)
+    loaded.to(device, keep_t5_on_cpu=config.offload_t5)
+    unet = loaded.denoiser
     params = add_lora(unet, config.rank, config.lora_alpha, config.lora_target_modules)
     if config.mixed_precision == "fp16" and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16 (diffusers' force_upcast)
-    sampler: Sampler = DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
-                          config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
+    sampler: Sampler = _build_sampler(loaded, resolution, config)
 
     # --- optimizer and lr schedule
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -379,6 +398,18 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     finally:
         accelerator.end_training()
     return output_dir
+
+
+def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
+    """The family's differentiable sampler: DDIM (SD, SDXL) or flow-matching Euler (SD3, FLUX)."""
+    if loaded.family.sampler == "flow":
+        from alignkit.aligner.flow_sampler import FlowMatchSampler
+
+        return FlowMatchSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale,
+                                config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt,
+                                offload_t5=config.offload_t5)
+    return DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
+                       config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
 
 
 def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, k: int, global_batch: int,
@@ -511,7 +542,7 @@ def _register_lora_hooks(accelerator, pipeline_cls) -> None:
 
 
 @torch.no_grad()
-def _log_samples(accelerator, unet, sampler: DDIMSampler, prompts: list[str], config: TrainConfig, step: int) -> None:
+def _log_samples(accelerator, unet, sampler: Sampler, prompts: list[str], config: TrainConfig, step: int) -> None:
     """Fixed prompts and seeds, every `sample_every` steps: a PNG grid and the trackers."""
     if not accelerator.is_main_process:
         return

@@ -9,6 +9,9 @@ same latents on any device and in any batch.
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import torch
 from torch import Tensor
 
@@ -43,10 +46,13 @@ class Sampler:
         from diffusers import DiffusionPipeline
 
         source = resolve_model(self.model, what="base model")
+        dtype = self.dtype
+        if dtype == torch.float16 and _pipeline_class(source) == "FluxPipeline":
+            dtype = torch.bfloat16  # FLUX's activations overflow fp16 (black images); it is used in bf16
         try:
             with quiet_loading():
                 # Evaluation needs the raw images: no safety checker (it blacks out images).
-                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=self.dtype, safety_checker=None)
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({first_line(exc)})") from None
         if not hasattr(pipe, "load_lora_weights"):
@@ -61,6 +67,13 @@ class Sampler:
         from alignkit.hub import load_state_dict
 
         state = load_state_dict(checkpoint.path, what=f"LoRA {checkpoint.path}")
+        foreign = _foreign_module(self.pipe, state)
+        if foreign is not None:
+            # diffusers would load the keys that happen to match and skip the rest with a warning.
+            raise CheckpointError(
+                f"LoRA {checkpoint.path} does not fit the base model '{self.model}' ({type(self.pipe).__name__}): "
+                f"its module {foreign} is not in that model (a LoRA of another model family?); "
+                "pass the --model it was trained on")
         try:
             with quiet_loading():
                 self.pipe.load_lora_weights(state, adapter_name=checkpoint.adapter_name)
@@ -90,7 +103,13 @@ class Sampler:
     def generate(self, condition: Condition, prompt: str, seeds: list[int], settings: Settings) -> Tensor:
         """uint8 images (len(seeds),3,H,W) for one prompt, one per seed."""
         self.activate(condition)
-        size = {"height": settings.resolution, "width": settings.resolution} if settings.resolution else {}
+        # Unset: the native size the aligner trains at (the VAE's sample_size). SD/SDXL pipelines
+        # default to it already; FLUX's would default to 1024 px whatever the model.
+        side = settings.resolution or (self.pipe.vae.config.sample_size if hasattr(self.pipe, "transformer") else None)
+        kwargs = {"height": side, "width": side} if side else {}
+        # Flow-matching pipelines (SD3, FLUX) are deterministic and take no eta.
+        if "eta" in inspect.signature(self.pipe.__call__).parameters:
+            kwargs["eta"] = settings.eta
         chunks = []
         for start in range(0, len(seeds), self.batch_size):
             chunk = seeds[start:start + self.batch_size]
@@ -98,11 +117,41 @@ class Sampler:
             self.calls += 1
             out = self.pipe(prompt=prompt, num_images_per_prompt=len(chunk), generator=generators,
                             num_inference_steps=settings.num_inference_steps,
-                            guidance_scale=settings.guidance_scale, eta=settings.eta,
-                            output_type="pt", **size)
+                            guidance_scale=settings.guidance_scale, output_type="pt", **kwargs)
             # Quantise as the saved PNGs will be, so fresh and cached images score the same.
             chunks.append(out.images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
         return torch.cat(chunks)
+
+
+def _pipeline_class(source: str) -> str | None:
+    """The pipeline class named in model_index.json (None if it cannot be read here)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(source).get("_class_name")
+    except (OSError, ValueError):
+        return None
+
+
+# A LoRA key in diffusers' layouts: COMPONENT.MODULE.lora_A.weight (peft) or COMPONENT.MODULE.lora.down.weight.
+_LORA_KEY = re.compile(r"^(unet|transformer|text_encoder|text_encoder_2)\.(.+?)\.lora(?:_[AB]|\.down|\.up|_magnitude_vector)\b")
+
+
+def _foreign_module(pipe, state: dict) -> str | None:
+    """The first LoRA module (as COMPONENT.MODULE) that the pipeline lacks, or None. Keys in
+    other layouts (kohya, ...) are left to diffusers' converters."""
+    for key in state:
+        match = _LORA_KEY.match(key)
+        if match is None:
+            continue
+        component, module = match.groups()
+        owner = getattr(pipe, component, None)
+        try:
+            if owner is None or owner.get_submodule(module) is None:
+                return f"{component}.{module}"
+        except AttributeError:  # get_submodule: no such submodule
+            return f"{component}.{module}"
+    return None
 
 
 def _mismatch(exc: BaseException) -> str:
