@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.aligner.pipeline import LoadedPipeline
-from alignkit.aligner.sampler import Conditioning, SampleOutput, Trajectory, _repeat_cfg
+from alignkit.aligner.sampler import Conditioning, SampleOutput, Trajectory, _repeat_cfg, vae_decode
 
 
 def flow_schedule(loaded: LoadedPipeline, num_steps: int, latent_size: int) -> tuple[list[float], list[float]]:
@@ -193,11 +193,7 @@ class FlowMatchSampler:
     def _decode(self, latents: Tensor) -> Tensor:
         vae = self.pipe.vae
         # SD3's and FLUX's VAEs centre their latents: undo the scale, then the shift (as the pipelines).
-        latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        # The VAE runs in its own dtype, outside the step's autocast (see DDIMSampler._decode).
-        with torch.autocast(latents.device.type, enabled=False):
-            images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode(vae, latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0))
 
     # ---- the whole chain --------------------------------------------------------------------
     def sample(self, unet, cond: Conditioning, traj: Trajectory, nograd_unet=None) -> SampleOutput:

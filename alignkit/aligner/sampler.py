@@ -200,13 +200,7 @@ class DDIMSampler:
             latents = latents * std / config.scaling_factor + mean
         else:
             latents = latents / config.scaling_factor
-        # The VAE runs in its own dtype (bf16/fp16 weights, or fp32 where fp16 needs the upcast),
-        # as diffusers' pipelines decode, not under the step's autocast: autocast would run its
-        # GroupNorms in fp32 and keep those activations, which at full resolution are most of a
-        # step's peak memory (and an fp16 autocast would undo the fp32 upcast).
-        with torch.autocast(latents.device.type, enabled=False):
-            images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode(vae, latents)
 
     # ---- the whole chain --------------------------------------------------------------------
     def sample(self, unet, cond: Conditioning, traj: Trajectory, nograd_unet=None) -> SampleOutput:
@@ -240,6 +234,17 @@ class DDIMSampler:
         step_noise = None if last_noise is None else last_noise.repeat(n, 1, 1, 1)
         latents = self._grad_step(unet, noisy, last, conds, step_noise)
         return SampleOutput(self.decode(latents), n, latents)
+
+
+def vae_decode(vae, latents: Tensor) -> Tensor:
+    """The VAE's (unscaled) latents -> images in [0,1], for both samplers. The VAE runs in its own
+    dtype (bf16/fp16 weights, or fp32 where fp16 needs the upcast), as diffusers' pipelines decode,
+    not under the step's autocast: autocast would run its GroupNorms in fp32 and keep those
+    activations, which at full resolution are most of a step's peak memory (and an fp16 autocast
+    would undo the fp32 upcast)."""
+    with torch.autocast(latents.device.type, enabled=False):
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def _repeat_cfg(tensor: Tensor, n: int, cfg: bool) -> Tensor:
