@@ -8,23 +8,14 @@ SD3/FLUX pipelines and runs trained on them, which the main table's workspace do
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from alignkit.testing import run_cli
-from test_bad_inputs import Case, _argv, _snapshot
+from test_bad_inputs import Case, Workspace, _argv, _snapshot
 
 TRAIN = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--train-batch-size", "1",
          "--max-train-steps", "1", "--report-to", "none", "--truncation", "last:1", "--checkpointing-steps", "0"]
-
-
-class Workspace:
-    def __init__(self, root: Path):
-        self.root = root
-
-    def __getattr__(self, name: str) -> Path:  # ws.flux -> root/flux
-        return self.root / name
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +31,7 @@ def ws(tiny_sd, tiny_sd3, tiny_flux, test_rewards, tmp_path_factory):
     # One finished run per family, for evaluation against another family's model.
     for name, extra in (("sd", ["--guidance-scale", "1"]), ("flux", [])):
         assert run_cli(["train", "--model", root / name, *TRAIN, *extra, "--output-dir", root / f"{name}_run"]) == 0
-    return Workspace(root)
+    return Workspace(root, root / "sd")  # ws.flux -> root/flux
 
 
 def train(model, *extra):
@@ -69,13 +60,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_line_a_non_zero_exit_and_an_untouched_disk(case, ws, capsys):
+def test_bad_input_is_one_line_a_non_zero_exit_and_an_untouched_disk(case, ws, fails):
     argv = _argv(case, ws)
     before = _snapshot(ws.root)
-    capsys.readouterr()
-    code = run_cli(argv)
-    err = capsys.readouterr().err.strip()
-    assert code != 0, f"exit 0 for {argv}"
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    assert case.match in err, err
+    fails(argv, case.match)
     assert _snapshot(ws.root) == before
