@@ -56,44 +56,21 @@ def test_rewards():
     unregister_test_rewards()
 
 
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    """A tiny Stable Diffusion pipeline folder (`alignkit.testing.build_sd`), built once."""
-    from alignkit.testing import save_tiny_pipeline
+def _tiny_pipeline(kind: str):
+    """A session fixture: the test pipeline `kind` of `alignkit.testing.BUILDERS`, saved once."""
 
-    return save_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny") / "sd")
+    @pytest.fixture(scope="session", name=f"tiny_{kind.replace('-', '_')}")
+    def folder(tmp_path_factory) -> Path:
+        from alignkit.testing import save_tiny_pipeline
 
+        return save_tiny_pipeline(kind, tmp_path_factory.mktemp("tiny") / kind)
 
-@pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory) -> Path:
-    """A tiny SDXL pipeline folder (`alignkit.testing.build_sdxl`), built once."""
-    from alignkit.testing import save_tiny_pipeline
-
-    return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny") / "sdxl")
+    return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_sd3(tmp_path_factory) -> Path:
-    """A tiny SD3 pipeline folder (`alignkit.testing.build_sd3`), built once."""
-    from alignkit.testing import save_tiny_pipeline
-
-    return save_tiny_pipeline("sd3", tmp_path_factory.mktemp("tiny") / "sd3")
-
-
-@pytest.fixture(scope="session")
-def tiny_flux(tmp_path_factory) -> Path:
-    """A tiny FLUX.1-dev-like pipeline folder (`alignkit.testing.build_flux`), built once."""
-    from alignkit.testing import save_tiny_pipeline
-
-    return save_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny") / "flux")
-
-
-@pytest.fixture(scope="session")
-def tiny_flux_schnell(tmp_path_factory) -> Path:
-    """A tiny FLUX.1-schnell-like pipeline folder (`alignkit.testing.build_flux_schnell`), built once."""
-    from alignkit.testing import save_tiny_pipeline
-
-    return save_tiny_pipeline("flux-schnell", tmp_path_factory.mktemp("tiny") / "flux-schnell")
+# tiny_sd, tiny_sdxl, tiny_sd3, tiny_flux (FLUX.1-dev-like), tiny_flux_schnell: pipeline folders.
+tiny_sd, tiny_sdxl, tiny_sd3, tiny_flux, tiny_flux_schnell = map(_tiny_pipeline,
+                                                                ["sd", "sdxl", "sd3", "flux", "flux-schnell"])
 
 
 @pytest.fixture
