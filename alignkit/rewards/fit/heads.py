@@ -16,6 +16,7 @@ safetensors tensors `layers.{i}.weight` / `layers.{i}.bias` and rebuilt by `head
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -137,19 +138,35 @@ def inner_splits(groups: np.ndarray, y: np.ndarray | None = None, n: int = 3, se
 
 # --------------------------------------------------------------------------- linear
 
+# Inverse regularisation strengths searched by LogisticRegressionCV. Capped at 10: on separable
+# data (a clean preference) larger ones only grow the weights, and lbfgs spends its iterations there.
+_CS = np.logspace(-3, 1, 5)
+
+
 def fit_linear(problem: Problem, seed: int = 0) -> Head:
+    # scikit-learn 1.9 announces changes to LogisticRegressionCV's defaults and attributes;
+    # the ones read here (coef_, intercept_) keep their meaning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return _fit_linear(problem, seed)
+
+
+def _fit_linear(problem: Problem, seed: int) -> Head:
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 
     mu, sigma = standardiser(problem)
     if problem.kind == "ratings":
-        model = RidgeCV(alphas=np.logspace(-2, 5, 15), cv=inner_splits(problem.groups, seed=seed))
+        # Efficient leave-one-out (one SVD) when every row is its own image; with duplicates,
+        # LOO would leave a copy in training, so the search uses grouped folds instead.
+        grouped = len(np.unique(problem.groups)) < len(problem.groups)
+        model = RidgeCV(alphas=np.logspace(-2, 5, 15), cv=inner_splits(problem.groups, seed=seed) if grouped else None)
         model.fit((problem.x - mu) / sigma, problem.y)
         w, b = fold_standardisation(model.coef_[None, :], np.array([model.intercept_]), mu, sigma)
         return Head("linear", [w], [b], "identity")
     if problem.kind == "labels":
         x = (problem.x - mu) / sigma
-        model = LogisticRegressionCV(Cs=np.logspace(-3, 2, 8), cv=inner_splits(problem.groups, problem.y, seed=seed),
-                                     max_iter=3000, scoring="neg_log_loss")
+        model = LogisticRegressionCV(Cs=_CS, cv=inner_splits(problem.groups, problem.y, seed=seed),
+                                     max_iter=500, scoring="neg_log_loss")
         model.fit(x, problem.y)
         # Classes are 0..C-1 with the wanted one last; binary: one log-odds logit of the wanted class.
         w, b = fold_standardisation(model.coef_, model.intercept_, mu, sigma)
@@ -159,8 +176,8 @@ def fit_linear(problem: Problem, seed: int = 0) -> Head:
     x = np.concatenate([diff, -diff])
     y = np.concatenate([np.ones(len(diff)), np.zeros(len(diff))])
     groups = np.concatenate([problem.groups, problem.groups])
-    model = LogisticRegressionCV(Cs=np.logspace(-3, 2, 8), cv=inner_splits(groups, seed=seed), fit_intercept=False,
-                                 max_iter=3000, scoring="neg_log_loss")
+    model = LogisticRegressionCV(Cs=_CS, cv=inner_splits(groups, seed=seed), fit_intercept=False,
+                                 max_iter=500, scoring="neg_log_loss")
     model.fit(x, y)
     w = model.coef_ / sigma
     # Any constant leaves P(a ≻ b) unchanged: centre the utility on the training images.

@@ -117,6 +117,8 @@ def fit_reward(config: FitConfig, console=None) -> dict:
         "data": {"file": str(Path(config.data).resolve()), "kind": data.kind, "rows": len(data),
                  "images": len(data.paths), "duplicate_rows": data.duplicates, "sha256": data.digest,
                  "classes": data.classes or None},
+        "backbone": embedder.describe(),
+        "embeddings": {"images": len(data.paths), "computed": computed, "cache": None if cache is None else str(cache.dir)},
         "folds": config.folds, "primary": crossval.PRIMARY[data.kind], "chosen": chosen,
         "heads": {h: r.summary() for h, r in results.items()},
         "per_fold": {h: r.per_fold for h, r in results.items()},
