@@ -153,7 +153,8 @@ def check_contract(reference: str, reward: Reward) -> None:
     if not out.requires_grad:
         raise AlignkitError(f"reward '{reference}': no gradient reaches the pixels (the output has no graph); "
                             "make it differentiable, or set differentiable = False on it (it then cannot train)")
-    (grad,) = torch.autograd.grad(out.float().sum(), images, allow_unused=True)
+    with torch.enable_grad():  # evaluation loads rewards under no_grad
+        (grad,) = torch.autograd.grad(out.float().sum(), images, allow_unused=True)
     if grad is None or not torch.isfinite(grad).all() or not grad.abs().sum() > 0:
         what = "no gradient" if grad is None else "a zero or non-finite gradient"
         raise AlignkitError(f"reward '{reference}': {what} reaches the pixels; make it differentiable, "
