@@ -78,6 +78,9 @@ def rewards() -> None:
                       "yes" if entry.differentiable else "no",
                       f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
     Console().print(table)
+    Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
+                    "--reward my_pkg.module:factory; or a package's entry points in the group "
+                    "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)
 
 
 @app.command()
