@@ -54,7 +54,9 @@ def test_a_linear_target_is_recovered_and_saved_as_plain_linear_algebra(world):
     assert report["hackability"]["fitted"]["steps"] == 10
     out = world["root"] / "ratings"
     assert sorted(p.name for p in out.iterdir()) == ["fit.png", "report.json", "reward.json", "reward.safetensors"]
-    meta = json.loads((out / "reward.json").read_text())
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in JSON")}  # NaN is no JSON
+    json.loads((out / "report.json").read_text(), **strict)
+    meta = json.loads((out / "reward.json").read_text(), **strict)
     assert meta["backbone"]["spec"] == str(world["backbone"]) and meta["backbone"]["revision"].startswith("sha256")
     assert meta["head"]["kind"] == "linear" and meta["data"]["sha256"] and "spearman" in meta["metrics"]
 

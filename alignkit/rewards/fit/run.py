@@ -225,8 +225,8 @@ def write_outputs(config: FitConfig, data: Dataset, embedder, head: Head, report
             "hackability": report["hackability"],
             "alignkit": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (tmp / CONFIG_FILE).write_text(json.dumps(reward_json, indent=2, default=_jsonable) + "\n")
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(_finite(reward_json), indent=2, default=_jsonable) + "\n")
+        (tmp / REPORT_FILE).write_text(json.dumps(_finite(report), indent=2, default=_jsonable) + "\n")
         plot_report(report, tmp / PLOT_FILE)
         stale = None
         if out.exists():
@@ -244,6 +244,18 @@ SCORE_MEANING = {
     "pairs": "a Bradley-Terry utility: P(a preferred to b) = sigmoid(r(a) - r(b))",
     "labels": "the log-probability of the wanted class",
 }
+
+
+def _finite(value):
+    """NaN and infinities as null: strict JSON has no literal for them (a one-fold spread, an
+    AUC on a one-class fold)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _jsonable(value):
