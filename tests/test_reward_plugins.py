@@ -167,6 +167,9 @@ def test_entry_points_are_listed_and_loaded(plugin_path, tmp_path, monkeypatch, 
         assert "ak_broken" in listing and "fitted" in listing
         images = torch.rand(2, 3, 16, 16)
         assert load_reward("ak_warm:2")(images, ["a", "b"]).shape == (2,)
+        assert registry.get_entry("ak_warm:gain=3").status()[0]  # inline options reach a plugin too
+        assert torch.allclose(load_reward("ak_warm:gain=3")(images, ["a", "b"]),
+                              3 * load_reward("ak_warm")(images, ["a", "b"]))
         with pytest.raises(AlignkitError, match="cannot import module 'ak_no_such_module'"):
             load_reward("ak_broken")
     finally:

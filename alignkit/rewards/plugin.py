@@ -163,29 +163,32 @@ def check_contract(reference: str, reward: Reward) -> None:
 
 def reference_fields(reference: str) -> dict:
     """The registry entry's fields for a module reference, importing it now."""
-    target = import_factory(reference)
-    return dict(factory=make_factory(reference, target), summary=f"user code {reference}",
-                options=factory_options(target), differentiable=bool(getattr(target, "differentiable", True)))
+    return _fields(reference, import_factory(reference), f"user code {reference}")
 
 
 def entry_point_fields() -> dict[str, dict]:
-    """Registry entry fields for every installed `alignkit.rewards` entry point, by its name.
-    One that fails to import stays listed, unavailable, with the reason; using it raises that line."""
+    """Registry entry fields for every installed `alignkit.rewards` entry point, by its name,
+    summarised by the first line of the factory's docstring. One that fails to import stays
+    listed, unavailable, with the reason; using it raises that line."""
     from importlib.metadata import entry_points
 
     out = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            fields = reference_fields(ep.value)
+            target = import_factory(ep.value)
         except AlignkitError as exc:
             out[ep.name] = dict(factory=_raiser(exc), summary=f"plugin {ep.value}",
-                                probe=lambda message=str(exc): (False, message))
+                                probe=lambda message=str(exc), **_: (False, message))
             continue
-        target = import_factory(ep.value)
         doc = (inspect.getdoc(target) or "").strip()
-        out[ep.name] = {**fields, "summary": doc.splitlines()[0] if doc else f"plugin {ep.value}",
-                        "probe": lambda value=ep.value: (True, f"plugin {value}")}
+        out[ep.name] = {**_fields(ep.value, target, doc.splitlines()[0] if doc else f"plugin {ep.value}"),
+                        "probe": lambda value=ep.value, **_: (True, f"plugin {value}")}
     return out
+
+
+def _fields(reference: str, target, summary: str) -> dict:
+    return dict(factory=make_factory(reference, target), summary=summary, options=factory_options(target),
+                differentiable=bool(getattr(target, "differentiable", True)))
 
 
 def _raiser(exc: AlignkitError) -> Callable:
