@@ -175,3 +175,11 @@ def test_entry_points_are_listed_and_loaded(plugin_path, tmp_path, monkeypatch, 
     finally:
         registry.REGISTRY.pop("ak_warm", None)
         registry.REGISTRY.pop("ak_broken", None)
+
+
+def test_a_fitted_reward_is_watched_by_text_alignment_by_default():
+    from alignkit.evaluation.heldout import default_heldout
+
+    assert default_heldout(["fitted:path=runs/x"]) == ["clip"]
+    assert default_heldout(["fitted:path=runs/x"], {"clip": "toy_clip"}) == ["toy_clip"]
+    assert default_heldout(["ak_testplug:warmth"]) == []

@@ -50,6 +50,8 @@ def plot_report(report: dict, path: Path) -> None:
     ax.errorbar(xs, [p["mean"] for p in curve],
                 yerr=[0 if not math.isfinite(p["std"]) else p["std"] for p in curve], marker="o", capsize=3)
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("training rows (10/25/50/100% of each fold)")
     ax.set_ylabel(f"held-out {report['primary']}")
     ax.set_title("learning curve")
