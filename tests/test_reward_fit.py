@@ -35,8 +35,8 @@ def world(tmp_path_factory):
 
 def fit(world, data: Path, out: str, **options) -> dict:
     options = {"heads": ("linear",), "folds": 5, "hack_images": 8, "compare_reward": "none",
-               "cache_dir": world["root"] / "cache", **options}
-    config = FitConfig(data=data, out=world["root"] / out, backbone=str(world["backbone"]), **options)
+               "cache_dir": world["root"] / "cache", "backbone": str(world["backbone"]), **options}
+    config = FitConfig(data=data, out=world["root"] / out, **options)
     return fit_reward(config)
 
 
@@ -162,3 +162,19 @@ def test_with_prompt_and_overwrite(world):
     assert report["folds"] == 2
     assert json.loads((world["root"] / "prompted" / "report.json").read_text())["folds"] == 2
     assert not list(world["root"].glob(".prompted*"))  # no temporary folder left behind
+
+
+def test_an_open_clip_backbone_fits_and_reloads_from_another_directory(world, tmp_path, monkeypatch):
+    from tiny_models import register_tiny_open_clip, save_hps_checkpoint
+
+    from alignkit.images import load_image
+
+    arch = register_tiny_open_clip(tmp_path / "configs")
+    checkpoint = save_hps_checkpoint(tmp_path / "ckpt" / "tiny.pt", arch)
+    monkeypatch.chdir(tmp_path / "ckpt")
+    report = fit(world, ratings_file(world), "open-clip", backbone=f"open_clip:{arch}@tiny.pt", folds=2)
+    assert report["backbone"]["spec"] == f"open_clip:{arch}@{checkpoint}"  # absolute, for any cwd
+    monkeypatch.chdir(tmp_path)
+    reward = load_reward(f"fitted:path={world['root'] / 'open-clip'}")
+    images = torch.stack([load_image(world["root"] / "images" / n) for n in world["names"][:4]])
+    assert reward(images, [""] * 4).shape == (4,)

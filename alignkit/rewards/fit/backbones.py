@@ -120,6 +120,9 @@ class RewardEmbedder(Embedder):
 
 def _hf(source: str, with_text: bool, spec: str) -> Embedder:
     what, option = f"backbone {source}", "--backbone"
+    if Path(source).expanduser().is_dir():
+        # reward.json records the spec: an absolute folder loads from any working directory.
+        source = spec = str(Path(source).expanduser().resolve())
     if with_text:
         towers = HFClipTowers(load_hf_clip(source, what=what, option=option),
                               load_hf_tokenizer(source, what=what, option=option))
@@ -137,7 +140,8 @@ def _open_clip(source: str, with_text: bool, spec: str) -> Embedder:
     if not path.is_file():
         raise AlignkitError(f"--backbone {spec}: no checkpoint file at {path}")
     model = load_open_clip(arch, path, what=f"backbone {spec}")
-    return TowersEmbedder(OpenClipTowers(model, arch), spec, "open_clip", f"{arch}@{path.resolve()}",
+    source = f"{arch}@{path.resolve()}"
+    return TowersEmbedder(OpenClipTowers(model, arch), f"open_clip:{source}", "open_clip", source,
                           file_fingerprint(path))
 
 
