@@ -98,23 +98,28 @@ def measure(eval_dir: Path, data: Path, tuned: str) -> dict:
     base, after = by_key["base"], by_key[tuned]
     keys = sorted(set(base) & set(after))
 
-    def areas(side):
+    def read(side):
         images = torch.stack([load_image(eval_dir / side[k]["image"]) for k in keys])
-        return np.array([object_area(r, images.shape[2] * images.shape[3]) for r in read_images(images)])
+        readings = read_images(images)
+        return (np.array([object_area(r, images.shape[2] * images.shape[3]) for r in readings]),
+                np.array([float(r.ambiguous) for r in readings]))
 
-    a0, a1 = areas(base), areas(after)
+    (a0, doubt0), (a1, doubt1) = read(base), read(after)
     large0, large1 = (a0 > threshold).astype(float), (a1 > threshold).astype(float)
     report = {"samples": len(keys), "tuned": tuned, "threshold_area": threshold,
               "area_base": float(a0.mean()), "area_tuned": float(a1.mean()),
               "area_gain_ci95": interval(a1 - a0),
               "larger_share_base": float(large0.mean()), "larger_share_tuned": float(large1.mean()),
-              "larger_share_gain_ci95": interval(large1 - large0)}
+              "larger_share_gain_ci95": interval(large1 - large0),
+              # Images the world's rules cannot read cleanly (objects run together, stray blots):
+              # there the "object area" is the area of whatever blotch the reader found.
+              "ambiguous_share_base": float(doubt0.mean()), "ambiguous_share_tuned": float(doubt1.mean())}
     for column in ("pixel_count_correct", "reward", "toy_clip"):
         if column in rows[0]:
             v0 = np.array([float(base[k][column]) for k in keys])
             v1 = np.array([float(after[k][column]) for k in keys])
             report[column] = {"base": float(v0.mean()), "tuned": float(v1.mean()), "gain_ci95": interval(v1 - v0)}
-    (eval_dir / "object_size.json").write_text(json.dumps(report, indent=2) + "\n")
+    (eval_dir / f"object_size_{tuned}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
 
