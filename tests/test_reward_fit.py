@@ -178,3 +178,17 @@ def test_an_open_clip_backbone_fits_and_reloads_from_another_directory(world, tm
     reward = load_reward(f"fitted:path={world['root'] / 'open-clip'}")
     images = torch.stack([load_image(world["root"] / "images" / n) for n in world["names"][:4]])
     assert reward(images, [""] * 4).shape == (4,)
+
+
+def test_the_default_backbone_comes_from_the_hub_cache_with_its_revision(world, tmp_path, monkeypatch):
+    """No --backbone: openai/clip-vit-large-patch14 through the HF cache (here a tiny CLIP laid
+    out under that id), its snapshot's commit recorded, and the fitted reward reloads from it."""
+    from tiny_models import put_in_hub_cache, use_hub_cache
+
+    cache = use_hub_cache(monkeypatch, tmp_path / "hub")
+    put_in_hub_cache(cache, "openai/clip-vit-large-patch14", {".": world["backbone"]}, revision="a" * 40)
+    report = fit(world, ratings_file(world), "default-backbone", backbone=None, folds=2)
+    assert report["backbone"]["id"] == "openai/clip-vit-large-patch14"
+    assert report["backbone"]["revision"] == "a" * 40
+    assert report["heads"]["linear"]["spearman"]["mean"] >= 0.95
+    assert load_reward(f"fitted:path={world['root'] / 'default-backbone'}").embedder.revision == "a" * 40
