@@ -192,3 +192,13 @@ def test_the_default_backbone_comes_from_the_hub_cache_with_its_revision(world, 
     assert report["backbone"]["revision"] == "a" * 40
     assert report["heads"]["linear"]["spearman"]["mean"] >= 0.95
     assert load_reward(f"fitted:path={world['root'] / 'default-backbone'}").embedder.revision == "a" * 40
+    # A head fitted on another revision of the backbone reads other features: refused, one line.
+    other = tmp_path / "other-revision"
+    shutil.copytree(world["root"] / "default-backbone", other)
+    meta = json.loads((other / "reward.json").read_text())
+    meta["backbone"]["revision"] = "b" * 40
+    (other / "reward.json").write_text(json.dumps(meta))
+    from alignkit.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="fitted on backbone 'openai/clip-vit-large-patch14' revision bbbb"):
+        load_reward(f"fitted:path={other}")
