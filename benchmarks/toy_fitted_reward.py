@@ -114,7 +114,9 @@ def measure(eval_dir: Path, data: Path, tuned: str) -> dict:
               # Images the world's rules cannot read cleanly (objects run together, stray blots):
               # there the "object area" is the area of whatever blotch the reader found.
               "ambiguous_share_base": float(doubt0.mean()), "ambiguous_share_tuned": float(doubt1.mean())}
-    for column in ("pixel_count_correct", "reward", "toy_clip"):
+    # toy_clip is a held-out column, or a part of the trained reward ("reward/toy_clip").
+    for column in ("pixel_count_correct", "pixel_colour_correct", "pixel_shape_correct", "reward", "toy_clip",
+                   "reward/toy_clip", "reward/fitted:path=" + str(data.parent / "reward")):
         if column in rows[0]:
             v0 = np.array([float(base[k][column]) for k in keys])
             v1 = np.array([float(after[k][column]) for k in keys])
