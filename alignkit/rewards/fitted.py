@@ -46,6 +46,10 @@ class FittedReward(Reward):
         t = self.embedder.embed_texts(list(prompts)).to(z.device) if self.with_prompt else None
         return self.head(features_torch(z, t).to(self.head_dtype)).float()
 
+    def embed_images(self, images: Tensor) -> Tensor:
+        """The backbone's unit-norm image embedding (evaluation's diversity and drift)."""
+        return self.embedder.embed_images(images)
+
     @property
     def head_dtype(self) -> torch.dtype:
         return next(self.head.parameters()).dtype

@@ -27,7 +27,7 @@ from alignkit.rewards._clip_backbones import (
     HFClipTowers, OpenClipTowers, clip_pixels, encode_prompts, fetch, load_hf_clip, load_hf_tokenizer,
     load_open_clip, split_source,
 )
-from alignkit.rewards.base import CLIP_MEAN, CLIP_STD, resize_shortest_crop
+from alignkit.rewards.base import CLIP_MEAN, CLIP_STD, Reward, resize_shortest_crop
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 
@@ -149,7 +149,8 @@ def _reward(source: str, with_text: bool, spec: str) -> Embedder:
     from alignkit.rewards.registry import build
 
     reward = build(source)
-    if not callable(getattr(reward, "embed_images", None)):
+    # Every Reward has embed_images; the base class's returns None (no image encoder).
+    if type(reward).embed_images is Reward.embed_images:
         raise AlignkitError(f"--backbone {spec}: reward '{source}' exposes no embed_images(); "
                             "pick a CLIP backbone or a reward that embeds images (e.g. toy_clip)")
     return RewardEmbedder(reward, source, module_fingerprint(reward))
