@@ -78,6 +78,9 @@ def rewards() -> None:
                       "yes" if entry.differentiable else "no",
                       f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
     Console().print(table)
+    Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
+                    "--reward my_pkg.module:factory; or a package's entry points in the group "
+                    "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)
 
 
 @app.command()
@@ -150,6 +153,40 @@ def score(
         print(json.dumps(row), flush=True)
         table.add_row(row["image"], row["prompt"], *(f"{row[c]:.4g}" for c in columns))
     err.print(table)
+
+
+reward_app = typer.Typer(no_args_is_help=True, help="Make rewards of your own: `alignkit reward fit`.")
+app.add_typer(reward_app, name="reward")
+
+
+@reward_app.command("fit")
+def reward_fit(
+    data: Path = typer.Argument(..., help="Ratings (CSV/JSONL: image, score[, prompt]), pairs (JSONL: prompt, chosen, rejected) or labels (image, label)."),
+    out: Path = typer.Option(..., "--out", help="Folder for reward.safetensors, reward.json, report.json, fit.png."),
+    kind: Optional[str] = typer.Option(None, help="ratings | pairs | labels (default: detected from the columns)."),
+    backbone: Optional[str] = typer.Option(None, help="Hub id or folder of a transformers CLIP (default openai/clip-vit-large-patch14), open_clip:ARCH@CHECKPOINT, or reward:NAME (e.g. reward:toy_clip)."),
+    with_prompt: bool = typer.Option(False, "--with-prompt", help="The head also reads the prompt's text embedding."),
+    positive: Optional[str] = typer.Option(None, help="Labels: the class the reward prefers (its log-probability is the reward)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous fit in --out."),
+    folds: int = typer.Option(5, help="k of the k-fold cross-validation."),
+    heads: str = typer.Option("linear,mlp", help="Heads to compare (the best by cross-validation is kept)."),
+    seed: int = typer.Option(0, help="Seed of the folds and the MLP."),
+    compare_reward: str = typer.Option("auto", help="A shipped reward to attack beside the fitted one ('auto': by backbone; 'none')."),
+    hack_images: int = typer.Option(16, min=2, help="Held-out images for the hackability figure."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Embedding cache (default $ALIGNKIT_CACHE/embeddings or ~/.cache/alignkit/embeddings)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
+    device: Optional[str] = typer.Option(None, help="cuda, cpu, ... (default: cuda when present)."),
+    batch_size: int = typer.Option(32, min=1, help="Images per backbone forward pass."),
+) -> None:
+    """Fit a differentiable reward on frozen CLIP embeddings from ratings, preferences or labels."""
+    from alignkit.devices import resolve_device
+    from alignkit.rewards.fit.run import FitConfig, command_line, fit_reward
+
+    fit_reward(FitConfig(data=data, out=out, kind=kind, backbone=backbone, with_prompt=with_prompt, positive=positive,
+                         overwrite=overwrite, folds=folds, heads=tuple(h.strip() for h in heads.split(",") if h.strip()),
+                         seed=seed, device=resolve_device(device), batch_size=batch_size, cache_dir=cache_dir,
+                         no_cache=no_cache, compare_reward=compare_reward, hack_images=hack_images,
+                         command=command_line()), console=err)
 
 
 def main(argv: list[str] | None = None) -> None:

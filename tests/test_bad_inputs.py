@@ -68,6 +68,10 @@ def ws(tiny_sd, test_rewards, tmp_path_factory):
         shutil.copytree(root / "run", root / name)
         damage(root / name)
     # A folder another (live) process holds the lock of.
+    # Inputs of `alignkit reward fit` and of fitted / plugin rewards.
+    from fit_data import write_bad_fit_inputs
+
+    sys.path.insert(0, str(write_bad_fit_inputs(root)))
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from alignkit.aligner.runlock import RunLock; "
                                "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
                                str(root / "locked")], stdout=subprocess.PIPE, text=True)
@@ -75,6 +79,7 @@ def ws(tiny_sd, test_rewards, tmp_path_factory):
     yield w
     holder.kill()
     holder.wait()
+    sys.path.remove(str(root / "fit"))
 
 
 def _nan_lora(run: Path) -> None:
@@ -120,6 +125,12 @@ def resume(source, *extra, out="out"):
 def evaluate(*extra, run="run"):
     return lambda w: ["eval", w.root / run, "--seeds", "1", "--rewards", "brightness", "--output-dir",
                       w.root / "eval-out", *extra]
+
+
+def fit(data, *extra, out="fit-out"):
+    """reward fit on a data file of the workspace's fit/ folder, the cache inside the workspace."""
+    return lambda w: ["reward", "fit", w.root / "fit" / data, "--out", w.root / out, "--cache-dir", w.root / "fit-cache",
+                      "--device", "cpu", *extra]
 
 
 def score(*extra, prompt=("--prompt", "a cat"), image="image.png"):
@@ -267,6 +278,42 @@ CASES = [
     Case("count-conf", score("--reward", "count", "--reward-option", "conf=2"), "conf must be a number between 0"),
     Case("count-prompt", score("--reward", "count"), "count: no object class of the detector"),
     Case("rewards-extra-argument", lambda w: ["rewards", "--all"], "No such option: --all"),
+    # ---- reward fit: data, folds, output (all caught before a model loads or a file is written)
+    Case("fit-missing-image", fit("missing_image.csv"), "row 13: no image file at"),
+    Case("fit-unreadable-image", fit("unreadable.csv"), "notimage.png is not a readable image"),
+    Case("fit-row-without-score", fit("no_score.csv"), "row 3: no 'score'"),
+    Case("fit-too-few-rows", fit("few.csv"), "too few for 5-fold cross-validation"),
+    Case("fit-too-few-for-the-folds", fit("ok.csv", "--folds", "7"), "too few for 7-fold cross-validation"),
+    Case("fit-folds-one", fit("ok.csv", "--folds", "1"), "--folds must be at least 2"),
+    Case("fit-constant-scores", fit("constant.csv"), "every score is 3.5; constant scores carry nothing to fit"),
+    Case("fit-one-class", fit("one_class.jsonl"), "every row has the label 'good'"),
+    Case("fit-nan-score", fit("nan.csv"), "score 'nan' is not finite"),
+    Case("fit-inf-score", fit("inf.csv"), "score 'inf' is not finite"),
+    Case("fit-pair-same-file", fit("same_pair.jsonl"), "'chosen' and 'rejected' are the same image"),
+    Case("fit-pair-same-content", fit("same_content_pair.jsonl"), "'chosen' and 'rejected' are the same image"),
+    Case("fit-out-holds-a-fit", fit("ok.csv", out="fit/prev_fit"), "already holds a previous fit; pass --overwrite"),
+    Case("fit-out-is-a-file", fit("ok.csv", out="afile"), "is a file; give a folder"),
+    Case("fit-kind-unknown", fit("ok.csv", "--kind", "scores"), "--kind 'scores' is not one of"),
+    Case("fit-kind-undetectable", fit("unknown_columns.csv"), "cannot tell the data's kind"),
+    Case("fit-positive-unknown", fit("labels.jsonl", "--positive", "great"), "--positive 'great' is not a label"),
+    Case("fit-positive-on-ratings", fit("ok.csv", "--positive", "good"), "--positive only applies to labels"),
+    Case("fit-not-json", fit("notjson.jsonl"), "line 2 is not JSON"),
+    Case("fit-data-missing", fit("nowhere.csv"), "no such file"),
+    Case("fit-heads-unknown", fit("ok.csv", "--heads", "svm"), "unknown head svm"),
+    Case("fit-with-prompt-no-prompts", fit("ok.csv", "--with-prompt"), "has no 'prompt' column values"),
+    Case("fit-backbone-missing", fit("ok.csv", "--backbone", "{nomodel}"), "no folder at"),
+    Case("fit-backbone-open-clip", fit("ok.csv", "--backbone", "open_clip:ViT-B-32"), "open_clip:ARCH@CHECKPOINT"),
+    # ---- fitted and plugin rewards
+    Case("fitted-backbone-unavailable", score("--reward", "fitted:path={fit/fitted_bad_backbone}"),
+         "its backbone '"),
+    Case("fitted-no-path", score("--reward", "fitted"), "reward 'fitted' needs path=DIR"),
+    Case("fitted-not-a-fit", score("--reward", "fitted:path={fit/images}"), "has no reward.json"),
+    Case("fitted-option-unknown", score("--reward", "fitted:folder=x"), "reward 'fitted' has no option folder"),
+    Case("plugin-import-fails", score("--reward", "ak_no_such_module:factory"), "cannot import module 'ak_no_such_module'"),
+    Case("plugin-no-attribute", score("--reward", "ak_badplug:missing"), "has no attribute 'missing'"),
+    Case("plugin-factory-raises", score("--reward", "ak_badplug:fails"), "the factory failed (RuntimeError: no weights here)"),
+    Case("plugin-wrong-shape", score("--reward", "ak_badplug:wrong_shape"), "returned shape (2, 64) for 2 images"),
+    Case("plugin-no-gradient", train("--reward", "ak_badplug:nograd"), "no gradient reaches the pixels"),
 ]
 
 

@@ -38,6 +38,8 @@ HELDOUT: dict[str, tuple[str, ...]] = {
     "count": ("clip",),
     "compress": ("clip",),
     "incompress": ("clip",),
+    # A reward fitted on image embeddings knows nothing of the prompt: watch text alignment.
+    "fitted": ("clip",),
 }
 
 # Which way is better for each target a reward reports (+1: higher). The independent ones are
@@ -163,7 +165,8 @@ def default_heldout(trained: list[str], substitutes: Mapping[str, str] = {}) -> 
     stand-in where it has one), minus the trained ones."""
     names: list[str] = []
     for part in trained:
-        for name in HELDOUT.get(part, ()):
+        # 'fitted:path=DIR' is looked up as 'fitted' (inline options name a folder, not a kind).
+        for name in HELDOUT.get(part.partition(":")[0], ()):
             name = substitutes.get(name, name)
             if name not in trained and name not in names:
                 names.append(name)

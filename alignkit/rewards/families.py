@@ -10,6 +10,7 @@ import importlib
 FAMILIES = (
     "alignkit.rewards.aesthetic", "alignkit.rewards.hps", "alignkit.rewards.pickscore",
     "alignkit.rewards.clip", "alignkit.rewards.compress", "alignkit.rewards.count",
+    "alignkit.rewards.fitted",
 )
 
 for _family in FAMILIES:

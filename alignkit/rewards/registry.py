@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from alignkit.errors import AlignkitError
 from alignkit.plugins import load_plugins
+from alignkit.rewards.plugin import entry_point_fields, is_reference, reference_fields
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,16 @@ class RewardEntry:
     # Weights that ship with the reward's package (the toy world's): always available.
     bundled: bool = False
     options: tuple[str, ...] = field(default=())
+    # Options given inline in the spec (`fitted:path=DIR`), as (name, value) pairs.
+    bound: tuple[tuple[str, str], ...] = ()
+    # For rewards whose weights an option names (a fitted folder): (available, reason) given
+    # the bound options, still loading nothing.
+    probe: Callable[..., tuple[bool, str]] | None = None
 
     def status(self) -> tuple[bool, str]:
         """(available, reason) on this machine, without loading anything."""
+        if self.probe is not None:
+            return self.probe(**dict(self.bound))
         missing = [p for p in self.packages if importlib.util.find_spec(p) is None]
         if missing:
             return False, f"missing package {', '.join(missing)} (pip install 'alignkit[{self.extra or missing[0]}]')"
@@ -76,12 +84,30 @@ def register(name: str, summary: str, **meta) -> Callable:
 
 
 def get_entry(name: str) -> RewardEntry:
+    """The entry of a registered name, of a name with inline options (`fitted:path=DIR`), or
+    of a module reference (`my_pkg.rewards:factory`, imported now: a failure is one line)."""
     _load_families()
+    if ":" in name and name not in REGISTRY:
+        head, _, rest = name.partition(":")
+        if is_reference(head, rest, REGISTRY):
+            return RewardEntry(name=name, **reference_fields(name))
+        bound = tuple(field.partition("=")[::2] for field in rest.split(":"))
+        base = get_entry(head)
+        unknown = sorted({key for key, _ in bound} - set(base.options))
+        if unknown:
+            raise AlignkitError(f"reward '{head}' has no option {', '.join(unknown)} "
+                                f"(options: {', '.join(base.options) or 'none'})")
+        return replace(base, name=name, bound=bound)
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise AlignkitError(f"unknown reward '{name}'{hint} (known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[name]
+
+
+def registered_names() -> set[str]:
+    _load_families()
+    return set(REGISTRY)
 
 
 def list_entries() -> list[RewardEntry]:
@@ -92,6 +118,8 @@ def list_entries() -> list[RewardEntry]:
 def build(name: str, device=None, dtype=None, **options):
     """Build one registered reward, checking its options first."""
     entry = get_entry(name)
+    # Inline options are read as YAML scalars, as --reward-option values are; flags win.
+    options = {**{key: _scalar(value) for key, value in entry.bound}, **options}
     unknown = sorted(set(options) - set(entry.options))
     if unknown:
         known = ", ".join(entry.options) or "none"
@@ -105,3 +133,19 @@ def _load_families() -> None:
     # Importing the family modules registers them; their heavy imports live in the factories.
     importlib.import_module("alignkit.rewards.families")
     load_plugins()
+    # Rewards that installed packages declare as entry points (read once).
+    global _entry_points_read
+    if not _entry_points_read:
+        _entry_points_read = True
+        for name, fields in entry_point_fields().items():
+            REGISTRY.setdefault(name, RewardEntry(name=name, **fields))
+
+
+_entry_points_read = False
+
+
+def _scalar(text: str):
+    import yaml
+
+    parsed = yaml.safe_load(text) if text else text
+    return text if parsed is None or isinstance(parsed, (dict, list)) else parsed

@@ -3,6 +3,15 @@
 `load_reward("hps+aesthetic:0.5")` returns a `CombinedReward` whose forward is the weighted
 sum and whose `with_parts` also returns each part, unweighted, so training logs
 `reward/<name>` for every term.
+
+A term may carry its own options, and may name code outside the registry:
+
+    fitted:path=runs/fit:0.5        a registered reward with inline options, weight 0.5
+    my_pkg.rewards:factory          a factory imported from a module (see rewards/plugin.py)
+
+Such a term's whole text, less its weight, is its name: the run's config and evaluation carry
+it as it is, and the registry resolves it (`get_entry`). A path holding '+' or ':' goes
+through `--reward-option` instead.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from torch import Tensor, nn
 
 from alignkit.errors import AlignkitError
 from alignkit.rewards.base import Reward, check_inputs
-from alignkit.rewards.registry import build, get_entry
+from alignkit.rewards.plugin import is_reference
+from alignkit.rewards.registry import build, get_entry, registered_names
 
 _GRAMMAR = "expected name[:weight](+name[:weight])*, e.g. 'hps+aesthetic:0.5'"
 _NAME = re.compile(r"[a-z][a-z0-9_\-.]*\Z")
@@ -34,12 +44,9 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
         term = raw.strip()
         if not term:
             raise SpecError(f"malformed reward spec '{spec}': empty term around '+'; {_GRAMMAR}")
-        name, sep, weight_text = term.partition(":")
-        name = name.strip().lower()
-        if not _NAME.match(name):
-            raise SpecError(f"malformed reward spec '{spec}': '{term}' has no valid reward name; {_GRAMMAR}")
+        name, weight_text = _split_term(spec, term)
         weight = 1.0
-        if sep:
+        if weight_text is not None:
             try:
                 weight = float(weight_text)
             except ValueError:
@@ -55,16 +62,47 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
+def _split_term(spec: str, term: str) -> tuple[str, str | None]:
+    """'NAME[:OPTION=VALUE]*[:WEIGHT]' or 'module.path:factory[:WEIGHT]' -> (name, weight text or None).
+
+    A registered name is lowercased; option values and module references keep their case."""
+    head, *fields = [field.strip() for field in term.split(":")]
+    reference = len(fields) >= 1 and is_reference(head, fields[0], registered_names())
+    # The last field is the weight unless it is an option or the factory of a module reference.
+    weight = None
+    if fields and "=" not in fields[-1] and not (reference and len(fields) == 1):
+        weight = fields.pop()
+    if reference:
+        if len(fields) > 1:
+            raise SpecError(f"malformed reward spec '{spec}': '{term}' takes no options inline; "
+                            "pass them with --reward-option")
+        return f"{head}:{fields[0]}", weight
+    name = head.lower()
+    if not _NAME.match(name):
+        raise SpecError(f"malformed reward spec '{spec}': '{term}' has no valid reward name; {_GRAMMAR}")
+    for field in fields:
+        key, eq, _ = field.partition("=")
+        if not eq or not key.isidentifier():
+            raise SpecError(f"malformed reward spec '{spec}': '{field}' in '{term}' is not OPTION=VALUE; {_GRAMMAR}")
+    return ":".join([name, *fields]), weight
+
+
 class CombinedReward(Reward):
     """A weighted sum of rewards that also reports each part."""
 
     def __init__(self, parts: list[tuple[str, Reward, float]], spec: str):
         super().__init__()
         self.name = spec
-        self.rewards = nn.ModuleDict({name: reward for name, reward, _ in parts})
+        # A list, not a ModuleDict: names may hold '.' (a module reference, a path option).
+        self.names = [name for name, _, _ in parts]
+        self.parts = nn.ModuleList([reward for _, reward, _ in parts])
         self.weights = {name: weight for name, _, weight in parts}
         self.differentiable = all(r.differentiable for r in self.rewards.values())
         self.proxy_targets = frozenset().union(*(r.proxy_targets for r in self.rewards.values()))
+
+    @property
+    def rewards(self) -> dict[str, Reward]:
+        return dict(zip(self.names, self.parts))
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         return self._total(self._parts(images, prompts))
