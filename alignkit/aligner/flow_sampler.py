@@ -27,10 +27,9 @@ import copy
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from alignkit.aligner.pipeline import LoadedPipeline
-from alignkit.aligner.sampler import Conditioning, SampleOutput, Trajectory, _repeat_cfg, vae_decode
+from alignkit.aligner.sampler import ChainSampler, Conditioning, SampleOutput, Trajectory, _repeat_cfg, vae_decode
 
 
 def flow_schedule(loaded: LoadedPipeline, num_steps: int, latent_size: int) -> tuple[list[float], list[float]]:
@@ -62,7 +61,7 @@ def flow_schedule(loaded: LoadedPipeline, num_steps: int, latent_size: int) -> t
     return [float(t) for t in scheduler.timesteps], [float(s) for s in scheduler.sigmas]
 
 
-class FlowMatchSampler:
+class FlowMatchSampler(ChainSampler):
     """Euler on a flow-matching schedule, batched CFG (SD3) or a guidance embedding (FLUX),
     truncated backprop and per-step checkpointing; the trainer's `Sampler` interface."""
 
@@ -176,20 +175,7 @@ class FlowMatchSampler:
         float32 (the sigmas are float32, so dt is the scheduler's own float32 value)."""
         return latents.float() + self.dts[i] * velocity
 
-    def _grad_step(self, model, latents, i, cond):
-        if self.gradient_checkpointing:
-            # Non-reentrant, as in the DDIM sampler: exact recompute (the step is pure), and it
-            # works when the step's input does not require grad (the first step after the cut).
-            return checkpoint(self.step, model, latents, i, cond, use_reentrant=False)
-        return self.step(model, latents, i, cond)
-
-    # ---- decode -----------------------------------------------------------------------------
-    def decode(self, latents: Tensor) -> Tensor:
-        """Unpacked latents -> images in [0,1], in the graph (checkpointed if `checkpoint_vae`)."""
-        if self.checkpoint_vae and torch.is_grad_enabled():
-            return checkpoint(self._decode, latents, use_reentrant=False)
-        return self._decode(latents)
-
+    # ---- decode (checkpointed by ChainSampler.decode) ----------------------------------------
     def _decode(self, latents: Tensor) -> Tensor:
         vae = self.pipe.vae
         # SD3's and FLUX's VAEs centre their latents: undo the scale, then the shift (as the pipelines).
@@ -203,13 +189,7 @@ class FlowMatchSampler:
         latents = self.pack(traj.latents.to(device))
         draft = traj.renoise is not None
         first_grad = self.num_steps if draft else self.num_steps - traj.k
-        fast = unet if nograd_unet is None else nograd_unet  # (a compiled module has no truth value)
-        # The steps before the cut build no graph at all.
-        with torch.no_grad():
-            for i in range(first_grad):
-                latents = self.step(fast, latents, i, cond)
-        for i in range(first_grad, self.num_steps):
-            latents = self._grad_step(unet, latents, i, cond)
+        latents = self.run_chain(unet, latents, cond, first_grad, nograd_model=nograd_unet)
         if draft:
             return self._draft_lv(unet, cond, latents.detach(), traj)
         latents = self.unpack(latents)

@@ -75,7 +75,51 @@ class Sampler(Protocol):
         """Images in [0,1] (differentiable through the last `k` steps) for a trajectory."""
 
 
-class DDIMSampler:
+class ChainSampler:
+    """What both samplers share: the chain with its cut (no graph before it, per-step
+    checkpointing after it) and the checkpointed decode. A subclass gives `step` (one pure
+    denoising step), `_decode` (latents -> images in [0,1]) and the attributes `num_steps`,
+    `gradient_checkpointing`, `checkpoint_vae`."""
+
+    num_steps: int
+    gradient_checkpointing: bool
+    checkpoint_vae: bool
+
+    def step(self, model, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _grad_step(self, model, latents, i, cond, noise=None):
+        if self.gradient_checkpointing:
+            # Non-reentrant: works with inputs that do not require grad (the first step after
+            # the cut) and with LoRA weights reached through the closure; recompute is exact
+            # because the step is pure and its noise is an input.
+            return checkpoint(self.step, model, latents, i, cond, noise, use_reentrant=False)
+        return self.step(model, latents, i, cond, noise)
+
+    def run_chain(self, model, latents: Tensor, cond: Conditioning, first_grad: int, noise=lambda i: None,
+                  nograd_model=None) -> Tensor:
+        """Steps 0..T-1 from `latents`; those from `first_grad` on carry gradients. `nograd_model`
+        (the same weights, e.g. compiled) runs the steps before the cut, if given."""
+        fast = model if nograd_model is None else nograd_model  # (a compiled module has no truth value)
+        # The steps before the cut build no graph at all.
+        with torch.no_grad():
+            for i in range(first_grad):
+                latents = self.step(fast, latents, i, cond, noise(i))
+        for i in range(first_grad, self.num_steps):
+            latents = self._grad_step(model, latents, i, cond, noise(i))
+        return latents
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images in [0,1], in the graph (checkpointed if `checkpoint_vae`)."""
+        if self.checkpoint_vae and torch.is_grad_enabled():
+            return checkpoint(self._decode, latents, use_reentrant=False)
+        return self._decode(latents)
+
+
+class DDIMSampler(ChainSampler):
     """DDIM with eta, CFG in one batch, truncated backprop and per-step checkpointing."""
 
     def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int,
@@ -176,21 +220,7 @@ class DDIMSampler:
             prev = prev + std * noise
         return prev
 
-    def _grad_step(self, unet, latents, i, cond, noise):
-        if self.gradient_checkpointing:
-            # Non-reentrant: works with inputs that do not require grad (the first step after
-            # the cut) and with LoRA weights reached through the closure; recompute is exact
-            # because the step is pure and its noise is an input.
-            return checkpoint(self.step, unet, latents, i, cond, noise, use_reentrant=False)
-        return self.step(unet, latents, i, cond, noise)
-
     # ---- decode -----------------------------------------------------------------------------
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents -> images in [0,1], in the graph (checkpointed if `checkpoint_vae`)."""
-        if self.checkpoint_vae and torch.is_grad_enabled():
-            return checkpoint(self._decode, latents, use_reentrant=False)
-        return self._decode(latents)
-
     def _decode(self, latents: Tensor) -> Tensor:
         vae = self.pipe.vae
         config = vae.config
@@ -211,13 +241,7 @@ class DDIMSampler:
         noise = lambda i: None if traj.step_noise is None else traj.step_noise[i].to(device)  # noqa: E731
         draft = traj.renoise is not None
         first_grad = self.num_steps if draft else self.num_steps - traj.k
-        fast = unet if nograd_unet is None else nograd_unet  # (a compiled module has no truth value)
-        # The steps before the cut build no graph at all.
-        with torch.no_grad():
-            for i in range(first_grad):
-                latents = self.step(fast, latents, i, cond, noise(i))
-        for i in range(first_grad, self.num_steps):
-            latents = self._grad_step(unet, latents, i, cond, noise(i))
+        latents = self.run_chain(unet, latents, cond, first_grad, noise, nograd_unet)
         if not draft:
             return SampleOutput(self.decode(latents), 1, latents)
         return self._draft_lv(unet, cond, latents.detach(), traj, noise(self.num_steps - 1))
