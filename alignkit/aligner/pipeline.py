@@ -76,8 +76,8 @@ class ModelInfo:
     guidance_embeds: bool = True
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A named model's folder (`toy`), or a folder or hub id checked to exist (alignkit.models)."""
+def _resolve_model_flag(name_or_path: str) -> str:
+    """alignkit.models.resolve_model for `--model`: its error names the flag, as a PipelineError."""
     try:
         return models.resolve_model(name_or_path)
     except MissingWeightsError as exc:
@@ -89,7 +89,7 @@ def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
     unsupported pipeline or a component (such as T5) that the folder lacks."""
     from diffusers import DiffusionPipeline
 
-    source = resolve_model(name_or_path)
+    source = _resolve_model_flag(name_or_path)
     # A hub id whose files are cached loads from the cache alone when the hub cannot be reached,
     # instead of retrying it for every file.
     local_only = not Path(source).exists() and not hub_reachable()

@@ -19,7 +19,7 @@ from alignkit.errors import AlignkitError
 from alignkit.evaluation import metrics as M
 from alignkit.evaluation.config import (Condition, EvalConfig, Settings, plan_conditions, resolve_prompts,
                                         resolve_seeds, resolve_settings)
-from alignkit.evaluation.generate import Sampler
+from alignkit.evaluation.generate import PipelineGenerator
 from alignkit.evaluation.heldout import (Scorer, confirming_targets, default_heldout, heldout_scorers,
                                         trained_scorer)
 from alignkit.evaluation.judges import JudgeScorer, check_independent, default_judges
@@ -109,7 +109,7 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     if len(seeds) < 2:
         notes.append("one seed per prompt: diversity needs at least 2 (--seeds 2 or more)")
     conditions = plan_conditions(source, config.scales)
-    sampler = Sampler(source.model, device, config.batch_size)
+    sampler = PipelineGenerator(source.model, device, config.batch_size)
     if any(not store.has_image(store.image_key(source.model, c, p, s, settings))
            for c in conditions for p in prompts for s in seeds):
         # Load every LoRA before generating anything: one that does not fit fails in a second;

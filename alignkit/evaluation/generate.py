@@ -22,7 +22,7 @@ from alignkit.hub import quiet_loading
 from alignkit.models import resolve_model
 
 
-class Sampler:
+class PipelineGenerator:
     """A diffusers pipeline loaded on first use, with every LoRA as a named adapter."""
 
     def __init__(self, model: str, device: str, batch_size: int = 8):
