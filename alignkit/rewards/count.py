@@ -213,8 +213,8 @@ def count_log_likelihood(boxes: Tensor, logits: Tensor, numbers: Tensor,
     Why beside the soft count: the soft count's gate is sharp (so that background does not
     leak), which leaves no gradient where the count is wrong with confidence: an extra object
     the detector is sure of, or a missing one it gives no chance, sit on the gate's flat parts
-    (measured on the toy model's samples: |grad| 1e-4 to 1e-3 on wrongly counted images, up to
-    30 on borderline ones, so the aligner mostly learned to silence borderline anchors). Here
+    (measured on 48 toy-model samples: on the 18 that the world's rules count wrong, the pixel
+    gradient's norm had a median of 1e-3 under the soft count and 13 under this). Here
     the gradient is 1 - p on a missing object and p on an extra one: largest where the count is
     most wrong. Continuous: sorting values is continuous, and swapping the n-th and (n+1)-th
     candidates at a tie leaves the sum unchanged.
