@@ -14,7 +14,6 @@ Flow families: the sampler runs Euler on the sigmas of `FlowMatchEulerDiscreteSc
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

@@ -23,7 +23,6 @@ its model (`alignkit.models.NamedModel.judges`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,6 +32,7 @@ from torch import Tensor
 
 from alignkit.errors import AlignkitError
 from alignkit.plugins import load_plugins
+from alignkit.rewards.base import state_digest
 
 
 @dataclass
@@ -61,15 +61,6 @@ def register_judge(name: str, factory: Callable[..., Judge]) -> None:
 def judge_names() -> list[str]:
     load_plugins()
     return sorted(_JUDGES)
-
-
-def state_digest(module: torch.nn.Module) -> str:
-    """A fingerprint of a module's weights: two detectors with the same digest are one detector."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _count_judge(options: dict, device: str) -> Judge:

@@ -8,6 +8,7 @@ differentiable ops, so that the aligner can hand over its decoded samples as the
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import torch
@@ -166,3 +167,13 @@ def clip_pixels(images: Tensor, size: int, resize: Resize = resize_shortest_crop
     device); the result is cast to the backbone's `dtype`.
     """
     return normalize(resize(images.float(), size)).to(dtype)
+
+
+def state_digest(module: nn.Module) -> str:
+    """A fingerprint of a module's weights (names and values): equal digests, equal weights.
+    Tells a judge's detector from the reward's, and keys a fitted reward's embedding cache."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -27,7 +27,7 @@ from alignkit.rewards._clip_backbones import (
     HFClipTowers, OpenClipTowers, clip_pixels, encode_prompts, fetch, load_hf_clip, load_hf_tokenizer,
     load_open_clip, split_source,
 )
-from alignkit.rewards.base import CLIP_MEAN, CLIP_STD, Reward, resize_shortest_crop
+from alignkit.rewards.base import CLIP_MEAN, CLIP_STD, Reward, resize_shortest_crop, state_digest
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
 
@@ -194,8 +194,4 @@ def file_fingerprint(path: Path, chunk: int = 4 << 20) -> str:
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return "sha256-weights:" + digest.hexdigest()[:16]
+    return "sha256-weights:" + state_digest(module)
