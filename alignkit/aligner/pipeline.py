@@ -73,6 +73,8 @@ class ModelInfo:
     family: Family
     # FLUX.1-dev embeds the guidance scale; FLUX.1-schnell does not (it ignores one).
     guidance_embeds: bool = True
+    # A hub id read from the HF cache alone (the hub cannot be reached).
+    local_only: bool = False
 
 
 def _resolve_model_flag(name_or_path: str) -> str:
@@ -119,7 +121,7 @@ def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
         config = FluxTransformer2DModel.load_config(source, subfolder="transformer", revision=revision,
                                                     local_files_only=local_only)
         guidance_embeds = bool(config.get("guidance_embeds", False))
-    return ModelInfo(source, family, guidance_embeds)
+    return ModelInfo(source, family, guidance_embeds, local_only)
 
 
 def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
@@ -128,18 +130,19 @@ def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
 
 
-def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedPipeline:
-    """Load a supported pipeline in `dtype` and prepare it for the sampler (`prepare_pipeline`)."""
+def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
+                  info: ModelInfo | None = None) -> LoadedPipeline:
+    """Load a supported pipeline in `dtype` and prepare it for the sampler (`prepare_pipeline`).
+    `info`: `inspect_model`'s reading of the same model, if the caller already has it."""
     from diffusers import DiffusionPipeline
 
-    info = inspect_model(name_or_path, revision)
-    local_only = not Path(info.source).exists() and not hub_reachable()
+    info = info or inspect_model(name_or_path, revision)
     # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
     extra = {"safety_checker": None, "requires_safety_checker": False} if info.family.name == "sd" else {}
     try:
         with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(info.source, revision=revision, dtype=dtype,
-                                                     local_files_only=local_only, **extra)
+                                                     local_files_only=info.local_only, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise PipelineError(f"model '{name_or_path}' could not be loaded: {first_line(exc)}") from None
     return prepare_pipeline(pipe, name_or_path)

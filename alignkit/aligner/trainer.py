@@ -26,7 +26,7 @@ from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
 from alignkit.aligner.families import apply_defaults
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
-from alignkit.aligner.pipeline import check_resolution, inspect_model, load_pipeline
+from alignkit.aligner.pipeline import ModelInfo, check_resolution, inspect_model, load_pipeline
 from alignkit.aligner.runlock import RunLock
 from alignkit.aligner.sampler import DDIMSampler, Sampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
@@ -48,7 +48,8 @@ class Plan:
 
     policy: TruncationPolicy
     prompts: list[str]
-    model_source: str
+    # The model's family and where it loads from, read without loading weights.
+    model: ModelInfo
     # The checkpoint to resume from, read and checked in full; None for a new run.
     resume: checkpoints.SavedState | None = None
     # metrics.jsonl lines to keep when resuming (those up to the checkpoint's step).
@@ -115,7 +116,7 @@ def plan_inputs(config: TrainConfig) -> Plan:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
     model = inspect_model(config.pretrained_model_name_or_path, config.revision)
     check_family_settings(config, model)
-    return Plan(policy, prompts, model.source)
+    return Plan(policy, prompts, model)
 
 
 def check_family_settings(config: TrainConfig, model) -> None:
@@ -274,7 +275,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     set_seed(config.seed, device_specific=True)
 
     # --- load: the pipeline and the reward (config.validate() ran in plan_run)
-    loaded = load_pipeline(plan.model_source, config.revision, dtype=weight_dtype)
+    loaded = load_pipeline(config.pretrained_model_name_or_path, config.revision, dtype=weight_dtype, info=plan.model)
     resolution = config.resolution or loaded.native_resolution
     check_resolution(resolution, loaded)
     pipe = loaded.pipe
