@@ -8,7 +8,8 @@ import torch
 
 from alignkit.errors import AlignkitError, CheckpointError, MissingDependencyError, MissingWeightsError
 from alignkit.rewards import load_reward
-from alignkit.rewards.count import SoftCountConfig, count_log_likelihood, parse_count_prompt, soft_count
+from alignkit.rewards.count import (SoftCountConfig, count_log_likelihood, parse_count_prompt, shifted_copies,
+                                    soft_count)
 from tiny_models import TINY_YAML
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
@@ -266,6 +267,39 @@ def test_likelihood_objective_option(detector_dir, reward):
     torch.testing.assert_close(scores.detach(), expected)
 
 
+def test_shifted_copies_are_the_image_and_fixed_shifts_of_it():
+    images = torch.rand(2, 3, 40, 40)
+    views = shifted_copies(images, 4, shift=0.1)
+    assert views.shape == (8, 3, 40, 40)
+    assert torch.equal(views[:2], images)
+    assert torch.equal(shifted_copies(images, 4, 0.1), views)  # fixed: the same every call
+    for i in range(1, 4):
+        view = views[2 * i:2 * i + 2]
+        view = view.flip(-1) if i % 2 else view
+        assert not torch.equal(view, images)
+        # Some shift of at most 4 px (0.1 of 40) maps the image onto the view away from the padded edges.
+        assert any(torch.equal(view[..., 4:36, 4:36], images[..., 4 + dy:36 + dy, 4 + dx:36 + dx])
+                   for dx in range(-4, 5) for dy in range(-4, 5))
+
+
+def test_augment_averages_the_objective_over_the_views(detector_dir, reward):
+    aug = load_reward("count", detector=str(detector_dir), objective="likelihood", augment=3)
+    images = torch.rand(2, 3, 64, 64).requires_grad_(True)
+    prompts = ["3 circles", "no triangles"]
+    scores = aug(images, prompts)
+    scores.sum().backward()
+    assert scores.shape == (2,) and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    with torch.no_grad():
+        views = shifted_copies(images, 3, 0.1)
+        boxes, logits = reward.class_outputs(views, torch.tensor([0, 2]).repeat(3))
+        each = count_log_likelihood(boxes, logits, torch.tensor([3.0, 0.0]).repeat(3)).view(3, 2)
+    torch.testing.assert_close(scores.detach(), each.mean(0))
+    # One view is the image alone.
+    single = load_reward("count", detector=str(detector_dir), objective="likelihood", augment=1)
+    with torch.no_grad():
+        torch.testing.assert_close(single(images, prompts), each[0])
+
+
 def test_targets_count_with_nms(reward):
     images = torch.rand(2, 3, 64, 64)
     out = reward.targets(images, ["two circles", "a square"])
@@ -401,7 +435,8 @@ def test_no_default_detector_without_toy_weights(monkeypatch, tmp_path):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("options", [{"imgsz": 20}, {"conf": 1.5}, {"iou": 0}, {"objective": "mse"}])
+@pytest.mark.parametrize("options", [{"imgsz": 20}, {"conf": 1.5}, {"iou": 0}, {"objective": "mse"},
+                                     {"augment": 0}, {"augment": 2.5}, {"augment": 64}, {"shift": 1.5}])
 def test_bad_options(options):
     with pytest.raises(AlignkitError):
         load_reward("count", detector="x", **options)

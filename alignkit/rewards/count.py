@@ -19,6 +19,9 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
   only its best class; the two differ only where the detector confuses classes).
 * reward = -(sqrt((count - n)^2 + delta^2) - delta): |count - n| smoothed near 0 (pseudo-Huber),
   so it is 0 at the right count and its gradient does not flip sign abruptly there.
+* `augment=N` averages the objective over N shifted and mirrored copies of each image (see
+  `shifted_copies`): an aligner that climbs one view of a detector learns to move the detector's
+  logits, which the world does not count as objects; N views agree only on objects.
 
 `targets()` reports the detector's count after ultralytics' own non_max_suppression (conf
 0.25, IoU 0.7 as its predictor uses) and whether it equals n. Both are read by the same
@@ -229,6 +232,29 @@ def count_log_likelihood(boxes: Tensor, logits: Tensor, numbers: Tensor,
     return torch.where(wanted, log_p, log_not).sum(1)
 
 
+# Offsets of the augmented views: the plastic (R2) sequence, a fixed low-discrepancy spread
+# over the square [-1, 1]^2, so that views differ in their phase against the detector's strides.
+_R2 = (0.7548776662466927, 0.5698402909980532)
+
+
+def shifted_copies(images: Tensor, views: int, shift: float) -> Tensor:
+    """(views*B, C, H, W): view 0 is the image; view i > 0 is shifted by up to `shift` of the
+    side (edges padded by replication, as a plain background continues) and mirrored when i is odd.
+
+    The views are fixed, not random, so that a reward reads the same image the same way in
+    `score`, `eval` and a resumed run; differentiable in the pixels (pad and crop only).
+    """
+    h, w = images.shape[-2:]
+    pad = max(1, round(shift * max(h, w)))
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    out = [images]
+    for i in range(1, views):
+        dx, dy = (round(((i * a) % 1 * 2 - 1) * pad) for a in _R2)
+        view = padded[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        out.append(view.flip(-1) if i % 2 else view)
+    return torch.cat(out)
+
+
 def count_error(count: Tensor, target: Tensor, delta: float) -> Tensor:
     """Pseudo-Huber |count - target|: 0 at the target, ~|.| beyond delta."""
     return torch.sqrt((count - target) ** 2 + delta * delta) - delta
@@ -240,9 +266,10 @@ class CountReward(Reward):
     proxy_targets = frozenset({"count_nms", "count_nms_correct"})
 
     def __init__(self, model, imgsz: int | None = None, config: SoftCountConfig = SoftCountConfig(),
-                 objective: str = "error"):
+                 objective: str = "error", augment: int = 1, shift: float = 0.1):
         super().__init__()
-        self.objective = objective  # checked by the `count` factory, before the detector loads
+        # Options are checked by the `count` factory, before the detector loads.
+        self.objective, self.augment, self.shift = objective, augment, shift
         _, self._nms = import_ultralytics()
         self.model = model
         self.names: dict[int, str] = dict(model.names)
@@ -280,8 +307,13 @@ class CountReward(Reward):
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
         numbers, classes = self.parse(prompts)  # a bad prompt fails before the detector runs
+        views = self.augment
+        if views > 1:
+            images = shifted_copies(images, views, self.shift)
+            numbers, classes = numbers.repeat(views), classes.repeat(views)
         boxes, logits = self.class_outputs(images, classes)
-        return OBJECTIVES[self.objective](boxes, logits, numbers.to(logits.device), self.config)
+        score = OBJECTIVES[self.objective](boxes, logits, numbers.to(logits.device), self.config)
+        return score.view(views, -1).mean(0)
 
     @torch.no_grad()
     def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
@@ -333,18 +365,23 @@ def _default_detector() -> str:
 @register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt",
           packages=("ultralytics",), extra="count", bundled=True)
 def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
-          conf: float = 0.25, iou: float = 0.7, objective: str = "error") -> Reward:
+          conf: float = 0.25, iou: float = 0.7, objective: str = "error", augment: int = 1,
+          shift: float = 0.1) -> Reward:
     """`detector`: folder or hub repo id with model.yaml + model.safetensors, or an ultralytics
     .pt file (default: the toy world's); `imgsz`: resize the longest side to this before padding (default: native size);
-    `objective`: `error` (minus |soft count - n|) or `likelihood` (log P(exactly n objects) under the detector)."""
+    `objective`: `error` (minus |soft count - n|) or `likelihood` (log P(exactly n objects) under the detector);
+    `augment`: average over this many views of each image (1: the image alone), shifted by up to
+    `shift` of its side and mirrored (see `shifted_copies`)."""
     if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
         raise AlignkitError(f"count: imgsz must be an integer >= 32, got {imgsz!r}")
-    for name, value in (("conf", conf), ("iou", iou)):
+    if isinstance(augment, bool) or not isinstance(augment, int) or not 1 <= augment <= 16:
+        raise AlignkitError(f"count: augment must be an integer from 1 to 16 (views per image), got {augment!r}")
+    for name, value in (("conf", conf), ("iou", iou), ("shift", shift)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise AlignkitError(f"count: {name} must be a number between 0 and 1, got {value!r}")
     model = load_detector(detector if detector is not None else _default_detector())
     if objective not in OBJECTIVES:
         raise AlignkitError(f"count: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     reward = CountReward(model, imgsz=imgsz, config=SoftCountConfig(conf=float(conf), iou=float(iou)),
-                         objective=objective)
+                         objective=objective, augment=augment, shift=float(shift))
     return reward.to(device=device, dtype=dtype)
