@@ -96,6 +96,14 @@ def quiet_loading():
                 lib.enable_progress_bar()
 
 
+def dropped_components(model_index: dict) -> dict[str, None]:
+    """The components a model_index.json lists as [null, null] (SD3 without T5, say), as
+    `from_pretrained` keyword arguments: diffusers refuses a pipeline whose required component
+    is null unless the caller passes it as None."""
+    return {name: None for name, entry in model_index.items()
+            if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry and entry[0] is None}
+
+
 def resolve_file(repo_id: str, filename: str, *, local: str | os.PathLike | None = None,
                  what: str = "checkpoint", option: str = "path") -> Path:
     """Return a local path to `filename`: from `local` (a file, or a folder holding it) if

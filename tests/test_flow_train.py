@@ -189,3 +189,24 @@ def test_a_flux_hub_id_trains_from_the_hub_cache_offline(tiny_flux, test_rewards
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "its T5 text encoder (text_encoder_2/) is not in the Hugging Face cache" in err, err
     assert not (tmp_path / "broken").exists()
+
+
+def test_sd3_without_t5_trains_and_evaluates(tiny_sd3, test_rewards, tmp_path):
+    """SD3 may ship without T5 (model_index.json lists text_encoder_3 as null; the pipeline
+    feeds zeros): diffusers loads such a folder only when told the component is None, which
+    the aligner and evaluation both do."""
+    import shutil
+
+    model = tmp_path / "sd3-no-t5"
+    shutil.copytree(tiny_sd3, model)
+    for part in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(model / part)
+    index = json.loads((model / "model_index.json").read_text())
+    index.update(text_encoder_3=[None, None], tokenizer_3=[None, None])
+    (model / "model_index.json").write_text(json.dumps(index))
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", model, *FAST, "--truncation", "last:1", "--max-train-steps", "1",
+                    "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    assert run_cli(["eval", run, "--seeds", "1", "--scales", "0,1", "--rewards", "brightness", "--device", "cpu",
+                    "--output-dir", tmp_path / "eval"]) == 0
+    assert (tmp_path / "eval" / "summary.json").is_file()

@@ -23,7 +23,7 @@ import torch
 from alignkit.aligner.families import Family, family_of, supported
 from alignkit.errors import AlignkitError, MissingWeightsError, first_line
 from alignkit import models
-from alignkit.hub import hub_reachable, quiet_loading
+from alignkit.hub import dropped_components, hub_reachable, quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class ModelInfo:
     guidance_embeds: bool = True
     # A hub id read from the HF cache alone (the hub cannot be reached).
     local_only: bool = False
+    # Components model_index.json leaves out ([null, null]), passed as None to from_pretrained.
+    dropped: tuple[str, ...] = ()
 
 
 def _resolve_model_flag(name_or_path: str) -> str:
@@ -121,7 +123,7 @@ def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
         config = FluxTransformer2DModel.load_config(source, subfolder="transformer", revision=revision,
                                                     local_files_only=local_only)
         guidance_embeds = bool(config.get("guidance_embeds", False))
-    return ModelInfo(source, family, guidance_embeds, local_only)
+    return ModelInfo(source, family, guidance_embeds, local_only, tuple(dropped_components(index)))
 
 
 def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
@@ -139,6 +141,7 @@ def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.d
     info = info or inspect_model(name_or_path, revision)
     # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
     extra = {"safety_checker": None, "requires_safety_checker": False} if info.family.name == "sd" else {}
+    extra.update({name: None for name in info.dropped})
     try:
         with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(info.source, revision=revision, dtype=dtype,

@@ -18,7 +18,7 @@ from torch import Tensor
 from alignkit.errors import AlignkitError, CheckpointError, first_line
 from alignkit.evaluation.config import Condition, Settings
 from alignkit.evaluation.source import LoraCheckpoint
-from alignkit.hub import quiet_loading
+from alignkit.hub import dropped_components, quiet_loading
 from alignkit.models import resolve_model
 
 
@@ -46,13 +46,15 @@ class PipelineGenerator:
         from diffusers import DiffusionPipeline
 
         source = resolve_model(self.model, what="base model")
+        index = _model_index(source)
         dtype = self.dtype
-        if dtype == torch.float16 and _pipeline_class(source) == "FluxPipeline":
+        if dtype == torch.float16 and index.get("_class_name") == "FluxPipeline":
             dtype = torch.bfloat16  # FLUX's activations overflow fp16 (black images); it is used in bf16
         try:
             with quiet_loading():
                 # Evaluation needs the raw images: no safety checker (it blacks out images).
-                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
+                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype,
+                                                         **{**dropped_components(index), "safety_checker": None})
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({first_line(exc)})") from None
         if not hasattr(pipe, "load_lora_weights"):
@@ -123,14 +125,14 @@ class PipelineGenerator:
         return torch.cat(chunks)
 
 
-def _pipeline_class(source: str) -> str | None:
-    """The pipeline class named in model_index.json (None if it cannot be read here)."""
+def _model_index(source: str) -> dict:
+    """model_index.json ({} if it cannot be read here: from_pretrained then says why)."""
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.load_config(source).get("_class_name")
+        return dict(DiffusionPipeline.load_config(source))
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 # A LoRA key in diffusers' layouts: COMPONENT.MODULE.lora_A.weight (peft) or COMPONENT.MODULE.lora.down.weight.
