@@ -20,6 +20,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # the command that rebuilds it.
 _PARTS = {
     "pipeline": ("pipeline", "unet/diffusion_pytorch_model.safetensors", "unet"),
+    "flow pipeline": ("pipeline-flow", "transformer/diffusion_pytorch_model.safetensors", "flow"),
     "detector": ("detector", "model.safetensors", "detector"),
     "clip": ("clip", "model.safetensors", "clip"),
 }
@@ -41,6 +42,12 @@ def pipeline_path() -> Path:
     return _bundled("pipeline")
 
 
+def flow_pipeline_path() -> Path:
+    """The toy Stable Diffusion 3 pipeline folder (flow matching; no T5: load it with
+    `StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)`)."""
+    return _bundled("flow pipeline")
+
+
 def detector_path() -> Path:
     """The toy YOLO detector folder: `model.yaml` and `model.safetensors`."""
     return _bundled("detector")
@@ -51,4 +58,4 @@ def clip_path() -> Path:
     return _bundled("clip")
 
 
-__all__ = ["WEIGHTS_DIR", "clip_path", "detector_path", "pipeline_path"]
+__all__ = ["WEIGHTS_DIR", "clip_path", "detector_path", "flow_pipeline_path", "pipeline_path"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORDER = ("vae", "clip", "unet", "detector")
+ORDER = ("vae", "clip", "unet", "detector", "flow")
 
 
 def record(folder: Path, part: str, entry: dict) -> None:
@@ -47,7 +47,7 @@ def render(log: dict) -> str:
         if e.get("loss_curve"):
             curve = ", ".join(f"{s}: {v:.4g}" for s, v in e["loss_curve"])
             lines.append(f"- loss (step: mean over the preceding window): {curve}")
-        for key in ("scaling_factor", "cache_size", "cache_seconds"):
+        for key in ("scaling_factor", "vae_shift_factor", "vae_scaling_factor", "cache_size", "cache_seconds"):
             if key in e:
                 lines.append(f"- {key}: {e[key]}")
         if e.get("note"):

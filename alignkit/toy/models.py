@@ -16,6 +16,7 @@ LATENT_CHANNELS = 4
 VAE_FACTOR = 4
 LATENT_SIZE = IMAGE_SIZE // VAE_FACTOR
 TEXT_HIDDEN = 64
+CLIP_PROJECTION = 64
 
 
 def vae_config() -> dict:
@@ -36,6 +37,22 @@ def unet_config() -> dict:
         cross_attention_dim=TEXT_HIDDEN,
         # diffusers' legacy name: this is the number of heads (2 heads of 16-32 channels).
         attention_head_dim=2,
+    )
+
+
+# The flow-matching toy (SD3 format): an MMDiT over 2x2 patches of the same 16x16 latents (64
+# image tokens). Its context is SD3's: the two CLIP slots (both the toy CLIP's text tower,
+# 64 + 64 channels side by side) and no T5 (the pipeline then feeds 256 zero tokens).
+FLOW_HIDDEN = 128
+
+
+def flow_transformer_config() -> dict:
+    return dict(
+        sample_size=LATENT_SIZE, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        num_layers=6, attention_head_dim=32, num_attention_heads=FLOW_HIDDEN // 32,
+        joint_attention_dim=2 * TEXT_HIDDEN, caption_projection_dim=FLOW_HIDDEN,
+        # The pooled input is the two CLIP slots' projections side by side (64 + 64).
+        pooled_projection_dim=2 * CLIP_PROJECTION, pos_embed_max_size=LATENT_SIZE // 2,
     )
 
 
@@ -69,6 +86,12 @@ def build_unet():
     return UNet2DConditionModel(**unet_config())
 
 
+def build_flow_transformer():
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(**flow_transformer_config())
+
+
 def build_text_encoder(tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -81,7 +104,7 @@ def build_clip(tokenizer):
 
     config = CLIPConfig(
         text_config=text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id),
-        vision_config=vision_config(), projection_dim=64,
+        vision_config=vision_config(), projection_dim=CLIP_PROJECTION,
     )
     return CLIPModel(config)
 

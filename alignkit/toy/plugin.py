@@ -5,6 +5,7 @@ plugin); the core never imports the toy itself. It registers:
 
 - the model `toy` (the embedded pipeline), with its training defaults (train_defaults.yaml),
   `toy_clip` standing in for `clip` on its images, and `toy_rules` as its default judge;
+- the model `toy-flow` (the flow-matching toy, SD3 format), the same way (train_defaults_flow.yaml);
 - the reward `toy_clip` (alignkit.toy.rewards) and the bundled detector as the `count`
   reward's default;
 - the judge `toy_rules` (alignkit.toy.judge) and the prompt set `toy_counting`
@@ -23,13 +24,20 @@ from alignkit.models import NamedModel, register_model
 from alignkit.rewards.count import set_default_detector
 
 
-def train_defaults() -> dict:
+def _defaults(file: str):
     """TrainConfig's defaults are AlignProp's for SD 1.5 (50 steps, K≈8), far too slow for a CPU."""
-    import yaml
+    def read() -> dict:
+        import yaml
 
-    return yaml.safe_load((Path(__file__).resolve().parent / "train_defaults.yaml").read_text())
+        return yaml.safe_load((Path(__file__).resolve().parent / file).read_text())
+    return read
 
+
+train_defaults = _defaults("train_defaults.yaml")
 
 register_model(NamedModel("toy", path=lambda: toy.pipeline_path(), train_defaults=train_defaults,
+                          reward_substitutes={"clip": "toy_clip"}, judges=("toy_rules",)))
+register_model(NamedModel("toy-flow", path=lambda: toy.flow_pipeline_path(),
+                          train_defaults=_defaults("train_defaults_flow.yaml"),
                           reward_substitutes={"clip": "toy_clip"}, judges=("toy_rules",)))
 set_default_detector(lambda: toy.detector_path())

@@ -107,13 +107,21 @@ def balanced_prompts(n: int, seed: int = 0, specs: list | None = None) -> list[s
 @torch.no_grad()
 def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance_scale: float = 7.5,
            batch_size: int = 64, eta: float = 0.0) -> Tensor:
-    """Images (B,3,64,64) in [0,1] from a pipeline, batch by batch, each batch seeded."""
+    """Images (B,3,64,64) in [0,1] from a pipeline, batch by batch, each batch seeded.
+
+    `eta` is DDIM's; a flow-matching pipeline (no eta) samples deterministically and takes only 0."""
+    import inspect
+
+    takes_eta = "eta" in inspect.signature(pipe.__call__).parameters
+    if eta and not takes_eta:
+        raise ValueError(f"{type(pipe).__name__} has no eta; its sampler is deterministic (eta 0)")
+    extra = {"eta": eta} if takes_eta else {}
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         gen = torch.Generator().manual_seed(seed + start)
         images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
-                      eta=eta, output_type="pt").images
+                      output_type="pt", **extra).images
         out.append(images.float().clamp(0, 1))
     return torch.cat(out)
 

@@ -4,6 +4,7 @@
     python -m alignkit.toy.train clip --minutes 5
     python -m alignkit.toy.train unet --minutes 28            # needs vae and clip
     python -m alignkit.toy.train detector --minutes 10        # ultralytics; needs the pipeline
+    python -m alignkit.toy.train flow --minutes 40            # the SD3-format toy; needs vae and clip
     python -m alignkit.toy.train all
 
     # what made the shipped weights (TRAINING.md): the detector on CPU, the rest on a GPU
@@ -485,11 +486,17 @@ def train_detector(cfg: RunConfig) -> dict:
                 saved=str(folder))
 
 
-# In dependency order: the UNet reads the VAE and the CLIP text tower; the detector learns from
-# the pipeline's samples.
-TRAINERS = {"vae": train_vae, "clip": train_clip, "unet": train_unet, "detector": train_detector}
+def train_flow(cfg: RunConfig) -> dict:
+    from alignkit.toy.train_flow import train_flow as train  # it builds on this module's helpers
+
+    return train(cfg)
+
+
+# In dependency order: the UNet (and the flow transformer) read the VAE and the CLIP text tower;
+# the detector learns from the UNet pipeline's samples.
+TRAINERS = {"vae": train_vae, "clip": train_clip, "unet": train_unet, "detector": train_detector, "flow": train_flow}
 # Default budgets (minutes) and seeds, as used for the shipped weights.
-DEFAULTS = {"vae": (6.0, 0), "clip": (5.0, 1), "detector": (10.0, 3), "unet": (28.0, 2)}
+DEFAULTS = {"vae": (6.0, 0), "clip": (5.0, 1), "detector": (10.0, 3), "unet": (28.0, 2), "flow": (40.0, 4)}
 
 
 def _machine(device: str) -> str:
