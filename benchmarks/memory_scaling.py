@@ -61,7 +61,7 @@ GUIDANCE = 7.5
 # The flow families' plans (family -> CPU, GPU): the tests' tiny pipelines on CPU (a 4x4 latent at
 # their native 32 px is too small to time, so 64 and 128 px: 16 and 64 tokens); on a GPU the
 # issue's sizes, SD3.5-medium at 1024 px and FLUX.1-dev at 512 px, K=1 and K=T at T=28 (both
-# pipelines' usual step count), batch 1. Their guidance is the family's default (aligner/families.py).
+# pipelines' usual step count), batch 1. Their guidance is the family's default (alignkit/families.py).
 FLOW_PLANS = {
     "sd3": (dict(arch="sd3", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
                  grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),

@@ -56,6 +56,11 @@ CASES = [
     Case("eval-sd-lora-on-flux", evaluate("sd_run", "flux"), "a LoRA of another model family?"),
     Case("eval-flux-lora-on-sd3", evaluate("flux_run", "sd3"), "a LoRA of another model family?"),
     Case("eval-flux-lora-on-sd", evaluate("flux_run", "sd"), "a LoRA of another model family?"),
+    # FluxPipeline would silently resize a side of 40 to 32: eval checks train's size step.
+    Case("eval-flux-resolution-not-16", lambda w: ["eval", w.flux_run, "--seeds", "1", "--scales", "1", "--rewards",
+                                                   "brightness", "--device", "cpu", "--resolution", "40",
+                                                   "--output-dir", w.root / "eval-out"],
+         "--resolution 40 is not a multiple of 16 (the VAE factor 8 x FLUX's 2x2 latent packing); use 32 or 48"),
 ]
 
 

@@ -5,7 +5,7 @@ truncation and DRaFT-LV mean what they mean for DDIM."""
 import pytest
 import torch
 
-from alignkit.aligner.families import SD3_TARGETS, FLUX_TARGETS
+from alignkit.families import SD3_TARGETS, FLUX_TARGETS
 from alignkit.aligner.flow_sampler import FlowMatchSampler, flow_schedule
 from alignkit.aligner.lora import add_lora
 from alignkit.aligner.pipeline import PipelineError, check_resolution, load_pipeline

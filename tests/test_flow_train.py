@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from alignkit.aligner.families import FLUX_TARGETS, SD3_TARGETS
+from alignkit.families import FLUX_TARGETS, SD3_TARGETS
 from alignkit.hub import load_state_dict
 from alignkit.runfolder import LORA_FILE
 from alignkit.testing import RESOLUTION, run_cli

@@ -3,7 +3,7 @@
 Every `import` in every module counts, the ones inside functions too: a lazy import is still
 a dependency. The layers (a module may import its own layer's modules and lower ones):
 
-    0  errors, plugins, hub, images, prompts, runfolder, models, devices, detectors
+    0  errors, plugins, hub, images, prompts, runfolder, models, devices, detectors, families
     1  rewards
     2  aligner, evaluation
     3  cli, __main__, testing   (testing: pipelines and rewards for tests and benchmarks)
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "alignkit"
 
 LAYERS = {
     "errors": 0, "plugins": 0, "hub": 0, "images": 0, "prompts": 0, "runfolder": 0, "models": 0,
-    "devices": 0, "detectors": 0,
+    "devices": 0, "detectors": 0, "families": 0,
     "rewards": 1,
     "aligner": 2, "evaluation": 2,
     "cli": 3, "__main__": 3, "testing": 3,

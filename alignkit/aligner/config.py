@@ -47,7 +47,7 @@ class TrainConfig:
     num_inference_steps: int = 50
     # Classifier-free guidance scale; <= 1 disables guidance (one UNet batch instead of two).
     # FLUX.1-dev: the guidance embedding's value (no second batch); schnell takes none.
-    # None = the model family's default (SD/SDXL 7.5, SD3 7.0, FLUX.1-dev 3.5: aligner/families.py).
+    # None = the model family's default (SD/SDXL 7.5, SD3 7.0, FLUX.1-dev 3.5: alignkit/families.py).
     guidance_scale: Optional[float] = None
     # DDIM eta: 0 = deterministic DDIM, 1 = DDPM-like noise at every step. The flow-matching
     # sampler (SD3, FLUX) is a deterministic ODE: 0 only. None = the family's (1.0 DDIM, 0 flow).

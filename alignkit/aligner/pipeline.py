@@ -1,6 +1,6 @@
 """Loading a diffusers text-to-image pipeline for training, with one-line errors.
 
-Supported: the families of `aligner/families.py` — `StableDiffusionPipeline` (SD 1.x/2.x),
+Supported: the families of `alignkit/families.py` — `StableDiffusionPipeline` (SD 1.x/2.x),
 `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline` (SD3, SD3.5) and `FluxPipeline`
 (FLUX.1 dev, schnell). The family is read from `model_index.json` before any weight loads.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.aligner.families import Family, family_of, supported
+from alignkit.families import Family, family_of, flux_guidance_embeds, resolution_error, size_multiple, supported, vae_factor
 from alignkit.errors import AlignkitError, MissingWeightsError, first_line
 from alignkit import models
 from alignkit.hub import dropped_components, hub_reachable, quiet_loading
@@ -118,11 +118,7 @@ def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
                                 f"cache and the hub cannot be reached; download the whole model (hf download {source})")
     guidance_embeds = True
     if family.name == "flux":
-        from diffusers import FluxTransformer2DModel
-
-        config = FluxTransformer2DModel.load_config(source, subfolder="transformer", revision=revision,
-                                                    local_files_only=local_only)
-        guidance_embeds = bool(config.get("guidance_embeds", False))
+        guidance_embeds = flux_guidance_embeds(source, revision=revision, local_files_only=local_only)
     return ModelInfo(source, family, guidance_embeds, local_only, tuple(dropped_components(index)))
 
 
@@ -167,17 +163,9 @@ def prepare_pipeline(pipe, name: str = "model") -> LoadedPipeline:
             module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
 
-    # The VAE maps each latent cell to vae_factor pixels, so the side must divide by it (as
-    # diffusers' own pipelines check); the UNet takes any latent size (it passes explicit
-    # upsample sizes when the latent side is not a multiple of its own downsampling).
-    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    multiple, reason = vae_factor, "the VAE downsampling factor of this model"
-    if family.name == "sd3":  # the transformer cuts the latent into patch x patch tokens
-        multiple = vae_factor * pipe.transformer.config.patch_size
-        reason = f"the VAE factor {vae_factor} x the transformer's patch size {pipe.transformer.config.patch_size}"
-    elif family.name == "flux":  # FLUX packs 2x2 latent cells into one token
-        multiple, reason = vae_factor * 2, f"the VAE factor {vae_factor} x FLUX's 2x2 latent packing"
-    return LoadedPipeline(pipe=pipe, is_sdxl=family.name == "sdxl", vae_scale_factor=vae_factor,
+    # The side must divide by the VAE factor, times SD3's patch size or FLUX's 2x2 packing.
+    multiple, reason = size_multiple(pipe)
+    return LoadedPipeline(pipe=pipe, is_sdxl=family.name == "sdxl", vae_scale_factor=vae_factor(pipe),
                           size_multiple=multiple, native_resolution=int(pipe.vae.config.sample_size),
                           family=family, size_reason=reason)
 
@@ -208,8 +196,6 @@ def _flow_scheduler(pipe, name: str) -> None:
 
 def check_resolution(resolution: int, loaded: LoadedPipeline) -> None:
     """The image side must be a multiple of the model's size step (VAE factor, patches, packing)."""
-    m = loaded.size_multiple
-    if resolution <= 0 or resolution % m:
-        below, above = max(m, resolution // m * m), (resolution // m + 1) * m
-        raise PipelineError(f"--resolution {resolution} is not a multiple of {m} ({loaded.size_reason}); "
-                            f"use {below} or {above}")
+    message = resolution_error(resolution, loaded.size_multiple, loaded.size_reason)
+    if message:
+        raise PipelineError(message)

@@ -24,7 +24,7 @@ import torch
 
 from alignkit.aligner import checkpoints
 from alignkit.aligner.config import TrainConfig, changed_fields, save_config
-from alignkit.aligner.families import apply_defaults
+from alignkit.families import apply_defaults
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import ModelInfo, check_resolution, inspect_model, load_pipeline
 from alignkit.aligner.runlock import RunLock

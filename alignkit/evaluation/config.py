@@ -13,6 +13,8 @@ from alignkit.evaluation.source import EvalSource, LoraCheckpoint
 
 # DRaFT's trick: scaling the adapter trades reward against drift without retraining.
 DEFAULT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# StableDiffusionPipeline's default guidance: a bare LoRA's whose base model is of no known family.
+DIFFUSERS_GUIDANCE = 7.5
 
 
 @dataclass
@@ -147,17 +149,49 @@ def resolve_settings(config: EvalConfig, source: EvalSource) -> Settings:
     def pick(flag, key, default):
         return flag if flag is not None else run.get(key) if run.get(key) is not None else default
 
-    # The defaults for a bare LoRA are diffusers' own (50 DDIM steps, guidance 7.5).
+    # The defaults for a bare LoRA: 50 steps (diffusers' SD default) and the guidance of the
+    # base model's family (SD/SDXL 7.5, SD3 7.0, FLUX.1-dev 3.5, FLUX.1-schnell 0). A run
+    # keeps what it trained with (its config.yaml has the family's default written in).
+    guidance = pick(config.guidance_scale, "guidance_scale", None)
+    if guidance is None:
+        guidance = DIFFUSERS_GUIDANCE if source.is_run else bare_lora_guidance(source.model)
     resolution = pick(config.resolution, "resolution", None)
     settings = Settings(
         num_inference_steps=int(pick(config.num_inference_steps, "num_inference_steps", 50)),
-        guidance_scale=float(pick(config.guidance_scale, "guidance_scale", 7.5)),
+        guidance_scale=float(guidance),
         eta=float(pick(config.eta, "eta", 0.0)),
         resolution=None if resolution is None else int(resolution),
     )
     # The run's own settings too: one trained before train checked them may hold any side.
     check_generation(settings.num_inference_steps, settings.guidance_scale, settings.eta, settings.resolution)
     return settings
+
+
+def bare_lora_guidance(model: str) -> float:
+    """The default guidance for a LoRA without a run config: its base model family's, read from
+    model_index.json (and FLUX's transformer config) before any weight loads; diffusers' 7.5
+    for another pipeline or a model that cannot be read here (its loading then says why)."""
+    from alignkit.families import family_guidance
+    from alignkit.models import resolve_model
+
+    try:
+        source = resolve_model(model, what="base model")
+    except AlignkitError:
+        return DIFFUSERS_GUIDANCE
+    guidance = family_guidance(source)
+    return DIFFUSERS_GUIDANCE if guidance is None else guidance
+
+
+def check_resolution(resolution: int | None, pipe) -> None:
+    """A side the loaded pipeline can generate: a multiple of its VAE factor, times SD3's patch
+    size or FLUX's 2x2 packing (`families.size_multiple`, as `alignkit train` checks)."""
+    if resolution is None:
+        return
+    from alignkit.families import resolution_error, size_multiple
+
+    message = resolution_error(resolution, *size_multiple(pipe))
+    if message:
+        raise AlignkitError(message)
 
 
 def resolve_prompts(config: EvalConfig, source: EvalSource) -> list[str]:

@@ -114,7 +114,8 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
            for c in conditions for p in prompts for s in seeds):
         # Load every LoRA before generating anything: one that does not fit fails in a second;
         # and a prompt the trained reward cannot read (count's number and class) fails now,
-        # not after every image is generated.
+        # not after every image is generated. A side the model cannot generate fails here too.
+        sampler.check_resolution(settings.resolution)
         for checkpoint in source.checkpoints:
             sampler.load_lora(checkpoint)
         check_prompts(trained.reward, prompts)

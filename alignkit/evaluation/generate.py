@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import AlignkitError, CheckpointError, first_line
-from alignkit.evaluation.config import Condition, Settings
+from alignkit.evaluation.config import Condition, Settings, check_resolution
 from alignkit.evaluation.source import LoraCheckpoint
+from alignkit.families import model_index
 from alignkit.hub import dropped_components, quiet_loading
 from alignkit.models import resolve_model
 
@@ -46,7 +47,7 @@ class PipelineGenerator:
         from diffusers import DiffusionPipeline
 
         source = resolve_model(self.model, what="base model")
-        index = _model_index(source)
+        index = model_index(source)
         dtype = self.dtype
         if dtype == torch.float16 and index.get("_class_name") == "FluxPipeline":
             dtype = torch.bfloat16  # FLUX's activations overflow fp16 (black images); it is used in bf16
@@ -61,6 +62,11 @@ class PipelineGenerator:
             raise AlignkitError(f"base model '{self.model}' ({type(pipe).__name__}) does not support LoRA adapters")
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
+
+    def check_resolution(self, resolution: int | None) -> None:
+        """One line, before anything is generated, for a side this pipeline cannot generate
+        (FLUX's pipeline would silently resize it; SD3's would fail after a traceback)."""
+        check_resolution(resolution, self.pipe)
 
     def load_lora(self, checkpoint: LoraCheckpoint) -> None:
         """Load one LoRA file as its own adapter, through alignkit's safe loader."""
@@ -123,16 +129,6 @@ class PipelineGenerator:
             # Quantise as the saved PNGs will be, so fresh and cached images score the same.
             chunks.append(out.images.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
         return torch.cat(chunks)
-
-
-def _model_index(source: str) -> dict:
-    """model_index.json ({} if it cannot be read here: from_pretrained then says why)."""
-    from diffusers import DiffusionPipeline
-
-    try:
-        return dict(DiffusionPipeline.load_config(source))
-    except (OSError, ValueError):
-        return {}
 
 
 # A LoRA key in diffusers' layouts: COMPONENT.MODULE.lora_A.weight (peft) or COMPONENT.MODULE.lora.down.weight.
