@@ -1,5 +1,5 @@
-"""The flow-matching toy (SD3 format): its trainer's attention shortcut, its saved folder as
-users load it, and the bundled model as `alignkit train --model toy-flow` runs it."""
+"""The toy trainers that build on the VAE and CLIP (flow and UNet), end to end on a few steps;
+the flow trainer's attention shortcut; the saved folders as users load them."""
 
 import json
 
@@ -41,7 +41,18 @@ def trained(tmp_path_factory):
     main(["vae", "--steps", "1", "--eval-samples", "8", "--output-dir", str(out)])
     main(["clip", "--steps", "1", "--eval-samples", "32", "--output-dir", str(out)])
     main(["flow", "--steps", "2", "--eval-samples", "4", "--cache-size", "64", "--output-dir", str(out)])
+    main(["unet", "--steps", "2", "--eval-samples", "4", "--cache-size", "64", "--output-dir", str(out)])
     return out
+
+
+def test_unet_trainer_shares_the_latent_cache_and_saves_a_plain_sd_folder(trained):
+    from diffusers import StableDiffusionPipeline
+
+    log = json.loads((trained / "training_log.json").read_text())
+    assert log["unet"]["steps"] == 2 and log["unet"]["cache_size"] == 64
+    assert set(log) >= {"vae", "clip", "flow", "unet"}
+    pipe = StableDiffusionPipeline.from_pretrained(trained / "pipeline")
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
 
 
 def test_flow_trainer_saves_a_plain_sd3_folder_without_t5(trained):

@@ -250,6 +250,34 @@ def encode_latent_cache(vae, n: int, seed: int, workers: int, device, batch_size
     return torch.cat(means)[:n], torch.cat(stds)[:n], prompts[:n]
 
 
+class CaptionedLatents:
+    """A latent cache (`encode_latent_cache`) and its prompts, tokenised once, drawn in batches."""
+
+    def __init__(self, vae, tokenizer, cfg: RunConfig):
+        device = cfg.device
+        start = time.monotonic()
+        self.means, self.stds, prompts = encode_latent_cache(vae, cfg.cache_size, cfg.seed + 1, cfg.workers, device)
+        self.seconds = time.monotonic() - start
+        print(f"  encoded {cfg.cache_size} scenes in {self.seconds:.0f} s", flush=True)
+        ids_of = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
+                                         truncation=True, return_tensors="pt").input_ids.to(device)
+        self.empty = ids_of([""])
+        distinct = sorted(set(prompts))
+        self.table = ids_of(distinct)
+        index = {p: i for i, p in enumerate(distinct)}
+        self.prompt_ids = torch.tensor([index[p] for p in prompts], device=device)
+
+    def batch(self, gen: torch.Generator, size: int, drop: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh posterior samples of `size` cached scenes (unscaled latents) and their token ids,
+        a `drop` share of them the empty prompt (for classifier-free guidance). Randomness from `gen`."""
+        device = self.means.device
+        idx = torch.randint(0, len(self.means), (size,), generator=gen).to(device)
+        eps = torch.randn(size, *self.means.shape[1:], generator=gen).to(device)
+        latents = self.means[idx].float() + self.stds[idx].float() * eps
+        dropped = (torch.rand(size, generator=gen) < drop).to(device)
+        return latents, torch.where(dropped[:, None], self.empty, self.table[self.prompt_ids[idx]])
+
+
 class EMA:
     """Exponential moving average of a module's weights, with the usual warm-up of the decay."""
 
@@ -327,19 +355,7 @@ def train_unet(cfg: RunConfig) -> dict:
     noise_scheduler = DDPMScheduler.from_config(scheduler_config())
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
 
-    cache_size = cfg.cache_size
-    t0 = time.monotonic()
-    means, stds, prompts = encode_latent_cache(vae, cache_size, cfg.seed + 1, cfg.workers, device)
-    cache_seconds = time.monotonic() - t0
-    print(f"  encoded {cache_size} scenes in {cache_seconds:.0f} s", flush=True)
-    # Tokenise each distinct prompt once; 10% of each batch gets the empty prompt instead.
-    ids_of = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
-                                     truncation=True, return_tensors="pt").input_ids.to(device)
-    empty = ids_of([""])
-    distinct = sorted(set(prompts))
-    table = ids_of(distinct)
-    index = {p: i for i, p in enumerate(distinct)}
-    prompt_ids = torch.tensor([index[p] for p in prompts], device=device)
+    data = CaptionedLatents(vae, tokenizer, cfg)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     batch_size, base_lr, drop, snr_gamma = cfg.batch_size or 64, 1e-3, 0.1, 5.0
@@ -357,11 +373,8 @@ def train_unet(cfg: RunConfig) -> dict:
         # Constant learning rate after a warm-up: a snapshot at step N equals a run of N steps.
         for group in opt.param_groups:
             group["lr"] = base_lr * min(1.0, (budget.step + 1) / warmup)
-        idx = torch.randint(0, cache_size, (batch_size,), generator=gen).to(device)
-        eps_latent = torch.randn(batch_size, *means.shape[1:], generator=gen).to(device)
-        latents = (means[idx].float() + stds[idx].float() * eps_latent) * scale
-        dropped = (torch.rand(batch_size, generator=gen) < drop).to(device)
-        ids = torch.where(dropped[:, None], empty, table[prompt_ids[idx]])
+        latents, ids = data.batch(gen, batch_size, drop)
+        latents = latents * scale
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -389,7 +402,7 @@ def train_unet(cfg: RunConfig) -> dict:
     save_pipeline(pipe_dir, vae, ema_text.module, tokenizer, ema_unet.module)
     quality = measure_pipeline(pipe_dir, cfg.output_dir / "detector", device, cfg.eval_samples, cfg.seed + 2000)
     result = dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
-                  cache_seconds=round(cache_seconds), cache_size=cache_size,
+                  cache_seconds=round(data.seconds), cache_size=cfg.cache_size,
                   params=dict(unet=models.n_params(unet), text_encoder=models.n_params(text_encoder)),
                   loss_curve=_loss_curve(losses), quality=quality, saved=str(pipe_dir))
     if snapshots:

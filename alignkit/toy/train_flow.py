@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 
 from alignkit.errors import MissingWeightsError
 from alignkit.toy import models
-from alignkit.toy.train import (EMA, Budget, RunConfig, _count_step, _loss_curve, _update, declare_float32,
-                                encode_latent_cache, to_model_range)
+from alignkit.toy.train import (EMA, Budget, CaptionedLatents, RunConfig, _count_step, _loss_curve, _update,
+                                declare_float32, to_model_range)
 from alignkit.toy import world
 
 # Zero tokens the SD3 pipeline puts in T5's place (its default max_sequence_length).
@@ -156,17 +155,7 @@ def train_flow(cfg: RunConfig) -> dict:
     transformer = models.build_flow_transformer().to(device)
     transformer.set_attn_processor(RepeatedTokenAttention(T5_ZERO_TOKENS))
 
-    t0 = time.monotonic()
-    means, stds, prompts = encode_latent_cache(vae, cfg.cache_size, cfg.seed + 1, cfg.workers, device)
-    cache_seconds = time.monotonic() - t0
-    print(f"  encoded {cfg.cache_size} scenes in {cache_seconds:.0f} s", flush=True)
-    ids_of = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
-                                     truncation=True, return_tensors="pt").input_ids.to(device)
-    empty = ids_of([""])
-    distinct = sorted(set(prompts))
-    table = ids_of(distinct)
-    index = {p: i for i, p in enumerate(distinct)}
-    prompt_ids = torch.tensor([index[p] for p in prompts], device=device)
+    data = CaptionedLatents(vae, tokenizer, cfg)
 
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     batch_size, base_lr, drop, warmup = cfg.batch_size or 32, 1e-3, 0.1, 200
@@ -180,11 +169,8 @@ def train_flow(cfg: RunConfig) -> dict:
     while budget.running():
         for group in opt.param_groups:
             group["lr"] = base_lr * min(1.0, (budget.step + 1) / warmup)
-        idx = torch.randint(0, cfg.cache_size, (batch_size,), generator=gen).to(device)
-        eps_latent = torch.randn(batch_size, *means.shape[1:], generator=gen).to(device)
-        x0 = (means[idx].float() + stds[idx].float() * eps_latent - shift) * scale
-        dropped = (torch.rand(batch_size, generator=gen) < drop).to(device)
-        ids = torch.where(dropped[:, None], empty, table[prompt_ids[idx]])
+        latents, ids = data.batch(gen, batch_size, drop)
+        x0 = (latents - shift) * scale
         noise = torch.randn(x0.shape, generator=gen).to(device)
         # Logit-normal sigmas (SD3): most steps where the image takes shape, none wasted at the ends.
         sigma = torch.sigmoid(torch.randn(batch_size, generator=gen)).to(device)
@@ -203,7 +189,7 @@ def train_flow(cfg: RunConfig) -> dict:
     save_flow_pipeline(folder, vae, ema_text.module, tokenizer, ema_transformer.module)
     quality = measure_flow_pipeline(folder, device, cfg.eval_samples, cfg.seed + 2000)
     return dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
-                cache_seconds=round(cache_seconds), cache_size=cfg.cache_size,
+                cache_seconds=round(data.seconds), cache_size=cfg.cache_size,
                 params=dict(transformer=models.n_params(transformer), text_encoder=models.n_params(text_encoder)),
                 vae_shift_factor=shift, vae_scaling_factor=scale,
                 loss_curve=_loss_curve(losses), quality=quality, saved=str(folder))
