@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from alignkit.errors import MissingWeightsError
 from alignkit.toy import models
-from alignkit.toy.train import (EMA, Budget, CaptionedLatents, RunConfig, _count_step, _loss_curve, _update,
-                                declare_float32, to_model_range)
+from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
+                                   declare_float32, to_model_range)
 from alignkit.toy import world
 
 # Zero tokens the SD3 pipeline puts in T5's place (its default max_sequence_length).
@@ -179,10 +179,10 @@ def train_flow(cfg: RunConfig) -> dict:
         pred = transformer(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000,
                            encoder_hidden_states=context, pooled_projections=pooled).sample
         loss = F.mse_loss(pred, noise - x0)
-        _update(opt, loss, params)
+        optimizer_step(opt, loss, params)
         ema_transformer.update(transformer, budget.step)
         ema_text.update(text_encoder, budget.step)
-        _count_step(budget, last, losses, loss.item())
+        record_step(budget, last, losses, loss.item())
     train_seconds = budget.elapsed
 
     folder = cfg.output_dir / "pipeline-flow"
@@ -192,4 +192,4 @@ def train_flow(cfg: RunConfig) -> dict:
                 cache_seconds=round(data.seconds), cache_size=cfg.cache_size,
                 params=dict(transformer=models.n_params(transformer), text_encoder=models.n_params(text_encoder)),
                 vae_shift_factor=shift, vae_scaling_factor=scale,
-                loss_curve=_loss_curve(losses), quality=quality, saved=str(folder))
+                loss_curve=loss_curve(losses), quality=quality, saved=str(folder))
