@@ -61,7 +61,7 @@ def test_flow_trainer_saves_a_plain_sd3_folder_without_t5(trained):
 
     log = json.loads((trained / "training_log.json").read_text())["flow"]
     assert log["steps"] == 2 and "--steps 2" in log["command"]
-    assert set(log["quality"]) == {"ddim20_cfg7.5", "ddim20_cfg3"}
+    assert set(log["quality"]) == {"euler20_cfg7.5", "euler20_cfg3"}
     folder = trained / "pipeline-flow"
     index = json.loads((folder / "model_index.json").read_text())
     assert index["text_encoder_3"] == [None, None] and index["transformer"][1] == "SD3Transformer2DModel"

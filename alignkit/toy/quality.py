@@ -131,15 +131,23 @@ def pipeline_quality(pipe, n: int = 256, seed: int = 0, steps: int = 20, guidanc
     """The pipeline's count, shape, colour and background accuracy on balanced prompts."""
     import time
 
+    import inspect
+
     prompts = balanced_prompts(n, seed)
+    # DDIM for the UNet pipeline, the Euler flow sampler for SD3-format ones (which take no eta).
+    sampler = "ddim" if "eta" in inspect.signature(pipe.__call__).parameters else "euler"
     result = {}
     for scale in guidance_scales:
         start = time.monotonic()
         images = sample(pipe, prompts, seed=seed, steps=steps, guidance_scale=scale)
         seconds = time.monotonic() - start
         metrics = scene_metrics(images, prompts, net=net)
+        if net is not None:
+            from alignkit.toy.detector import counter_agreement
+
+            metrics["detector_counter_agreement"] = counter_agreement(net, images, prompts)["agreement_where_unambiguous"]
         metrics["sampling_seconds_per_64"] = round(seconds * 64 / n, 2)
-        result[f"ddim{steps}_cfg{scale:g}"] = metrics
+        result[f"{sampler}{steps}_cfg{scale:g}"] = metrics
     return result
 
 

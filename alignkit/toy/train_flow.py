@@ -124,16 +124,21 @@ def save_flow_pipeline(folder, vae, text_encoder, tokenizer, transformer) -> Non
         declare_float32(folder / name / "config.json")
 
 
-def measure_flow_pipeline(folder, device, n: int, seed: int) -> dict:
+def measure_flow_pipeline(folder, detector_dir, device, n: int, seed: int) -> dict:
+    """What the saved pipeline draws, read by the world's rules; with the toy detector (trained on
+    the UNet pipeline's samples), its proxy count and agreement with the rules beside it: the
+    `count` reward reads this model's images through that detector."""
     from diffusers import StableDiffusion3Pipeline
 
+    from alignkit.toy import detector
     from alignkit.toy.quality import pipeline_quality
 
     # The folder has no T5: from_pretrained must be told so (as users load it).
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32, text_encoder_3=None,
                                                     tokenizer_3=None).to(device)
     pipe.set_progress_bar_config(disable=True)
-    return pipeline_quality(pipe, n=n, seed=seed)
+    net = detector.load_detector(detector_dir, device=device) if (detector_dir / "model.yaml").is_file() else None
+    return pipeline_quality(pipe, n=n, seed=seed, net=net)
 
 
 def train_flow(cfg: RunConfig) -> dict:
@@ -187,7 +192,7 @@ def train_flow(cfg: RunConfig) -> dict:
 
     folder = cfg.output_dir / "pipeline-flow"
     save_flow_pipeline(folder, vae, ema_text.module, tokenizer, ema_transformer.module)
-    quality = measure_flow_pipeline(folder, device, cfg.eval_samples, cfg.seed + 2000)
+    quality = measure_flow_pipeline(folder, cfg.output_dir / "detector", device, cfg.eval_samples, cfg.seed + 2000)
     return dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
                 cache_seconds=round(data.seconds), cache_size=cfg.cache_size,
                 params=dict(transformer=models.n_params(transformer), text_encoder=models.n_params(text_encoder)),
