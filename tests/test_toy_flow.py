@@ -85,3 +85,27 @@ def test_flow_training_names_the_missing_part(tmp_path):
         main(["flow", "--steps", "1", "--output-dir", str(tmp_path)])
     message = str(info.value.code)
     assert "\n" not in message and "flow training needs the vae first" in message
+
+
+def test_bundled_toy_flow_trains_with_its_defaults_and_its_lora_loads_in_plain_diffusers(tmp_path):
+    """`alignkit train --model toy-flow`: the shipped SD3-format toy, the count reward, the
+    flow family's settings (eta 0, guidance 7.0) in config.yaml; one step, two sampler steps."""
+    pytest.importorskip("ultralytics")
+    import yaml
+    from diffusers import StableDiffusion3Pipeline
+
+    from alignkit.models import get_model
+    from alignkit.testing import run_cli
+    from alignkit.toy import flow_pipeline_path
+
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", "toy-flow", "--max-train-steps", "1", "--num-inference-steps", "2",
+                    "--train-batch-size", "1", "--truncation", "last:1", "--checkpointing-steps", "0",
+                    "--report-to", "none", "--output-dir", run]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    recommended = get_model("toy-flow").train_defaults()
+    assert (config["reward"], config["prompts"]) == (recommended["reward"], recommended["prompts"]) == ("count", "toy_counting")
+    assert (config["eta"], config["guidance_scale"]) == (0.0, 7.0)
+    pipe = StableDiffusion3Pipeline.from_pretrained(flow_pipeline_path(), text_encoder_3=None, tokenizer_3=None)
+    pipe.load_lora_weights(run)
+    assert pipe.get_list_adapters()["transformer"]
