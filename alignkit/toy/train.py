@@ -395,7 +395,10 @@ def run(args: argparse.Namespace) -> None:
         command = f"python -m alignkit.toy.train {part} --seed {cfg.seed}" + (
             f" --steps {cfg.steps}" if cfg.steps else "") + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "") + (
             f" --device {cfg.device} --workers {cfg.workers}") + (f" --batch-size {cfg.batch_size}" if cfg.batch_size else "") + (
-            f" --loras {','.join(cfg.loras)}" if cfg.loras else "")
+            f" --loras {','.join(cfg.loras)}" if cfg.loras else "") + (
+            f" --threads {cfg.threads}" if cfg.threads != 2 else "") + (
+            f" --cache-size {cfg.cache_size}" if cfg.cache_size != 65536 else "") + (
+            f" --eval-samples {cfg.eval_samples}" if cfg.eval_samples != 512 else "")
         entry = dict(command=command, config={k: (str(v) if isinstance(v, Path) else v)
                                               for k, v in asdict(cfg).items()},
                      machine=_machine(cfg.device), torch=torch.__version__,
