@@ -45,7 +45,7 @@ from alignkit.toy import models, world
 from alignkit.toy.tokenizer import build_tokenizer
 from alignkit.toy.train_flow import train_flow
 from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
-                                   cosine_lr, declare_float32, to_model_range)
+                                   cosine_lr, declare_float32, to_model_range, warmup_lr)
 
 
 # ---------------------------------------------------------------------------------- VAE
@@ -203,9 +203,7 @@ def train_unet(cfg: RunConfig) -> dict:
     unet.train()
     text_encoder.train()
     while budget.running():
-        # Constant learning rate after a warm-up: a snapshot at step N equals a run of N steps.
-        for group in opt.param_groups:
-            group["lr"] = base_lr * min(1.0, (budget.step + 1) / warmup)
+        warmup_lr(opt, base_lr, budget.step, warmup)
         latents, ids = data.batch(gen, batch_size, drop)
         latents = latents * scale
         noise = torch.randn(latents.shape, generator=gen).to(device)

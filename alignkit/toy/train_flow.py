@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from alignkit.errors import MissingWeightsError
 from alignkit.toy import models
 from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
-                                   declare_float32, to_model_range)
+                                   declare_float32, to_model_range, warmup_lr)
 from alignkit.toy import world
 
 # Zero tokens the SD3 pipeline puts in T5's place (its default max_sequence_length).
@@ -172,8 +172,7 @@ def train_flow(cfg: RunConfig) -> dict:
     transformer.train()
     text_encoder.train()
     while budget.running():
-        for group in opt.param_groups:
-            group["lr"] = base_lr * min(1.0, (budget.step + 1) / warmup)
+        warmup_lr(opt, base_lr, budget.step, warmup)
         latents, ids = data.batch(gen, batch_size, drop)
         x0 = (latents - shift) * scale
         noise = torch.randn(x0.shape, generator=gen).to(device)

@@ -78,6 +78,13 @@ def cosine_lr(optimizer, base: float, fraction: float, warmup: float = 0.03) -> 
         group["lr"] = base * scale
 
 
+def warmup_lr(optimizer, base: float, step: int, warmup: int) -> None:
+    """Linear warm-up over `warmup` steps, then constant: a run's state at step N does not depend
+    on how long it will go on (snapshots equal shorter runs)."""
+    for group in optimizer.param_groups:
+        group["lr"] = base * min(1.0, (step + 1) / warmup)
+
+
 def to_model_range(images: torch.Tensor, device) -> torch.Tensor:
     """uint8 scenes (B,3,H,W) as the float [-1, 1] tensors the VAE reads, on `device`."""
     return images.to(device, non_blocking=True).float().div_(127.5).sub_(1)
