@@ -68,17 +68,10 @@ class FlowMatchSampler(ChainSampler):
     def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int,
                  guidance_scale: float = 7.0, gradient_checkpointing: bool = True, checkpoint_vae: bool = True,
                  negative_prompt: str = "", offload_t5: bool = False, max_sequence_length: int | None = None):
-        self.loaded, self.pipe = loaded, loaded.pipe
+        super().__init__(loaded, resolution, num_inference_steps, guidance_scale, gradient_checkpointing,
+                         checkpoint_vae, negative_prompt)
+        self.loaded = loaded
         self.is_flux = loaded.family.name == "flux"
-        self.resolution = resolution
-        # check_resolution keeps the side a multiple of the family's step, so for FLUX the latent
-        # side is even (2x2 packing) and nothing is rounded away, unlike the pipeline's silent floor.
-        self.latent_size = resolution // loaded.vae_scale_factor
-        self.num_steps = num_inference_steps
-        self.guidance_scale = guidance_scale
-        self.gradient_checkpointing = gradient_checkpointing
-        self.checkpoint_vae = checkpoint_vae
-        self.negative_prompt = negative_prompt
         self.offload_t5 = offload_t5
         # The pipelines' defaults: SD3 256 T5 tokens, FLUX 512.
         self.max_sequence_length = max_sequence_length or (512 if self.is_flux else 256)

@@ -77,13 +77,21 @@ class Sampler(Protocol):
 
 class ChainSampler:
     """What both samplers share: the chain with its cut (no graph before it, per-step
-    checkpointing after it) and the checkpointed decode. A subclass gives `step` (one pure
-    denoising step), `_decode` (latents -> images in [0,1]) and the attributes `num_steps`,
-    `gradient_checkpointing`, `checkpoint_vae`."""
+    checkpointing after it) and the checkpointed decode, and the settings every sampler keeps. A
+    subclass gives `step` (one pure denoising step) and `_decode` (latents -> images in [0,1])."""
 
-    num_steps: int
-    gradient_checkpointing: bool
-    checkpoint_vae: bool
+    def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int, guidance_scale: float,
+                 gradient_checkpointing: bool, checkpoint_vae: bool, negative_prompt: str):
+        self.pipe = loaded.pipe
+        self.resolution = resolution
+        # check_resolution keeps the side a multiple of the family's step, so nothing is rounded
+        # away here (for FLUX the latent side is even, as its 2x2 packing needs).
+        self.latent_size = resolution // loaded.vae_scale_factor
+        self.num_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.gradient_checkpointing = gradient_checkpointing
+        self.checkpoint_vae = checkpoint_vae
+        self.negative_prompt = negative_prompt
 
     def step(self, model, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -125,15 +133,10 @@ class DDIMSampler(ChainSampler):
     def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int,
                  guidance_scale: float = 7.5, eta: float = 1.0, gradient_checkpointing: bool = True,
                  checkpoint_vae: bool = True, negative_prompt: str = ""):
-        self.pipe, self.is_sdxl = loaded.pipe, loaded.is_sdxl
-        self.resolution = resolution
-        self.latent_size = resolution // loaded.vae_scale_factor
-        self.num_steps = num_inference_steps
-        self.guidance_scale = guidance_scale
+        super().__init__(loaded, resolution, num_inference_steps, guidance_scale, gradient_checkpointing,
+                         checkpoint_vae, negative_prompt)
+        self.is_sdxl = loaded.is_sdxl
         self.eta = eta
-        self.gradient_checkpointing = gradient_checkpointing
-        self.checkpoint_vae = checkpoint_vae
-        self.negative_prompt = negative_prompt
 
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(num_inference_steps)
