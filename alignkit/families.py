@@ -81,6 +81,14 @@ def apply_defaults(config, family: Family, guidance_embeds: bool = True) -> None
 
 
 
+def takes_eta(pipe) -> bool:
+    """Whether a pipeline's __call__ takes DDIM's eta (SD, SDXL); flow-matching pipelines (SD3,
+    FLUX) sample deterministically and take none."""
+    import inspect
+
+    return "eta" in inspect.signature(pipe.__call__).parameters
+
+
 def model_index(source: str, **kwargs) -> dict:
     """A pipeline folder's (or hub id's) model_index.json, without loading weights; {} if it
     cannot be read (whatever loads the pipeline then says why). `kwargs`: `load_config`'s

@@ -9,7 +9,6 @@ same latents on any device and in any batch.
 
 from __future__ import annotations
 
-import inspect
 import re
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor
 from alignkit.errors import AlignkitError, CheckpointError, first_line
 from alignkit.evaluation.config import Condition, Settings, check_resolution
 from alignkit.evaluation.source import LoraCheckpoint
-from alignkit.families import model_index
+from alignkit.families import model_index, takes_eta
 from alignkit.hub import dropped_components, quiet_loading
 from alignkit.models import resolve_model
 
@@ -116,7 +115,7 @@ class PipelineGenerator:
         side = settings.resolution or (self.pipe.vae.config.sample_size if hasattr(self.pipe, "transformer") else None)
         kwargs = {"height": side, "width": side} if side else {}
         # Flow-matching pipelines (SD3, FLUX) are deterministic and take no eta.
-        if "eta" in inspect.signature(self.pipe.__call__).parameters:
+        if takes_eta(self.pipe):
             kwargs["eta"] = settings.eta
         chunks = []
         for start in range(0, len(seeds), self.batch_size):

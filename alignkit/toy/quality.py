@@ -110,12 +110,12 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance_sc
     """Images (B,3,64,64) in [0,1] from a pipeline, batch by batch, each batch seeded.
 
     `eta` is DDIM's; a flow-matching pipeline (no eta) samples deterministically and takes only 0."""
-    import inspect
+    from alignkit.families import takes_eta
 
-    takes_eta = "eta" in inspect.signature(pipe.__call__).parameters
-    if eta and not takes_eta:
+    has_eta = takes_eta(pipe)
+    if eta and not has_eta:
         raise ValueError(f"{type(pipe).__name__} has no eta; its sampler is deterministic (eta 0)")
-    extra = {"eta": eta} if takes_eta else {}
+    extra = {"eta": eta} if has_eta else {}
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -131,11 +131,11 @@ def pipeline_quality(pipe, n: int = 256, seed: int = 0, steps: int = 20, guidanc
     """The pipeline's count, shape, colour and background accuracy on balanced prompts."""
     import time
 
-    import inspect
+    from alignkit.families import takes_eta
 
     prompts = balanced_prompts(n, seed)
     # DDIM for the UNet pipeline, the Euler flow sampler for SD3-format ones (which take no eta).
-    sampler = "ddim" if "eta" in inspect.signature(pipe.__call__).parameters else "euler"
+    sampler = "ddim" if takes_eta(pipe) else "euler"
     result = {}
     for scale in guidance_scales:
         start = time.monotonic()

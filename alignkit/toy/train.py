@@ -45,7 +45,8 @@ from alignkit.toy import models, world
 from alignkit.toy.tokenizer import build_tokenizer
 from alignkit.toy.train_flow import train_flow
 from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
-                                   cosine_lr, declare_float32, to_model_range, warmup_lr)
+                                   cosine_lr, declare_float32, measure_pipeline, to_model_range,
+                                   warmup_lr)
 
 
 # ---------------------------------------------------------------------------------- VAE
@@ -148,20 +149,6 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet):
     )
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     declare_float32(folder / "text_encoder" / "config.json")
-
-
-def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int) -> dict:
-    """Reload a saved pipeline as a user would, and measure what it draws (read by the world's
-    rules; the detector's proxy count beside it when one has been trained)."""
-    from diffusers import StableDiffusionPipeline
-
-    from alignkit.toy import detector
-    from alignkit.toy.quality import pipeline_quality
-
-    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    net = detector.load_detector(detector_dir, device=device) if (detector_dir / "model.yaml").is_file() else None
-    return pipeline_quality(pipe, n=n, seed=seed, net=net)
 
 
 def train_unet(cfg: RunConfig) -> dict:

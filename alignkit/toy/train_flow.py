@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from alignkit.errors import MissingWeightsError
 from alignkit.toy import models
 from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
-                                   declare_float32, to_model_range, warmup_lr)
+                                   declare_float32, measure_pipeline, to_model_range, warmup_lr)
 from alignkit.toy import world
 
 # Zero tokens the SD3 pipeline puts in T5's place (its default max_sequence_length).
@@ -99,8 +99,8 @@ def context_of(text_encoder, ids: torch.Tensor, zero_tokens: int) -> tuple[torch
 
 
 def flow_vae(vae, images: torch.Tensor):
-    """The toy VAE with SD3's latent normalisation: (z - shift_factor) * scaling_factor."""
-    vae = copy.deepcopy(vae)
+    """Give the toy VAE SD3's latent normalisation, (z - shift_factor) * scaling_factor, measured
+    on `images`; returns the same module."""
     with torch.no_grad():
         latents = vae.encode(to_model_range(images, next(vae.parameters()).device)).latent_dist.sample()
     vae.register_to_config(shift_factor=round(latents.mean().item(), 5),
@@ -122,23 +122,6 @@ def save_flow_pipeline(folder, vae, text_encoder, tokenizer, transformer) -> Non
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     for name in ("text_encoder", "text_encoder_2"):
         declare_float32(folder / name / "config.json")
-
-
-def measure_flow_pipeline(folder, detector_dir, device, n: int, seed: int) -> dict:
-    """What the saved pipeline draws, read by the world's rules; with the toy detector (trained on
-    the UNet pipeline's samples), its proxy count and agreement with the rules beside it: the
-    `count` reward reads this model's images through that detector."""
-    from diffusers import StableDiffusion3Pipeline
-
-    from alignkit.toy import detector
-    from alignkit.toy.quality import pipeline_quality
-
-    # The folder has no T5: from_pretrained must be told so (as users load it).
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32, text_encoder_3=None,
-                                                    tokenizer_3=None).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    net = detector.load_detector(detector_dir, device=device) if (detector_dir / "model.yaml").is_file() else None
-    return pipeline_quality(pipe, n=n, seed=seed, net=net)
 
 
 def train_flow(cfg: RunConfig) -> dict:
@@ -191,7 +174,7 @@ def train_flow(cfg: RunConfig) -> dict:
 
     folder = cfg.output_dir / "pipeline-flow"
     save_flow_pipeline(folder, vae, ema_text.module, tokenizer, ema_transformer.module)
-    quality = measure_flow_pipeline(folder, cfg.output_dir / "detector", device, cfg.eval_samples, cfg.seed + 2000)
+    quality = measure_pipeline(folder, cfg.output_dir / "detector", device, cfg.eval_samples, cfg.seed + 2000)
     return dict(steps=budget.step, batch_size=batch_size, train_seconds=round(train_seconds),
                 cache_seconds=round(data.seconds), cache_size=cfg.cache_size,
                 params=dict(transformer=models.n_params(transformer), text_encoder=models.n_params(text_encoder)),

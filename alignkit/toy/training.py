@@ -190,3 +190,22 @@ def declare_float32(config_json: Path) -> None:
     config = json.loads(config_json.read_text())
     config["dtype"] = "float32"
     config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int) -> dict:
+    """Reload a saved toy pipeline (SD or SD3 format) as a user would, and measure what it draws,
+    read by the world's rules; with the toy detector, when one has been trained, its proxy count
+    and agreement with the rules beside them (the `count` reward reads the model through it)."""
+    from diffusers import DiffusionPipeline
+
+    from alignkit.families import model_index
+    from alignkit.hub import dropped_components
+    from alignkit.toy import detector
+    from alignkit.toy.quality import pipeline_quality
+
+    # The flow toy has no T5: from_pretrained must be told so, as users load it.
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32,
+                                             **dropped_components(model_index(str(folder)))).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    net = detector.load_detector(detector_dir, device=device) if (detector_dir / "model.yaml").is_file() else None
+    return pipeline_quality(pipe, n=n, seed=seed, net=net)
