@@ -255,6 +255,25 @@ def test_a_full_disk_mid_run_is_one_line_and_the_last_checkpoint_survives(tiny_s
                     "--output-dir", run, "--resume-from-checkpoint", "latest"]) == 0
 
 
+def test_a_planted_pickle_in_the_earlier_formats_state_file_is_refused_without_running(checkpointed_run, tiny_sd,
+                                                                                      tmp_path, fails):
+    """The earlier format's custom_checkpoint_0.pkl (accelerate's pickle of registered objects,
+    which its load_state would unpickle in full) is read weights-only: code in it never runs."""
+    run = tmp_path / "legacy"
+    shutil.copytree(checkpointed_run, run)
+    folder = run / "checkpoint-2"
+    (folder / "train_state.json").unlink()
+    (folder / "train_state.safetensors").unlink()
+    marker = tmp_path / "legacy.pwned"
+    write_code_pickle(folder / "custom_checkpoint_0.pkl", marker)
+    before = _tree(run)
+    err = fails(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
+                 "--output-dir", run, "--resume-from-checkpoint", "latest"])
+    assert not marker.exists(), "the payload planted in custom_checkpoint_0.pkl ran"
+    assert "custom_checkpoint_0.pkl" in err or "checkpoint" in err, err
+    assert _tree(run) == before
+
+
 def test_a_checkpoint_of_the_earlier_format_resumes_to_the_same_weights(checkpointed_run, tiny_sd, tmp_path):
     """Before train_state.json, the step and generator were in accelerate's pickle of registered
     objects; such a checkpoint still resumes (read weights-only), to the same LoRA."""
