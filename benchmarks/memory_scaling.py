@@ -19,7 +19,8 @@ implies at the same batch, timed in the same process with eager forwards: T UNet
 at the CFG batch without gradients, plus K forwards with gradients (~3x a forward: forward
 and backward; +1 forward for the recompute when checkpointing), plus decode + reward three
 times (forward, backward ~2x; four with checkpointing, which also checkpoints the decode, as
-the trainer does by default). Step time / floor near 1 means no overhead beyond the work.
+the trainer does by default), plus one encode of the step's prompts (the text encoders run
+once per step, without gradients). Step time / floor near 1 means no overhead beyond the work.
 Beside it, a measured floor times the backward passes instead of assuming them (T - K
 forwards, K forward+backward, K recompute forwards and one decode when checkpointing,
 decode+reward forward+backward): step time over it is the aligner's own overhead.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -53,7 +55,7 @@ USES_PEER = False
 TARGET_MEMORY = "<= 1.25"
 TARGET_FLOOR = "<= 1.15"
 # alignkit.testing's architecture, image sides, weight dtype, batch, timed steps, and the grid of (T, K, checkpointing).
-CPU_PLAN = dict(arch="small", resolutions=[32, 64], dtype="float32", batch=2, steps=1,
+CPU_PLAN = dict(arch="small", resolutions=[32, 64], dtype="float32", batch=2, steps=5,
                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False), (4, 4, True)])
 GPU_PLAN = dict(arch="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
@@ -63,11 +65,11 @@ GUIDANCE = 7.5
 # issue's sizes, SD3.5-medium at 1024 px and FLUX.1-dev at 512 px, K=1 and K=T at T=28 (both
 # pipelines' usual step count), batch 1. Their guidance is the family's default (alignkit/families.py).
 FLOW_PLANS = {
-    "sd3": (dict(arch="sd3", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
+    "sd3": (dict(arch="sd3", resolutions=[64, 128], dtype="float32", batch=2, steps=5,
                  grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),
             dict(arch="sd35m", resolutions=[1024], dtype="bfloat16", batch=1, steps=2,
                  grid=[(28, 1, True), (28, 28, True)])),
-    "flux": (dict(arch="flux", resolutions=[64, 128], dtype="float32", batch=2, steps=1,
+    "flux": (dict(arch="flux", resolutions=[64, 128], dtype="float32", batch=2, steps=5,
                   grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False)]),
              dict(arch="flux1", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                   grid=[(28, 1, True), (28, 28, True)])),
@@ -200,13 +202,17 @@ def worker(spec: dict) -> dict:
             reward(sampler.decode(latents))
 
     def timed(fn, n):
+        # The median of n single calls: on a shared CPU one stall in a mean of a few calls moved
+        # a floor by 2x between two runs of the same configuration.
         fn()
         sync()
-        start = time.perf_counter()
+        times = []
         for _ in range(n):
+            start = time.perf_counter()
             fn()
-        sync()
-        return (time.perf_counter() - start) / n
+            sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     def unet_forward_backward():
         with autocast:
@@ -219,22 +225,29 @@ def worker(spec: dict) -> dict:
             value = reward(sampler.decode(x)).sum()
         value.backward()
 
-    t_unet, t_decode = timed(unet_forward, 4), timed(decode_reward, 2)
-    t_unet_fb, t_decode_fb = timed(unet_forward_backward, 3), timed(decode_reward_backward, 2)
+    def encode():
+        with torch.no_grad(), autocast:
+            sampler.encode(prompts, device)
+
+    t_unet, t_decode, t_encode = timed(unet_forward, 9), timed(decode_reward, 5), timed(encode, 5)
+    t_unet_fb, t_decode_fb = timed(unet_forward_backward, 5), timed(decode_reward_backward, 5)
     optimizer.zero_grad(set_to_none=True)
     # Forwards the step implies: T sampling forwards (the last K of them with autograd), the
     # backward of those K (~2 forwards each), and one recompute each when checkpointing.
     # With checkpointing the decode is checkpointed too (the trainer's default): one more decode.
     unet_forwards = T + (3 if spec["ckpt"] else 2) * K
-    floor = unet_forwards * t_unet + (4 if spec["ckpt"] else 3) * t_decode
+    # Every step also encodes its prompts once (frozen text encoders, no graph): on the tiny
+    # CPU configs the text encoders cost as much as a few denoiser calls, so the floor counts them.
+    floor = unet_forwards * t_unet + (4 if spec["ckpt"] else 3) * t_decode + t_encode
     # The same work with backward passes timed rather than assumed to cost two forwards:
     # T - K plain forwards, K forward+backward (+ K forwards recomputed), decode+reward fwd+bwd.
-    measured = (T - K) * t_unet + K * t_unet_fb + (K * t_unet + t_decode if spec["ckpt"] else 0.0) + t_decode_fb
+    measured = ((T - K) * t_unet + K * t_unet_fb + (K * t_unet + t_decode if spec["ckpt"] else 0.0) + t_decode_fb
+                + t_encode)
     step = sorted(times)[len(times) // 2]
     return {**spec, **memory, "step_s": step, "floor_s": floor, "over_floor": step / floor,
             "floor_measured_s": measured, "over_measured_floor": step / measured,
             "unet_forward_s": t_unet, "unet_forward_backward_s": t_unet_fb, "decode_reward_s": t_decode,
-            "decode_reward_backward_s": t_decode_fb, "unet_forwards": unet_forwards}
+            "decode_reward_backward_s": t_decode_fb, "encode_s": t_encode, "unet_forwards": unet_forwards}
 
 
 # ---- the driver ------------------------------------------------------------------------------------
