@@ -8,8 +8,8 @@ DDPO gets the same soft count as a black-box scalar (or, with `--ddpo-reward tru
 independent truth below), served from alignkit's environment by `reward_bridge.py`.
 
 Every saved LoRA (and the base model) is then scored the same way, outside both trainers:
-fixed prompts and seeds, plain diffusers sampling, and per image (all kept in the result, so
-that `--report` recomputes every figure):
+the prompt set's held-out prompts (never trained on) with fixed seeds, plain diffusers
+sampling, and per image (all kept in the result, so that `--report` recomputes every figure):
 
 - the soft reward (what alignkit differentiates);
 - the truth, read by a judge that shares no weights with the reward (`TRUTHS`): on the toy
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images each alignkit run samples (scored after 1, 2, 4, ... optimizer steps and at the end)")
     p.add_argument("--ddpo-samples", type=int, help="images each DDPO run samples")
     p.add_argument("--ddpo-evals", type=int, help="evaluation points per DDPO run, evenly spaced")
-    p.add_argument("--eval-prompts", type=int, help="fixed prompts (one seed each) per evaluation point")
+    p.add_argument("--eval-prompts", type=int, help="images per evaluation point: the set's held-out prompts, "
+                   "repeated as needed, one seed each")
     p.add_argument("--alignkit-lrs", type=float, nargs="+")
     p.add_argument("--ddpo-lrs", type=float, nargs="+")
     p.add_argument("--num-inference-steps", type=int, default=20)
@@ -186,11 +187,13 @@ def doubling_steps(total: int) -> list[int]:
 @dataclass
 class World:
     model: str
-    prompts: list[str]
+    prompts: list[str]  # what both methods train on
     truth: Truth
     truth_from: str  # its key in TRUTHS, with the reward's name
     # The independent judge that reads the truth (None: a model-free column of the reward's targets).
     judge: object | None = None  # alignkit.evaluation.judges.JudgeScorer
+    # The prompt set's held-out prompts: every model is scored on these, never on `prompts`.
+    held_out: list[str] = field(default_factory=list)
 
 
 def require_world(args) -> World:
@@ -221,7 +224,8 @@ def require_world(args) -> World:
         # after an hour of training.
         reward = load_reward(args.reward)
         judge = make_judge(truth, args.judge_detector)
-        prompts = load_prompt_set(args.prompts).train
+        prompt_set = load_prompt_set(args.prompts)
+        prompts, held_out = prompt_set.train, prompt_set.eval
     except BenchError:
         raise
     except AlignkitError as exc:
@@ -235,7 +239,9 @@ def require_world(args) -> World:
             raise BenchError(str(exc)) from None
     if not (Path(model) / "model_index.json").is_file():
         raise BenchError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
-    return World(model, prompts, truth, source, judge)
+    if not held_out:
+        raise BenchError(f"--prompts {args.prompts}: the set has no held-out prompts to score the models on")
+    return World(model, prompts, truth, source, judge, held_out)
 
 
 def judge_options(truth: Truth, judge_detector: str | None) -> dict:
@@ -335,13 +341,14 @@ def train_ddpo(world: World, lr: float, args, python: Path) -> Run:
 # ---- the shared evaluation ---------------------------------------------------------------------------
 
 def eval_prompts(prompts: list[str], n: int) -> list[str]:
-    """A fixed subset of the training prompts: a seeded shuffle, so that every count, shape,
-    colour and background appears (the prompt set is ordered, so a stride would not do)."""
+    """n images' prompts from the held-out ones: a seeded shuffle (so that a short list still
+    mixes counts, shapes, colours and backgrounds; the set is ordered), repeated as often as n
+    needs (each image has its own seed)."""
     import random
 
     shuffled = sorted(prompts)
     random.Random(0).shuffle(shuffled)
-    return shuffled[:n]
+    return [shuffled[i % len(shuffled)] for i in range(n)]
 
 
 EVAL_SEED = 10_000  # image i of the evaluation is drawn from seed EVAL_SEED + i, for every model alike
@@ -365,7 +372,7 @@ def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, di
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     reward = load_reward(args.reward)
-    prompts = eval_prompts(world.prompts, args.eval_prompts)
+    prompts = eval_prompts(world.held_out, args.eval_prompts)
     truth = world.truth
     scores = {}
     for lora in loras:
@@ -642,8 +649,8 @@ def run(args: argparse.Namespace) -> Result:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.update(model=world.model, lora_rank=TRL_LORA_RANK, lora_alpha=TRL_LORA_ALPHA,
                     truth=world.truth.key, truth_from=world.truth_from, judge=world.truth.judge,
-                    proxy=world.truth.proxy, train_prompts=len(world.prompts))
-    prompts = eval_prompts(world.prompts, args.eval_prompts)
+                    proxy=world.truth.proxy, train_prompts=len(world.prompts), held_out_prompts=len(world.held_out))
+    prompts = eval_prompts(world.held_out, args.eval_prompts)
     # Per image, in this order, for every model: what pairs a gain over the base model.
     samples = {"eval": {"prompts": prompts, "seeds": [EVAL_SEED + i for i in range(len(prompts))]},
                "base": base, "runs": [{"method": r.method, "lr": r.lr, "peak_rss_mb": r.peak_rss_mb,

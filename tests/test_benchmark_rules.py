@@ -202,3 +202,13 @@ def test_a_peer_run_reads_its_result_and_fails_in_one_line(tmp_path, monkeypatch
         harness.run_peer(sys.executable, "echo_child.py", {"mode": "refuse"}, tmp_path / "refuse", 1, 60, "echo")
     with pytest.raises(BenchError, match=r"^echo failed \(exit 3\).*\[log: "):
         harness.run_peer(sys.executable, "echo_child.py", {"mode": "crash"}, tmp_path / "crash", 1, 60, "echo")
+
+
+def test_models_are_scored_on_held_out_prompts_repeated_to_the_image_count():
+    from vs_ddpo import eval_prompts
+
+    held_out = ["a", "b", "c"]
+    picked = eval_prompts(held_out, 7)
+    assert len(picked) == 7 and set(picked) == set(held_out)
+    assert picked[:3] == picked[3:6] and picked[6] == picked[0]  # one shuffled pass, repeated
+    assert eval_prompts(held_out, 7) == picked  # fixed: every model is read on the same images
