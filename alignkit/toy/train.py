@@ -31,7 +31,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +324,26 @@ TRAINERS = {"vae": train_vae, "clip": train_clip, "unet": train_unet, "detector"
 DEFAULTS = {"vae": (6.0, 0), "clip": (5.0, 1), "detector": (10.0, 3), "unet": (28.0, 2), "flow": (40.0, 4)}
 
 
+def replay_command(part: str, cfg: RunConfig) -> str:
+    """The command line that repeats a run (for the training log): device and workers always,
+    the other options where they are set or differ from RunConfig's defaults."""
+    default = {f.name: f.default for f in fields(RunConfig)}
+    words = [f"python -m alignkit.toy.train {part} --seed {cfg.seed}"]
+    if cfg.steps:
+        words.append(f"--steps {cfg.steps}")
+    if cfg.minutes:
+        words.append(f"--minutes {cfg.minutes:g}")
+    words.append(f"--device {cfg.device} --workers {cfg.workers}")
+    if cfg.batch_size:
+        words.append(f"--batch-size {cfg.batch_size}")
+    if cfg.loras:
+        words.append(f"--loras {','.join(cfg.loras)}")
+    for name in ("threads", "cache_size", "eval_samples"):
+        if getattr(cfg, name) != default[name]:
+            words.append(f"--{name.replace('_', '-')} {getattr(cfg, name)}")
+    return " ".join(words)
+
+
 def _machine(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
@@ -377,13 +397,7 @@ def run(args: argparse.Namespace) -> None:
         start = time.monotonic()
         result = TRAINERS[part](cfg)
         result["total_seconds"] = round(time.monotonic() - start)
-        command = f"python -m alignkit.toy.train {part} --seed {cfg.seed}" + (
-            f" --steps {cfg.steps}" if cfg.steps else "") + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "") + (
-            f" --device {cfg.device} --workers {cfg.workers}") + (f" --batch-size {cfg.batch_size}" if cfg.batch_size else "") + (
-            f" --loras {','.join(cfg.loras)}" if cfg.loras else "") + (
-            f" --threads {cfg.threads}" if cfg.threads != 2 else "") + (
-            f" --cache-size {cfg.cache_size}" if cfg.cache_size != 65536 else "") + (
-            f" --eval-samples {cfg.eval_samples}" if cfg.eval_samples != 512 else "")
+        command = replay_command(part, cfg)
         entry = dict(command=command, config={k: (str(v) if isinstance(v, Path) else v)
                                               for k, v in asdict(cfg).items()},
                      machine=_machine(cfg.device), torch=torch.__version__,
