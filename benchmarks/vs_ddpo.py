@@ -354,7 +354,7 @@ def eval_prompts(prompts: list[str], n: int) -> list[str]:
 EVAL_SEED = 10_000  # image i of the evaluation is drawn from seed EVAL_SEED + i, for every model alike
 
 
-def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, dict]:
+def evaluate(world: World, loras: list[str | None], prompts: list[str], args) -> dict[str | None, dict]:
     """Score the base model (None) and each LoRA on the same prompts and seeds, with plain
     diffusers: per image, the soft reward, the independent truth and the proxy (if any), in
     prompt order, so that a gain over the base model is paired image by image."""
@@ -372,7 +372,6 @@ def evaluate(world: World, loras: list[str | None], args) -> dict[str | None, di
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     reward = load_reward(args.reward)
-    prompts = eval_prompts(world.held_out, args.eval_prompts)
     truth = world.truth
     scores = {}
     for lora in loras:
@@ -640,8 +639,10 @@ def run(args: argparse.Namespace) -> Result:
         with con.status(f"DDPO lr={lr:g}: training"):
             runs.append(train_ddpo(world, lr, args, python))
     loras = [None] + [p.lora for r in runs for p in r.points]
-    with con.status(f"evaluating {len(loras)} models on {args.eval_prompts} prompts"):
-        scores = evaluate(world, loras, args)
+    # Image i of every model: prompts[i] with seed EVAL_SEED + i.
+    prompts = eval_prompts(world.held_out, args.eval_prompts)
+    with con.status(f"evaluating {len(loras)} models on {args.eval_prompts} images"):
+        scores = evaluate(world, loras, prompts, args)
     base = scores[None]
     for r in runs:
         for p in r.points:
@@ -650,7 +651,6 @@ def run(args: argparse.Namespace) -> Result:
     settings.update(model=world.model, lora_rank=TRL_LORA_RANK, lora_alpha=TRL_LORA_ALPHA,
                     truth=world.truth.key, truth_from=world.truth_from, judge=world.truth.judge,
                     proxy=world.truth.proxy, train_prompts=len(world.prompts), held_out_prompts=len(world.held_out))
-    prompts = eval_prompts(world.held_out, args.eval_prompts)
     # Per image, in this order, for every model: what pairs a gain over the base model.
     samples = {"eval": {"prompts": prompts, "seeds": [EVAL_SEED + i for i in range(len(prompts))]},
                "base": base, "runs": [{"method": r.method, "lr": r.lr, "peak_rss_mb": r.peak_rss_mb,
