@@ -270,7 +270,7 @@ def test_a_planted_pickle_in_the_earlier_formats_state_file_is_refused_without_r
     err = fails(["train", "--model", tiny_sd, *BASE, "--max-train-steps", "3", "--checkpointing-steps", "1",
                  "--output-dir", run, "--resume-from-checkpoint", "latest"])
     assert not marker.exists(), "the payload planted in custom_checkpoint_0.pkl ran"
-    assert "custom_checkpoint_0.pkl" in err or "checkpoint" in err, err
+    assert "custom_checkpoint_0.pkl: it is a pickle that asks to run code" in err, err
     assert _tree(run) == before
 
 
