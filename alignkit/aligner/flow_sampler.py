@@ -138,9 +138,9 @@ class FlowMatchSampler(ChainSampler):
             return latents
         return self.pipe._unpack_latents(latents, self.resolution, self.resolution, self.loaded.vae_scale_factor)
 
-    def step(self, model, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None = None) -> Tensor:
-        """x_{sigma_i} -> x_{sigma_{i+1}}: one transformer call and the Euler update, a pure function.
-        `latents` are packed for FLUX; `noise` is unused (the Sampler step signature)."""
+    def predict(self, model, latents: Tensor, i: int, cond: Conditioning) -> Tensor:
+        """The velocity at sigma_i: one transformer call (guidance batched for SD3, embedded for
+        FLUX). `latents` are packed for FLUX."""
         batch = latents.shape[0]
         if self.is_flux:
             # FluxPipeline: timestep t / 1000 in the latents' dtype; the guidance as a float32 vector.
@@ -161,12 +161,16 @@ class FlowMatchSampler(ChainSampler):
             if self.do_cfg:
                 uncond, text = v.chunk(2)
                 v = uncond + self.guidance_scale * (text - uncond)
-        return self.euler_update(v, latents, i)
+        return v
 
     def euler_update(self, velocity: Tensor, latents: Tensor, i: int) -> Tensor:
         """FlowMatchEulerDiscreteScheduler.step without its state: x + (sigma_{i+1} - sigma_i) v, in
         float32 (the sigmas are float32, so dt is the scheduler's own float32 value)."""
-        return latents.float() + self.dts[i] * velocity
+        return self.update(velocity, latents, i, None)
+
+    def distribution(self, velocity: Tensor, latents: Tensor, i: int) -> tuple[Tensor, float]:
+        """The Euler step of the probability-flow ODE: a deterministic step (std 0)."""
+        return latents.float() + self.dts[i] * velocity, 0.0
 
     # ---- decode (checkpointed by ChainSampler.decode) ----------------------------------------
     def _decode(self, latents: Tensor) -> Tensor:
@@ -182,7 +186,8 @@ class FlowMatchSampler(ChainSampler):
         latents = self.pack(traj.latents.to(device))
         draft = traj.renoise is not None
         first_grad = self.num_steps if draft else self.num_steps - traj.k
-        latents = self.run_chain(unet, latents, cond, first_grad, nograd_model=nograd_unet)
+        latents = self.run_chain(unet, latents, cond, first_grad, nograd_model=nograd_unet,
+                                 grad_steps=None if draft else traj.grad_steps, stop_grad=traj.stop_grad)
         if draft:
             return self._draft_lv(unet, cond, latents.detach(), traj)
         latents = self.unpack(latents)

@@ -44,11 +44,22 @@ class Trajectory:
     renoise: Tensor | None
     # Number of final steps that carry gradients.
     k: int
+    # The indices of the steps that carry gradients, when they are not the last `k` (DRTune's
+    # evenly spaced subset); None means steps T-k..T-1.
+    grad_steps: tuple[int, ...] | None = None
+    # DRTune: the denoiser's input is detached at every step, so the gradient reaches each trained
+    # step's output through the update's linear path, never through a product of denoiser Jacobians.
+    stop_grad: bool = False
 
     def slice(self, start: int, stop: int) -> "Trajectory":
         """This process's share of a global batch."""
         pick = lambda t, dim: None if t is None else t.narrow(dim, start, stop - start)  # noqa: E731
-        return Trajectory(pick(self.latents, 0), pick(self.step_noise, 1), pick(self.renoise, 1), self.k)
+        return Trajectory(pick(self.latents, 0), pick(self.step_noise, 1), pick(self.renoise, 1), self.k,
+                          self.grad_steps, self.stop_grad)
+
+    def trained(self, num_steps: int) -> tuple[int, ...]:
+        """The indices of the steps whose denoiser call carries gradients."""
+        return self.grad_steps if self.grad_steps is not None else tuple(range(num_steps - self.k, num_steps))
 
 
 @dataclass
@@ -77,8 +88,13 @@ class Sampler(Protocol):
 
 class ChainSampler:
     """What both samplers share: the chain with its cut (no graph before it, per-step
-    checkpointing after it) and the checkpointed decode, and the settings every sampler keeps. A
-    subclass gives `step` (one pure denoising step) and `_decode` (latents -> images in [0,1])."""
+    checkpointing after it) and the checkpointed decode, and the settings every sampler keeps.
+
+    A step is two pure functions, so that every algorithm uses the same ones: `predict` (the
+    denoiser call, guidance applied) and `distribution` (the step's Gaussian: its mean and its
+    standard deviation, 0 for a deterministic step). Reward backprop samples `mean + std * noise`
+    through them; a policy gradient scores recorded steps by their log-probability under them.
+    A subclass gives `predict`, `distribution` and `_decode` (latents -> images in [0,1])."""
 
     def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int, guidance_scale: float,
                  gradient_checkpointing: bool, checkpoint_vae: bool, negative_prompt: str):
@@ -93,31 +109,62 @@ class ChainSampler:
         self.checkpoint_vae = checkpoint_vae
         self.negative_prompt = negative_prompt
 
-    def step(self, model, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None) -> Tensor:
+    def predict(self, model, latents: Tensor, i: int, cond: Conditioning) -> Tensor:
+        """The denoiser's output at step i (float32, guidance applied)."""
+        raise NotImplementedError
+
+    def distribution(self, model_out: Tensor, latents: Tensor, i: int) -> tuple[Tensor, float]:
+        """Step i's Gaussian p(x_{i+1} | x_i): its mean and its standard deviation (a number)."""
         raise NotImplementedError
 
     def _decode(self, latents: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _grad_step(self, model, latents, i, cond, noise=None):
+    def update(self, model_out: Tensor, latents: Tensor, i: int, noise: Tensor | None) -> Tensor:
+        """x_{i+1} = mean + std * noise (the mean alone where there is no noise)."""
+        mean, std = self.distribution(model_out, latents, i)
+        return mean + std * noise if std > 0 and noise is not None else mean
+
+    def step(self, model, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None = None) -> Tensor:
+        """x_i -> x_{i+1}: one denoiser call and the update, a pure function of its inputs."""
+        return self.update(self.predict(model, latents, i, cond), latents, i, noise)
+
+    def _detached_step(self, model, latents, i, cond, noise=None):
+        """DRTune's step: the denoiser sees x_i detached; the update keeps x_i's linear path."""
+        return self.update(self.predict(model, latents.detach(), i, cond), latents, i, noise)
+
+    def _grad_step(self, model, latents, i, cond, noise=None, stop_grad: bool = False):
+        fn = self._detached_step if stop_grad else self.step
         if self.gradient_checkpointing:
             # Non-reentrant: works with inputs that do not require grad (the first step after
             # the cut) and with LoRA weights reached through the closure; recompute is exact
             # because the step is pure and its noise is an input.
-            return checkpoint(self.step, model, latents, i, cond, noise, use_reentrant=False)
-        return self.step(model, latents, i, cond, noise)
+            return checkpoint(fn, model, latents, i, cond, noise, use_reentrant=False)
+        return fn(model, latents, i, cond, noise)
 
     def run_chain(self, model, latents: Tensor, cond: Conditioning, first_grad: int, noise=lambda i: None,
-                  nograd_model=None) -> Tensor:
-        """Steps 0..T-1 from `latents`; those from `first_grad` on carry gradients. `nograd_model`
-        (the same weights, e.g. compiled) runs the steps before the cut, if given."""
+                  nograd_model=None, grad_steps: tuple[int, ...] | None = None, stop_grad: bool = False) -> Tensor:
+        """Steps 0..T-1 from `latents`; those from `first_grad` on carry gradients, or those in
+        `grad_steps` when given. `nograd_model` (the same weights, e.g. compiled) runs the
+        denoiser calls that carry no gradients, if given.
+
+        With `stop_grad` (DRTune) the denoiser never sees a latent that requires grad: a trained
+        step's output reaches the reward through the later updates' linear path alone, and an
+        untrained step after the first trained one keeps that path with its denoiser call under
+        `no_grad`, so memory grows with the number of trained steps, not with T."""
         fast = model if nograd_model is None else nograd_model  # (a compiled module has no truth value)
-        # The steps before the cut build no graph at all.
-        with torch.no_grad():
-            for i in range(first_grad):
-                latents = self.step(fast, latents, i, cond, noise(i))
-        for i in range(first_grad, self.num_steps):
-            latents = self._grad_step(model, latents, i, cond, noise(i))
+        trained = set(range(first_grad, self.num_steps) if grad_steps is None else grad_steps)
+        for i in range(self.num_steps):
+            if i in trained:
+                latents = self._grad_step(model, latents, i, cond, noise(i), stop_grad)
+            elif stop_grad and latents.requires_grad:
+                with torch.no_grad():
+                    out = self.predict(fast, latents, i, cond)
+                latents = self.update(out, latents, i, noise(i))
+            else:
+                # Before the first trained step no graph is built at all.
+                with torch.no_grad():
+                    latents = self.step(fast, latents, i, cond, noise(i))
         return latents
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -189,8 +236,8 @@ class DDIMSampler(ChainSampler):
         return Conditioning(cond, {"text_embeds": pooled, "time_ids": time_ids})
 
     # ---- one denoising step ------------------------------------------------------------------
-    def step(self, unet, latents: Tensor, i: int, cond: Conditioning, noise: Tensor | None) -> Tensor:
-        """x_{t_i} -> x_{t_{i+1}}: one (batched-CFG) UNet call and the DDIM update, a pure function."""
+    def predict(self, unet, latents: Tensor, i: int, cond: Conditioning) -> Tensor:
+        """The UNet's output at t_i: one call on the [uncond; cond] batch, guidance applied."""
         # A tensor, not an int: a compiled UNet would specialise on (and recompile for) each int.
         t = torch.tensor(self.timesteps[i], device=latents.device)
         model_in = torch.cat([latents, latents]) if self.do_cfg else latents
@@ -199,10 +246,16 @@ class DDIMSampler(ChainSampler):
         if self.do_cfg:
             uncond, text = out.chunk(2)
             out = uncond + self.guidance_scale * (text - uncond)
-        return self.ddim_update(out, latents, i, noise)
+        return out
 
     def ddim_update(self, model_out: Tensor, latents: Tensor, i: int, noise: Tensor | None) -> Tensor:
         """DDIM (Song et al., eq. 12) as DDIMScheduler.step computes it, without its state."""
+        return self.update(model_out, latents, i, noise)
+
+    def distribution(self, model_out: Tensor, latents: Tensor, i: int) -> tuple[Tensor, float]:
+        """DDIM's step as a Gaussian (Song et al., eq. 12; DDPO's policy): mean
+        sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps and std = eta * sigma_t, as
+        DDIMScheduler.step computes them, without its state."""
         a_t, a_prev = self.alpha[i], self.alpha_prev[i]
         b_t = 1.0 - a_t
         if self.prediction_type == "epsilon":
@@ -218,10 +271,7 @@ class DDIMSampler(ChainSampler):
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
         std = self.eta * variance ** 0.5
-        prev = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps
-        if std > 0 and noise is not None:
-            prev = prev + std * noise
-        return prev
+        return a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps, std
 
     # ---- decode -----------------------------------------------------------------------------
     def _decode(self, latents: Tensor) -> Tensor:
@@ -244,7 +294,8 @@ class DDIMSampler(ChainSampler):
         noise = lambda i: None if traj.step_noise is None else traj.step_noise[i].to(device)  # noqa: E731
         draft = traj.renoise is not None
         first_grad = self.num_steps if draft else self.num_steps - traj.k
-        latents = self.run_chain(unet, latents, cond, first_grad, noise, nograd_unet)
+        latents = self.run_chain(unet, latents, cond, first_grad, noise, nograd_unet,
+                                 None if draft else traj.grad_steps, traj.stop_grad)
         if not draft:
             return SampleOutput(self.decode(latents), 1, latents)
         return self._draft_lv(unet, cond, latents.detach(), traj, noise(self.num_steps - 1))

@@ -337,13 +337,14 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 start = time.perf_counter()
-                # One K per trajectory (optimizer step), the same on every process.
-                k = plan.policy.draw(state.generator, config.num_inference_steps)
+                # One cut (K, and DRTune's steps) per trajectory (optimizer step), the same on every process.
+                cut = plan.policy.draw_cut(state.generator, config.num_inference_steps)
+                k = cut.k
                 rewards, parts = [], defaultdict(list)
                 losses_finite = torch.ones((), dtype=torch.bool, device=device)
                 skipped = False
                 for _ in range(config.gradient_accumulation_steps):
-                    prompts, traj = _draw_batch(plan, sampler, state.generator, k, B * num_processes, lo, hi)
+                    prompts, traj = _draw_batch(plan, sampler, state.generator, cut, B * num_processes, lo, hi)
                     with accelerator.accumulate(unet):
                         with accelerator.autocast():
                             out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
@@ -373,6 +374,8 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
                                           "lower --learning-rate")
                 record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
                                          time.perf_counter() - start, peak_memory_mb(device), skipped)
+                if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
+                    record["first_trained_step"] = cut.steps[0]
                 if accelerator.is_main_process:
                     with _writing(output_dir, METRICS_FILE):
                         with open(output_dir / METRICS_FILE, "a") as fh:
@@ -413,13 +416,14 @@ def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
                        config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
 
 
-def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, k: int, global_batch: int,
+def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, cut, global_batch: int,
                 lo: int, hi: int):
     """This process's prompts and trajectory slice of the global batch. Every process draws the
     whole global batch from the shared generator (prompts first, then noise), so the data do
     not depend on the number of processes."""
     picks = torch.randint(len(plan.prompts), (global_batch,), generator=generator).tolist()
-    traj = sampler.draw(generator, global_batch, k, plan.policy.renoise).slice(lo, hi)
+    traj = sampler.draw(generator, global_batch, cut.k, plan.policy.renoise).slice(lo, hi)
+    traj.grad_steps, traj.stop_grad = cut.steps, cut.stop_grad
     return [plan.prompts[i] for i in picks[lo:hi]], traj
 
 

@@ -13,8 +13,14 @@ Policies (`--truncation`):
                          (gaussian:42,5 over T=50 gives K = 8 on average)
     draft-lv:N           DRaFT-LV: sample without gradients, re-noise the final sample N
                          times and backprop through the last step only (K = 1)
+    drtune:K[,SPAN]      DRTune (Wu et al. 2024): K steps spread evenly over the first SPAN
+                         steps (default all T), at stride SPAN // K from a random offset; the
+                         denoiser's input is detached at every step, so each trained step gets
+                         the reward's gradient through the update's linear path and never
+                         through the product of the chain's Jacobians. Reaches the early,
+                         high-noise steps where the layout (the count) is decided.
 
-The cut index c counts the steps that run without gradients (steps 0..c-1); the K = T - c
+For the last-K policies the cut index c counts the steps that run without gradients (steps 0..c-1); the K = T - c
 steps c..T-1 carry them. K is clamped into [1, T]: a cut at or beyond T would leave nothing
 to train, a negative one means "all steps".
 """
@@ -34,12 +40,24 @@ class TruncationError(AlignkitError, ValueError):
     """A truncation spec that does not parse or does not fit the number of steps."""
 
 
-_FORMS = "full, last:K, uniform:LO-HI, gaussian:MEAN,STD or draft-lv:N"
+_FORMS = "full, last:K, uniform:LO-HI, gaussian:MEAN,STD, draft-lv:N or drtune:K[,SPAN]"
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Which denoising steps of one trajectory carry gradients."""
+
+    # How many steps carry gradients (logged as `k`).
+    k: int
+    # Their indices when they are not the last k (DRTune); None for the last k.
+    steps: tuple[int, ...] | None = None
+    # Whether the denoiser's input is detached at every step (DRTune).
+    stop_grad: bool = False
 
 
 @dataclass(frozen=True)
 class TruncationPolicy:
-    """Base policy: `draw` returns the K of one trajectory."""
+    """Base policy: `draw` returns the K of one trajectory, `draw_cut` its whole cut."""
 
     spec: str
     # DRaFT-LV's number of re-noised copies of the final sample; 0 for the other policies.
@@ -47,6 +65,10 @@ class TruncationPolicy:
 
     def draw(self, generator: torch.Generator, num_steps: int) -> int:
         raise NotImplementedError
+
+    def draw_cut(self, generator: torch.Generator, num_steps: int) -> Cut:
+        """The cut of one trajectory: by default the last K steps."""
+        return Cut(self.draw(generator, num_steps))
 
     def validate(self, num_steps: int) -> None:
         """Raise one line when the policy cannot apply to `num_steps` denoising steps."""
@@ -114,6 +136,32 @@ class DraftLV(TruncationPolicy):
         return 1
 
 
+@dataclass(frozen=True)
+class DeepSupervision(TruncationPolicy):
+    k: int = 5
+    # The steps are spread over the first `span` steps; None means all of them.
+    span: int | None = None
+
+    def draw(self, generator, num_steps):
+        return self.k
+
+    def draw_cut(self, generator, num_steps):
+        span = self.span or num_steps
+        stride = span // self.k
+        # One offset per trajectory, from the checkpointed generator: resume draws the same.
+        offset = int(torch.randint(0, stride, (1,), generator=generator))
+        return Cut(self.k, tuple(offset + j * stride for j in range(self.k)), stop_grad=True)
+
+    def validate(self, num_steps):
+        span = self.span or num_steps
+        if span > num_steps:
+            raise TruncationError(f"--truncation {self.spec}: SPAN {span} is more than --num-inference-steps "
+                                  f"{num_steps}; use SPAN <= {num_steps}")
+        if self.k > span:
+            raise TruncationError(f"--truncation {self.spec} trains {self.k} steps but spreads them over {span}; "
+                                  f"use K <= {span}")
+
+
 def _ints(text: str, sep: str, count: int) -> list[int]:
     parts = text.split(sep)
     if len(parts) != count or not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
@@ -155,6 +203,15 @@ def _parse_draft_lv(arg, spec):
     return DraftLV(spec, renoise=n)
 
 
+def _parse_drtune(arg, spec):
+    numbers = _ints(arg, ",", 2) if "," in arg else _ints(arg, ",", 1)
+    if numbers[0] < 1:
+        raise TruncationError(f"--truncation {spec}: K must be at least 1")
+    if len(numbers) == 2 and numbers[1] < 1:
+        raise TruncationError(f"--truncation {spec}: SPAN must be at least 1")
+    return DeepSupervision(spec, k=numbers[0], span=numbers[1] if len(numbers) == 2 else None)
+
+
 # name -> parser of the text after the colon; `random` is another name for `uniform` (AlignProp's).
 POLICIES: dict[str, Callable[[str, str], TruncationPolicy]] = {
     "full": _parse_full,
@@ -163,6 +220,7 @@ POLICIES: dict[str, Callable[[str, str], TruncationPolicy]] = {
     "random": _parse_uniform,
     "gaussian": _parse_gaussian,
     "draft-lv": _parse_draft_lv,
+    "drtune": _parse_drtune,
 }
 
 
