@@ -75,9 +75,11 @@ def rewards() -> None:
         ok, why = entry.status()
         needs = [*entry.packages, *(describe(repo, file) for repo, file in entry.weights)]
         table.add_row(entry.name, entry.summary, "\n".join(needs) or "-",
-                      "yes" if entry.differentiable else "no",
+                      entry.gradient_note(),
                       f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
     Console().print(table)
+    Console().print("grad: whether the reward's gradient reaches the pixels, as --algorithm alignprop needs; "
+                    "--algorithm grpo takes every reward.", highlight=False)
     Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
                     "--reward my_pkg.module:factory; or a package's entry points in the group "
                     "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)
@@ -96,6 +98,13 @@ def train(
     guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (FLUX.1-dev: its guidance embedding); default: the model family's."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 deterministic, 1 DDPM-like); SD3/FLUX: 0 only."),
     truncation: Optional[str] = typer.Option(None, help="full | last:K | uniform:LO-HI | gaussian:MEAN,STD | draft-lv:N."),
+    algorithm: Optional[str] = typer.Option(None, help="alignprop (reward backprop; default) | grpo (policy gradient, any reward)."),
+    group_size: Optional[int] = typer.Option(None, help="GRPO: images per prompt in a group (default 8)."),
+    kl_beta: Optional[float] = typer.Option(None, help="GRPO: weight of the KL penalty to the base model (default 0.04)."),
+    clip_range: Optional[float] = typer.Option(None, help="GRPO: PPO clip range of the ratio (default 0.2)."),
+    grpo_steps: Optional[str] = typer.Option(None, help="GRPO: steps trained: first:K | first:FRACTION | all | 0,2,4 (default first:0.25)."),
+    inner_epochs: Optional[int] = typer.Option(None, help="GRPO: optimizer updates per sample batch (default 1)."),
+    noise_level: Optional[float] = typer.Option(None, help="SD3/FLUX: noise level of the SDE sampler (0: the ODE; grpo default 0.7)."),
     train_batch_size: Optional[int] = typer.Option(None, help="Samples per process per micro-batch."),
     gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
     learning_rate: Optional[float] = typer.Option(None, help="AdamW learning rate."),
@@ -115,7 +124,7 @@ def train(
     offload_t5: Optional[bool] = typer.Option(None, "--offload-t5/--no-offload-t5", help="SD3/FLUX: keep T5 on the CPU between encodes."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a previous run in --output-dir."),
 ) -> None:
-    """Align a diffusion model to a reward (AlignProp): LoRA, truncated backprop, checkpointing."""
+    """Align a diffusion model to a reward: AlignProp (reward backprop) or GRPO (policy gradient); LoRA."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "reward_option")}  # unset flags are None
     from alignkit.aligner import load_config, train as run_training
 

@@ -54,6 +54,34 @@ class TrainConfig:
     eta: Optional[float] = None
     # Truncated backprop policy: full, last:K, uniform:LO-HI, gaussian:MEAN,STD, draft-lv:N.
     truncation: str = "gaussian:42,5"
+    # Training algorithm: "alignprop" (backpropagate a differentiable reward through the chain)
+    # or "grpo" (group-relative policy optimisation: any reward, its value only; aligner/grpo.py).
+    algorithm: str = "alignprop"
+    # GRPO: images per prompt in a group; each image's advantage is its reward against its
+    # group's (r - mean) / (std + 1e-4). 8: groups of 8 x 4 prompts moved the toy's count, and
+    # 8 keeps the toy's 8-image batch one group; Flow-GRPO used 24 on SD3.5 (6 and 12 collapsed
+    # in its ablation), so raise it where memory and time allow. The samples of a step,
+    # train_batch_size x processes x gradient_accumulation_steps, must be a multiple of it.
+    group_size: int = 8
+    # GRPO: beta, the weight of the KL penalty to the base model (closed form per trained step,
+    # summed over the latent, in nats); 0 disables it (and its reference forward passes).
+    # Flow-GRPO: 0.04 (GenEval); without it, image quality fell at the same reward.
+    kl_beta: float = 0.04
+    # GRPO: PPO's clip range epsilon of the probability ratio (exact per-step Gaussian
+    # log-probabilities, so the ratio is 1 at the first update of each sample batch).
+    clip_range: float = 0.2
+    # GRPO: which denoising steps the policy gradient trains (0 = the first, highest-noise step):
+    # "first:K" (the first K steps; a fraction 0 < K < 1 = that share of T, rounded up), "all",
+    # or a list "0,2,4". Default the early, high-noise quarter (Flow-GRPO's FAQ: training the
+    # high-noise steps only did better; the count and layout are set there).
+    grpo_steps: str = "first:0.25"
+    # GRPO: optimizer updates per sample batch (each a pass over the step's samples, clipped
+    # ratio); 1 = on-policy. A step of max_train_steps is one sample batch and its updates.
+    inner_epochs: int = 1
+    # SD3 / FLUX: Flow-GRPO's noise level a of the SDE sampler, std_t = a sqrt(sigma / (1 - sigma));
+    # 0 = the deterministic ODE users sample with. None = the algorithm's (0 for alignprop, 0.7 for
+    # grpo, which needs every step to be a Gaussian). SD/SDXL take --eta instead.
+    noise_level: Optional[float] = None
     # Checkpoint each denoising step with gradients (recompute in backward): memory flat in K.
     gradient_checkpointing: bool = True
     # Also checkpoint the VAE decode: its activations at full resolution are most of what a
@@ -140,6 +168,15 @@ class TrainConfig:
         _require_finite("adam_weight_decay", self.adam_weight_decay)
         if self.adam_weight_decay < 0:
             raise ConfigError(f"adam_weight_decay must be at least 0, got {self.adam_weight_decay}")
+        for name, low in (("group_size", 2), ("inner_epochs", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}"
+                                  + ("; a group of one image has no mean to compare it with" if name == "group_size" else ""))
+        for name in ("kl_beta", "noise_level"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{_flag(name)} must be a finite number of at least 0, got {value}")
+        _require_finite("clip_range", self.clip_range, positive=True)
         if self.eta is not None and not 0 <= self.eta <= 1:  # False for NaN too
             raise ConfigError(f"--eta must be between 0 (DDIM) and 1 (DDPM-like), got {self.eta}")
         for name in ("adam_beta1", "adam_beta2"):
@@ -190,7 +227,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FLAGS = {"pretrained_model_name_or_path", "reward", "prompts", "prompt", "resolution", "num_inference_steps",
          "guidance_scale", "eta", "truncation", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
          "rank", "lora_alpha", "max_train_steps", "mixed_precision", "output_dir", "seed", "checkpointing_steps",
-         "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "offload_t5"}
+         "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "offload_t5", "algorithm", "group_size",
+         "kl_beta", "clip_range", "grpo_steps", "inner_epochs", "noise_level"}
 # Aliases accepted in config files (diffusers' and our flag spellings).
 ALIASES = {"model": "pretrained_model_name_or_path"}
 

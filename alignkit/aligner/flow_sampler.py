@@ -15,9 +15,19 @@ scale as an embedding instead (no second batch), schnell takes none. FLUX's late
 packed 2x2 into tokens for the transformer and unpacked for the VAE, which decodes
 `latents / scaling_factor + shift_factor`. The reward receives `(x / 2 + 0.5).clamp(0, 1)`.
 
-The sampler is deterministic: its only randomness is the initial latents (and DRaFT-LV's
-re-noising draws), drawn up front from one CPU generator into a `Trajectory`. DRaFT-LV
-re-noises the final sample x0 to the last step's sigma, x = (1 - sigma) x0 + sigma eps.
+By default the sampler is deterministic: its only randomness is the initial latents (and
+DRaFT-LV's re-noising draws), drawn up front from one CPU generator into a `Trajectory`.
+DRaFT-LV re-noises the final sample x0 to the last step's sigma, x = (1 - sigma) x0 + sigma eps.
+
+With a noise level a > 0 each step is instead Flow-GRPO's SDE (Liu et al. 2025, eq. 9), which
+has the ODE's marginals and makes every step a Gaussian with a known mean and variance (what a
+policy gradient needs):
+
+    std_t = a * sqrt(sigma / (1 - sigma))
+    x_next = x + [v + std_t^2 / (2 sigma) * (x + (1 - sigma) v)] * dt + std_t * sqrt(|dt|) * eps
+
+with dt = sigma_next - sigma < 0; at sigma = 1 (the first step) the denominator uses the next
+sigma, as Flow-GRPO guards it. The per-step noise eps is drawn up front like DDIM's eta noise.
 """
 
 from __future__ import annotations
@@ -67,9 +77,12 @@ class FlowMatchSampler(ChainSampler):
 
     def __init__(self, loaded: LoadedPipeline, resolution: int, num_inference_steps: int,
                  guidance_scale: float = 7.0, gradient_checkpointing: bool = True, checkpoint_vae: bool = True,
-                 negative_prompt: str = "", offload_t5: bool = False, max_sequence_length: int | None = None):
+                 negative_prompt: str = "", offload_t5: bool = False, max_sequence_length: int | None = None,
+                 noise_level: float = 0.0):
         super().__init__(loaded, resolution, num_inference_steps, guidance_scale, gradient_checkpointing,
                          checkpoint_vae, negative_prompt)
+        # Flow-GRPO's noise level a: 0 is the ODE users sample with; > 0 the SDE (module docstring).
+        self.noise_level = noise_level
         self.loaded = loaded
         self.is_flux = loaded.family.name == "flux"
         self.offload_t5 = offload_t5
@@ -79,6 +92,9 @@ class FlowMatchSampler(ChainSampler):
         # Each step's sigma_{i+1} - sigma_i in float32, as the scheduler subtracts its float32 sigmas.
         sig = torch.tensor(self.sigmas, dtype=torch.float32)
         self.dts = [float(d) for d in sig[1:] - sig[:-1]]
+        # The SDE's std_t per step; sigma = 1 would divide by 0, so there 1 - sigma_1 is used.
+        self.std_ts = [noise_level * (s / (1 - (self.sigmas[1] if s == 1 else s))) ** 0.5 if noise_level > 0 else 0.0
+                       for s in self.sigmas[:-1]]
         # FLUX.1-dev embeds the guidance scale; schnell has no guidance embedding.
         self.guidance_embeds = self.is_flux and bool(self.pipe.transformer.config.guidance_embeds)
 
@@ -90,12 +106,13 @@ class FlowMatchSampler(ChainSampler):
         return self.pipe.vae.config.latent_channels
 
     def draw(self, generator: torch.Generator, batch: int, k: int, renoise: int = 0) -> Trajectory:
-        """A batch's initial latents (unpacked, as the pipelines draw them) and DRaFT-LV draws."""
+        """A batch's initial latents (unpacked, as the pipelines draw them), the SDE's per-step
+        noise when the noise level is above 0 (none for the ODE), and DRaFT-LV draws."""
         shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
         latents = torch.randn(shape, generator=generator)
+        step_noise = torch.randn((self.num_steps, *shape), generator=generator) if self.noise_level > 0 else None
         renoise_noise = torch.randn((renoise, *shape), generator=generator) if renoise else None
-        # No per-step noise: the flow sampler is deterministic (eta is refused before training).
-        return Trajectory(latents, None, renoise_noise, k)
+        return Trajectory(latents, step_noise, renoise_noise, k)
 
     # ---- conditioning ------------------------------------------------------------------------
     @property
@@ -169,8 +186,27 @@ class FlowMatchSampler(ChainSampler):
         return self.update(velocity, latents, i, None)
 
     def distribution(self, velocity: Tensor, latents: Tensor, i: int) -> tuple[Tensor, float]:
-        """The Euler step of the probability-flow ODE: a deterministic step (std 0)."""
-        return latents.float() + self.dts[i] * velocity, 0.0
+        """The Euler step of the probability-flow ODE (std 0), or with a noise level the Gaussian
+        step of Flow-GRPO's SDE (module docstring): its mean and its std std_t * sqrt(|dt|)."""
+        x, dt = latents.float(), self.dts[i]
+        if self.noise_level <= 0:
+            return x + dt * velocity, 0.0
+        sigma, std_t = self.sigmas[i], self.std_ts[i]
+        mean = x + (velocity + std_t ** 2 / (2 * sigma) * (x + (1 - sigma) * velocity)) * dt
+        return mean, std_t * abs(dt) ** 0.5
+
+    # ---- the chain's ends (shared with GRPO's recorded sampling) -----------------------------
+    def initial_latents(self, traj: Trajectory, device: torch.device) -> Tensor:
+        """x_T as the chain carries it (packed for FLUX)."""
+        return self.pack(traj.latents.to(device))
+
+    def noise_at(self, traj: Trajectory, i: int, device: torch.device) -> Tensor | None:
+        """Step i's SDE noise as the chain carries it (packed for FLUX); None for the ODE."""
+        return None if traj.step_noise is None else self.pack(traj.step_noise[i].to(device))
+
+    def images(self, latents: Tensor) -> Tensor:
+        """The chain's final latents -> images in [0,1]."""
+        return self.decode(self.unpack(latents))
 
     # ---- decode (checkpointed by ChainSampler.decode) ----------------------------------------
     def _decode(self, latents: Tensor) -> Tensor:
@@ -183,11 +219,12 @@ class FlowMatchSampler(ChainSampler):
         """Run the T Euler steps; only the last `traj.k` carry gradients (none before DRaFT-LV's
         step). `unet` is the denoiser (here the transformer); `nograd_unet` runs the steps before the cut."""
         device = cond.embeds.device
-        latents = self.pack(traj.latents.to(device))
+        latents = self.initial_latents(traj, device)
         draft = traj.renoise is not None
         first_grad = self.num_steps if draft else self.num_steps - traj.k
-        latents = self.run_chain(unet, latents, cond, first_grad, nograd_model=nograd_unet,
-                                 grad_steps=None if draft else traj.grad_steps, stop_grad=traj.stop_grad)
+        latents = self.run_chain(unet, latents, cond, first_grad, lambda i: self.noise_at(traj, i, device),
+                                 nograd_model=nograd_unet, grad_steps=None if draft else traj.grad_steps,
+                                 stop_grad=traj.stop_grad)
         if draft:
             return self._draft_lv(unet, cond, latents.detach(), traj)
         latents = self.unpack(latents)
@@ -202,5 +239,7 @@ class FlowMatchSampler(ChainSampler):
         noisy = (1 - sigma) * x0.repeat(n, *[1] * (x0.ndim - 1)) + sigma * eps
         conds = Conditioning(_repeat_cfg(cond.embeds, n, self.do_cfg),
                              {k: _repeat_cfg(v, n, self.do_cfg) for k, v in cond.added.items()})
-        latents = self.unpack(self._grad_step(unet, noisy, last, conds))
+        noise = self.noise_at(traj, last, x0.device)  # the SDE's last-step noise, shared by the copies
+        noise = None if noise is None else noise.repeat(n, *[1] * (noise.ndim - 1))
+        latents = self.unpack(self._grad_step(unet, noisy, last, conds, noise))
         return SampleOutput(self.decode(latents), n, latents)

@@ -10,6 +10,7 @@ diffusers' SD3 and FLUX LoRA scripts write them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -36,6 +37,17 @@ def add_lora(unet, rank: int, alpha: float, target_modules: list[str]) -> list[t
         p.data = p.data.float()
         p.requires_grad_(True)
     return params
+
+
+@contextlib.contextmanager
+def lora_disabled(model):
+    """The base model, for a reference forward pass: the adapter switched off in place (diffusers'
+    peft integration), so no second copy of the denoiser is ever held in memory."""
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
 
 
 def denoiser_prefix(model) -> str:

@@ -167,6 +167,19 @@ class ChainSampler:
                     latents = self.step(fast, latents, i, cond, noise(i))
         return latents
 
+    # ---- the chain's ends: what a loop that runs the steps itself (GRPO) starts and ends with ----
+    def initial_latents(self, traj: Trajectory, device: torch.device) -> Tensor:
+        """x_T as the chain carries it."""
+        return traj.latents.to(device)
+
+    def noise_at(self, traj: Trajectory, i: int, device: torch.device) -> Tensor | None:
+        """Step i's recorded noise (None for a deterministic sampler)."""
+        return None if traj.step_noise is None else traj.step_noise[i].to(device)
+
+    def images(self, latents: Tensor) -> Tensor:
+        """The chain's final latents -> images in [0,1]."""
+        return self.decode(latents)
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images in [0,1], in the graph (checkpointed if `checkpoint_vae`)."""
         if self.checkpoint_vae and torch.is_grad_enabled():

@@ -5,12 +5,17 @@ global batch's prompts and noises from one checkpointed CPU generator (every pro
 the same numbers and keeps its own slice, so a run's data do not depend on the process count);
 sample through the module `accelerator.prepare` returned (so DDP synchronises gradients);
 score with the frozen reward (kept out of `prepare`); loss = -mean reward; AdamW on LoRA.
+
+That is the `alignprop` algorithm. `--algorithm` picks the loop from `ALGORITHMS` (GRPO's lives
+in aligner/grpo.py); everything around the loop is shared: the checks, the run folder and its
+lock, loading, LoRA, optimizer, resume, metrics, checkpoints and the final LoRA (`_train`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import logging
 import math
@@ -19,6 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -38,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": "all", "none": None}
+# Flow-GRPO's noise level a of the flow SDE (its SD3.5 setting), GRPO's default on SD3 and FLUX.
+FLOW_GRPO_NOISE_LEVEL = 0.7
 # What marks a folder as holding a run (and so protects it from being written over).
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 
@@ -46,7 +54,8 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 class Plan:
     """Everything checked before anything loads or touches the disk."""
 
-    policy: TruncationPolicy
+    # AlignProp's truncation; None for an algorithm that does not backpropagate through the chain.
+    policy: TruncationPolicy | None
     prompts: list[str]
     # The model's family and where it loads from, read without loading weights.
     model: ModelInfo
@@ -54,6 +63,33 @@ class Plan:
     resume: checkpoints.SavedState | None = None
     # metrics.jsonl lines to keep when resuming (those up to the checkpoint's step).
     metrics: list[str] | None = None
+    # What the algorithm's own check read from the config (GRPO: the trained steps).
+    extra: Any = None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One `--algorithm`: its checks and its loop; the rest of a run is shared (`_train`)."""
+
+    # Whether the reward's gradient must reach the pixels (reward backprop) or only its value.
+    needs_gradient: bool
+    # Checks of its own settings before anything loads, the family's defaults filled in:
+    # (config, ModelInfo, number of processes) -> Plan.extra.
+    check: Callable[[TrainConfig, ModelInfo, int], Any]
+    # Checks that need the loaded sampler, before anything is written: (Run) -> None.
+    ready: Callable[["Run"], None]
+    # The loop: one `state.step` per iteration until max_train_steps.
+    loop: Callable[["Run"], None]
+
+
+# `--algorithm` -> the module whose ALGORITHM runs it, imported when chosen.
+ALGORITHMS = {"alignprop": "alignkit.aligner.trainer", "grpo": "alignkit.aligner.grpo"}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise AlignkitError(f"--algorithm '{name}' is not one of {', '.join(ALGORITHMS)}")
+    return importlib.import_module(ALGORITHMS[name]).ALGORITHM
 
 
 class TrainState:
@@ -89,13 +125,14 @@ def holds_run(output_dir: Path) -> bool:
     return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
 
 
-def plan_inputs(config: TrainConfig) -> Plan:
+def plan_inputs(config: TrainConfig, num_processes: int = 1) -> Plan:
     """Validate the config and what it names, cheaply, in the order a user would fix things;
     one line each. Nothing here reads the output folder (that happens under its lock)."""
     from alignkit.prompts import load_prompt_set, single_prompt
     from alignkit.rewards import get_entry, parse_spec
 
     config.validate()
+    algorithm = get_algorithm(config.algorithm)
     if config.mixed_precision not in MIXED_PRECISION:
         raise AlignkitError(f"--mixed-precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -106,17 +143,23 @@ def plan_inputs(config: TrainConfig) -> Plan:
         from alignkit.errors import require
 
         require("wandb", extra="wandb", purpose="--report-to wandb")
-    policy = parse_truncation(config.truncation, config.num_inference_steps)
+    policy = parse_truncation(config.truncation, config.num_inference_steps) if algorithm.needs_gradient else None
     for name, _ in parse_spec(config.reward):
-        if not get_entry(name).differentiable:
-            raise AlignkitError(f"reward '{name}' is not differentiable, so it cannot be backpropagated through; "
-                                "pick a differentiable reward (see `alignkit rewards`)")
+        entry = get_entry(name)
+        if algorithm.needs_gradient and not entry.has_gradient(config.reward_options.get(name, {})):
+            raise AlignkitError(not_differentiable(name))
     prompts = (single_prompt(config.prompt) if config.prompt is not None else load_prompt_set(config.prompts)).train
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
     model = inspect_model(config.pretrained_model_name_or_path, config.revision)
     check_family_settings(config, model)
-    return Plan(policy, prompts, model)
+    return Plan(policy, prompts, model, extra=algorithm.check(config, model, num_processes))
+
+
+def not_differentiable(reward: str) -> str:
+    return (f"reward '{reward}' is not differentiable, so it cannot be backpropagated through (--algorithm "
+            "alignprop); train on it with --algorithm grpo (a policy gradient: any reward), or pick a differentiable "
+            "reward (see `alignkit rewards`)")
 
 
 def check_family_settings(config: TrainConfig, model) -> None:
@@ -130,7 +173,14 @@ def check_family_settings(config: TrainConfig, model) -> None:
     apply_defaults(config, family, guidance_embeds=model.guidance_embeds)
     if family.sampler == "flow" and config.eta > 0:
         raise AlignkitError(f"--eta {config.eta:g}: the flow-matching sampler of {family.pipeline} is a deterministic "
-                            "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0")
+                            "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0 "
+                            "(its stochastic form takes --noise-level)")
+    if family.sampler == "flow" and config.noise_level is None:
+        # The ODE users sample with; GRPO needs every step to be a Gaussian (Flow-GRPO's a = 0.7).
+        config.noise_level = FLOW_GRPO_NOISE_LEVEL if config.algorithm == "grpo" else 0.0
+    if family.sampler != "flow" and config.noise_level not in (None, 0.0):
+        raise AlignkitError(f"--noise-level {config.noise_level:g} is the flow-matching sampler's (SD3, FLUX); "
+                            f"{family.pipeline} samples with DDIM: set its noise with --eta")
     if family.name == "flux" and config.negative_prompt:
         raise AlignkitError("negative_prompt: FLUX.1 is guidance-distilled and the aligner runs no classifier-free "
                             "batch for it, so a negative prompt would be ignored; leave it empty")
@@ -238,10 +288,12 @@ def train(config: TrainConfig) -> Path:
     check the folder and read the checkpoint to resume from; load the model and the reward
     and check every prompt against it; only then write to the folder.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
 
-    plan = plan_inputs(config)
+    # The processes of `accelerate launch` (the state Accelerator then takes over), for the
+    # algorithm's checks of the global batch.
+    plan = plan_inputs(config, PartialState().num_processes)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -262,7 +314,47 @@ def train(config: TrainConfig) -> Path:
             lock.discard()
 
 
+@dataclass
+class Run:
+    """What `_train` sets up and an algorithm's loop works with."""
+
+    config: TrainConfig
+    plan: Plan
+    accelerator: Any
+    output_dir: Path
+    # The family's pipeline, its sampler and the frozen reward (kept out of `prepare`).
+    pipe: Any
+    sampler: Sampler
+    reward: Any
+    # The denoiser as `accelerator.prepare` returned it (DDP: the forward with gradients goes
+    # through it), its LoRA parameters, and a compiled copy for steps without gradients (or None).
+    unet: Any
+    params: list
+    nograd_unet: Any
+    optimizer: Any
+    lr_scheduler: Any
+    state: TrainState
+
+
 def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
+    algorithm = get_algorithm(config.algorithm)
+    run = _setup(config, plan, accelerator, algorithm)
+    output_dir, unet = run.output_dir, run.unet
+    try:
+        algorithm.loop(run)
+        # --- save: the final LoRA, in diffusers' format
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with _writing(output_dir, "the final LoRA"):
+                save_lora(type(run.pipe), accelerator.unwrap_model(unet), output_dir)
+    finally:
+        accelerator.end_training()
+    return output_dir
+
+
+def _setup(config: TrainConfig, plan: Plan, accelerator, algorithm: Algorithm) -> Run:
+    """Load, add the LoRA, build the optimizer, prepare, resume; then (only then) write the
+    run's config to the folder and start the trackers."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
@@ -280,8 +372,8 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     check_resolution(resolution, loaded)
     pipe = loaded.pipe
     reward = load_reward(config.reward, device=device, dtype=weight_dtype, **config.reward_options)
-    if not reward.differentiable:
-        raise AlignkitError(f"reward '{config.reward}' is not differentiable; pick one that is (see `alignkit rewards`)")
+    if algorithm.needs_gradient and not reward.differentiable:
+        raise AlignkitError(not_differentiable(config.reward))
     # Every training prompt must be readable by the reward: found now, not at the step that draws it.
     check_prompts(reward, plan.prompts)
 
@@ -311,6 +403,9 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     if plan.resume is not None:
         _restore(accelerator, unet, optimizer, lr_scheduler, state, plan.resume)
         logger.info("resumed from %s at step %d", plan.resume.folder, state.step)
+    run = Run(config, plan, accelerator, output_dir, pipe, sampler, reward, unet, params, nograd_unet, optimizer,
+              lr_scheduler, state)
+    algorithm.ready(run)
 
     # Everything validated, loaded and restored: only now is the output folder written to.
     if accelerator.is_main_process:
@@ -324,84 +419,100 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     accelerator.wait_for_everyone()
     if TRACKERS[config.report_to]:
         accelerator.init_trackers("alignkit", config=tracker_config(config))
+    return run
 
-    # --- loop: one optimizer step per iteration
+
+def _alignprop_loop(run: Run) -> None:
+    """AlignProp: one optimizer step per iteration, the reward's gradient backpropagated
+    through the sampled chain's last K steps (the truncation)."""
+    config, plan, accelerator, state = run.config, run.plan, run.accelerator, run.state
+    unet, params, sampler, reward = run.unet, run.params, run.sampler, run.reward
+    optimizer, lr_scheduler, nograd_unet = run.optimizer, run.lr_scheduler, run.nograd_unet
+    device = accelerator.device
     B, num_processes = config.train_batch_size, accelerator.num_processes
     # This process's slice of the global batch (every process draws the same global batch).
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
     progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
-    try:
-        with progress:
-            while state.step < config.max_train_steps:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-                # One cut (K, and DRTune's steps) per trajectory (optimizer step), the same on every process.
-                cut = plan.policy.draw_cut(state.generator, config.num_inference_steps)
-                k = cut.k
-                rewards, parts = [], defaultdict(list)
-                losses_finite = torch.ones((), dtype=torch.bool, device=device)
-                skipped = False
-                for _ in range(config.gradient_accumulation_steps):
-                    prompts, traj = _draw_batch(plan, sampler, state.generator, cut, B * num_processes, lo, hi)
-                    with accelerator.accumulate(unet):
-                        with accelerator.autocast():
-                            out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
-                            total, part = reward.with_parts(out.images, prompts * out.repeats)
-                        loss = -total.float().mean()
-                        accelerator.backward(loss)
-                        losses_finite &= torch.isfinite(loss.detach())
-                        if accelerator.sync_gradients:
-                            # A non-finite loss or gradient would poison AdamW's moments and the
-                            # LoRA for good: skip the update (every process agrees), count it.
-                            skipped = not _finite_update(accelerator, params, losses_finite)
-                            if not skipped and config.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                        if not skipped:
-                            optimizer.step()
-                        lr_scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    rewards.append(accelerator.gather(total.detach().float()))
-                    for name, value in part.items():
-                        parts[name].append(accelerator.gather(value.detach().float()))
-                state.step += 1
-                state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
-                state.nonfinite["total"] += int(skipped)
-                if not skipped and not all(torch.isfinite(p).all() for p in params):
-                    raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
-                                          f"after a finite update; {_last_checkpoint(output_dir)}; "
-                                          "lower --learning-rate")
-                record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
-                                         time.perf_counter() - start, peak_memory_mb(device), skipped)
-                if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
-                    record["first_trained_step"] = cut.steps[0]
-                if accelerator.is_main_process:
-                    with _writing(output_dir, METRICS_FILE):
-                        with open(output_dir / METRICS_FILE, "a") as fh:
-                            fh.write(json.dumps(_json_safe(record)) + "\n")
-                accelerator.log(record, step=state.step)
-                progress.update(record)
-                if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
-                    raise DivergenceError(
-                        f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
-                        f"non-finite loss or gradients (skipped, no update); {_last_checkpoint(output_dir)}; "
-                        "lower --learning-rate or check the reward")
-                if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
-                    with _writing(output_dir, "sample images"):
-                        _log_samples(accelerator, accelerator.unwrap_model(unet), sampler, plan.prompts, config,
-                                     state.step)
-                if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, output_dir, state, config)
+    with progress:
+        while state.step < config.max_train_steps:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            # One cut (K, and DRTune's steps) per trajectory (optimizer step), the same on every process.
+            cut = plan.policy.draw_cut(state.generator, config.num_inference_steps)
+            k = cut.k
+            rewards, parts = [], defaultdict(list)
+            losses_finite = torch.ones((), dtype=torch.bool, device=device)
+            skipped = False
+            for _ in range(config.gradient_accumulation_steps):
+                prompts, traj = _draw_batch(plan, sampler, state.generator, cut, B * num_processes, lo, hi)
+                with accelerator.accumulate(unet):
+                    with accelerator.autocast():
+                        out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
+                        total, part = reward.with_parts(out.images, prompts * out.repeats)
+                    loss = -total.float().mean()
+                    accelerator.backward(loss)
+                    losses_finite &= torch.isfinite(loss.detach())
+                    if accelerator.sync_gradients:
+                        # A non-finite loss or gradient would poison AdamW's moments and the
+                        # LoRA for good: skip the update (every process agrees), count it.
+                        skipped = not _finite_update(accelerator, params, losses_finite)
+                        if not skipped and config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    if not skipped:
+                        optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                rewards.append(accelerator.gather(total.detach().float()))
+                for name, value in part.items():
+                    parts[name].append(accelerator.gather(value.detach().float()))
+            count_update(run, skipped)
+            record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
+                                     time.perf_counter() - start, peak_memory_mb(device), skipped)
+            if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
+                record["first_trained_step"] = cut.steps[0]
+            finish_step(run, record, progress)
 
-        # --- save: the final LoRA, in diffusers' format
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            with _writing(output_dir, "the final LoRA"):
-                save_lora(type(pipe), accelerator.unwrap_model(unet), output_dir)
-    finally:
-        accelerator.end_training()
-    return output_dir
+
+def count_update(run: Run, skipped: bool) -> None:
+    """After an optimizer update: count it (and a skipped, non-finite one); stop if a finite
+    update left the LoRA non-finite."""
+    state = run.state
+    state.step += 1
+    state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
+    state.nonfinite["total"] += int(skipped)
+    if not skipped and not all(torch.isfinite(p).all() for p in run.params):
+        raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
+                              f"after a finite update; {_last_checkpoint(run.output_dir)}; "
+                              "lower --learning-rate")
+
+
+def finish_step(run: Run, record: dict, progress: "_Progress") -> None:
+    """The end of every step of every algorithm: its metrics.jsonl line, the trackers and the
+    bar; the stop after too many non-finite steps in a row; sample images; the checkpoint."""
+    config, accelerator, state, output_dir = run.config, run.accelerator, run.state, run.output_dir
+    if accelerator.is_main_process:
+        with _writing(output_dir, METRICS_FILE):
+            with open(output_dir / METRICS_FILE, "a") as fh:
+                fh.write(json.dumps(_json_safe(record)) + "\n")
+    accelerator.log(record, step=state.step)
+    progress.update(record)
+    if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
+        raise DivergenceError(
+            f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
+            f"non-finite loss or gradients (skipped, no update); {_last_checkpoint(output_dir)}; "
+            "lower --learning-rate or check the reward")
+    if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
+        with _writing(output_dir, "sample images"):
+            _log_samples(accelerator, accelerator.unwrap_model(run.unet), run.sampler, run.plan.prompts, config,
+                         state.step)
+    if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
+        save_checkpoint(accelerator, output_dir, state, config)
+
+
+ALGORITHM = Algorithm(needs_gradient=True, check=lambda config, model, num_processes: None,
+                      ready=lambda run: None, loop=_alignprop_loop)
 
 
 def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
@@ -411,7 +522,7 @@ def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
 
         return FlowMatchSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale,
                                 config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt,
-                                offload_t5=config.offload_t5)
+                                offload_t5=config.offload_t5, noise_level=config.noise_level or 0.0)
     return DDIMSampler(loaded, resolution, config.num_inference_steps, config.guidance_scale, config.eta,
                        config.gradient_checkpointing, config.checkpoint_vae, config.negative_prompt)
 

@@ -1,4 +1,5 @@
-"""`compress` / `incompress`: a differentiable proxy of the JPEG file size (DDPO's target).
+"""`compress` / `incompress`: a differentiable proxy of the JPEG file size (DDPO's target);
+`jpeg`: the true size itself, with no gradient (for `--algorithm grpo`).
 
 DDPO scores an image by the size of `PIL.Image.save(buf, "JPEG", quality=95)` in kB
 (bytes / 1000), negated for compressibility. That number is a step function of the pixels,
@@ -264,3 +265,29 @@ def compress(device=None, dtype=None, quality: int = QUALITY) -> Reward:
 @register("incompress", "JPEG incompressibility: the (proxy) quality-95 JPEG size in kB (DDPO)")
 def incompress(device=None, dtype=None, quality: int = QUALITY) -> Reward:
     return JpegSizeReward(1.0, _check_quality(quality)).to(device)
+
+
+class TrueJpegReward(Reward):
+    """Minus the true Pillow JPEG size in kB (DDPO's `jpeg_compressibility`): a step function of
+    the pixels, so it declares no gradient and trains with a policy gradient only."""
+
+    differentiable = False
+
+    def __init__(self, quality: int = QUALITY):
+        super().__init__()
+        self.quality = quality
+
+    @torch.no_grad()
+    def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        return -pil_jpeg_kb(images, self.quality).to(images.device)
+
+    @torch.no_grad()
+    def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        return {"jpeg_kb": pil_jpeg_kb(images, self.quality).to(images.device)}
+
+
+@register("jpeg", "JPEG compressibility, exact: minus the true Pillow quality-95 JPEG size in kB (DDPO); "
+          "no gradient", differentiable=False)
+def jpeg(device=None, dtype=None, quality: int = QUALITY) -> Reward:
+    """Higher is better: small files score high (-kB, DDPO's sign for compressibility)."""
+    return TrueJpegReward(_check_quality(quality)).to(device)

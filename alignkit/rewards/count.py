@@ -22,6 +22,11 @@ DetectionModel's eval forward) become a *soft count*, differentiable in the pixe
 * `augment=N` averages the objective over N shifted and mirrored copies of each image (see
   `shifted_copies`): an aligner that climbs one view of a detector learns to move the detector's
   logits, which the world does not count as objects; N views agree only on objects.
+* `objective=exact` is the score a policy gradient (`--algorithm grpo`) trains on: 1.0 when the
+  detector's count after NMS (exactly `targets()`'s `count_nms`: ultralytics'
+  non_max_suppression at conf 0.25 and IoU 0.7, class-aware, counting the prompted class) equals
+  the prompt's number, else 0.0; with `augment=N`, the share of the N views where it does. It has
+  no gradient (the reward declares `differentiable = False`).
 
 `targets()` reports the detector's count after ultralytics' own non_max_suppression (conf
 0.25, IoU 0.7 as its predictor uses) and whether it equals n. Both are read by the same
@@ -270,6 +275,8 @@ class CountReward(Reward):
         super().__init__()
         # Options are checked by the `count` factory, before the detector loads.
         self.objective, self.augment, self.shift = objective, augment, shift
+        # The exact count is read after NMS: a step function of the pixels, with no gradient.
+        self.differentiable = objective != "exact"
         _, self._nms = import_ultralytics()
         self.model = model
         self.names: dict[int, str] = dict(model.names)
@@ -311,16 +318,23 @@ class CountReward(Reward):
         if views > 1:
             images = shifted_copies(images, views, self.shift)
             numbers, classes = numbers.repeat(views), classes.repeat(views)
+        if self.objective == "exact":
+            return (self.nms_counts(images, classes) == numbers).float().view(views, -1).mean(0).to(images.device)
         boxes, logits = self.class_outputs(images, classes)
         score = OBJECTIVES[self.objective](boxes, logits, numbers.to(logits.device), self.config)
         return score.view(views, -1).mean(0)
 
     @torch.no_grad()
-    def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
-        numbers, classes = self.parse(prompts)
+    def nms_counts(self, images: Tensor, classes: Tensor) -> Tensor:
+        """The detector's count of each image's class after ultralytics' NMS (as its predictor)."""
         decoded, _, _ = self.head_outputs(images)
         detections = self._nms(decoded, conf_thres=self.config.conf, iou_thres=self.config.iou)
-        counts = torch.tensor([float((det[:, 5].long() == int(c)).sum()) for det, c in zip(detections, classes)])
+        return torch.tensor([float((det[:, 5].long() == int(c)).sum()) for det, c in zip(detections, classes)])
+
+    @torch.no_grad()
+    def targets(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        numbers, classes = self.parse(prompts)
+        counts = self.nms_counts(images, classes)
         return {"count_nms": counts.to(images.device),
                 "count_nms_correct": (counts == numbers).float().to(images.device)}
 
@@ -362,14 +376,16 @@ def _default_detector() -> str:
                                   f"{YAML_FILE} and {WEIGHTS_FILE})") from None
 
 
-@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt",
-          packages=("ultralytics",), extra="count", bundled=True)
+@register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt "
+          "(objective=exact: 1 if its NMS count is the number, else 0)",
+          packages=("ultralytics",), extra="count", bundled=True, gradient_free=(("objective", "exact"),))
 def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
           conf: float = 0.25, iou: float = 0.7, objective: str = "error", augment: int = 1,
           shift: float = 0.1) -> Reward:
     """`detector`: folder or hub repo id with model.yaml + model.safetensors, or an ultralytics
     .pt file (default: the toy world's); `imgsz`: resize the longest side to this before padding (default: native size);
-    `objective`: `error` (minus |soft count - n|) or `likelihood` (log P(exactly n objects) under the detector);
+    `objective`: `error` (minus |soft count - n|), `likelihood` (log P(exactly n objects) under the detector)
+    or `exact` (1.0 if the NMS count equals n, else 0.0; no gradient: `--algorithm grpo`);
     `augment`: average over this many views of each image (1: the image alone), shifted by up to
     `shift` of its side and mirrored (see `shifted_copies`)."""
     if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
@@ -380,8 +396,8 @@ def count(device=None, dtype=None, detector: str | None = None, imgsz: int | Non
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise AlignkitError(f"count: {name} must be a number between 0 and 1, got {value!r}")
     model = load_detector(detector if detector is not None else _default_detector())
-    if objective not in OBJECTIVES:
-        raise AlignkitError(f"count: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective not in (*OBJECTIVES, "exact"):
+        raise AlignkitError(f"count: objective must be one of {', '.join(OBJECTIVES)}, exact, got {objective!r}")
     reward = CountReward(model, imgsz=imgsz, config=SoftCountConfig(conf=float(conf), iou=float(iou)),
                          objective=objective, augment=augment, shift=float(shift))
     return reward.to(device=device, dtype=dtype)

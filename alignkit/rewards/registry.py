@@ -30,8 +30,12 @@ class RewardEntry:
     extra: str | None = None
     # Default weights as (hub repo id, file) pairs; a local path option overrides each.
     weights: tuple[tuple[str, str], ...] = ()
-    # Whether gradients flow from the score to the pixels (the aligner needs this).
+    # Whether gradients flow from the score to the pixels (reward backprop, `--algorithm
+    # alignprop`, needs this; `grpo` uses the score's value only and takes any reward).
     differentiable: bool = True
+    # Option values with which a differentiable reward has no gradient, as (option, value)
+    # pairs: `count` with objective=exact scores the detector's NMS count.
+    gradient_free: tuple[tuple[str, object], ...] = ()
     # Weights that ship with the reward's package (the toy world's): always available.
     bundled: bool = False
     options: tuple[str, ...] = field(default=())
@@ -40,6 +44,18 @@ class RewardEntry:
     # For rewards whose weights an option names (a fitted folder): (available, reason) given
     # the bound options, still loading nothing.
     probe: Callable[..., tuple[bool, str]] | None = None
+
+    def has_gradient(self, options: dict | None = None) -> bool:
+        """Whether the reward built with `options` (and the spec's inline ones) is differentiable."""
+        chosen = {**{key: _scalar(value) for key, value in self.bound}, **(options or {})}
+        return self.differentiable and not any(chosen.get(key) == value for key, value in self.gradient_free)
+
+    def gradient_note(self) -> str:
+        """'yes', 'no', or 'yes (no with objective=exact)', for `alignkit rewards`."""
+        if not self.differentiable:
+            return "no"
+        free = ", ".join(f"{key}={value}" for key, value in self.gradient_free)
+        return f"yes (no with {free})" if free else "yes"
 
     def status(self) -> tuple[bool, str]:
         """(available, reason) on this machine, without loading anything."""
