@@ -1,0 +1,302 @@
+"""`alignkit train --algorithm grpo` (aligner/grpo.py): its maths against torch.distributions, the
+flow SDE against Flow-GRPO's formula, and end to end on tiny SD, SDXL, SD3 and FLUX pipelines
+with rewards that have no gradient (CPU, seconds each)."""
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from alignkit.aligner.grpo import (clipped_surrogate, gaussian_kl, gaussian_log_prob, group_advantages,
+                                   parse_grpo_steps)
+from alignkit.errors import AlignkitError
+from alignkit.hub import load_state_dict
+from alignkit.rewards.base import Reward
+from alignkit.runfolder import LORA_FILE
+from alignkit.testing import RESOLUTION, run_cli
+
+# Two prompts' groups of 2 per step, the first 2 of 3 steps trained, guidance on (CFG in both passes).
+GRPO = ["--algorithm", "grpo", "--reward", "nondiff", "--prompts", "simple_animals", "--num-inference-steps", "3",
+        "--guidance-scale", "2", "--train-batch-size", "4", "--group-size", "2", "--grpo-steps", "first:2",
+        "--learning-rate", "0.05", "--report-to", "none", "--seed", "0"]
+CPU = torch.device("cpu")
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- the maths ---------------------------------------------------------------------------------
+
+def test_log_prob_is_the_gaussian_log_density_summed_over_the_latent():
+    torch.manual_seed(0)
+    mean, x = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    for std in (0.05, 0.37, 1.3):
+        ours = gaussian_log_prob(x, mean, std)
+        theirs = torch.distributions.Normal(mean.double(), std).log_prob(x.double()).sum((1, 2, 3))
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-9)
+
+
+def test_kl_is_the_closed_form_between_gaussians_of_one_variance():
+    torch.manual_seed(1)
+    a, b = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    theirs = torch.distributions.kl_divergence(torch.distributions.Normal(a.double(), 0.3),
+                                               torch.distributions.Normal(b.double(), 0.3)).sum((1, 2, 3))
+    torch.testing.assert_close(gaussian_kl(a, b, 0.3), theirs)
+    assert torch.equal(gaussian_kl(a, a, 0.3), torch.zeros(2, dtype=torch.float64))
+
+
+def test_advantages_are_zero_mean_and_unit_std_within_each_group():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 5.0, -5.0, 5.0, -5.0])
+    adv = group_advantages(rewards, 4).view(3, 4)
+    torch.testing.assert_close(adv.mean(1), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(adv[[0, 2]].std(1, unbiased=False), torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=0)
+    # A group whose rewards are all equal carries no signal: 0, not 0/0.
+    assert torch.equal(adv[1], torch.zeros(4, dtype=torch.float64))
+    # Groups are consecutive: the order inside the global batch is the drawn one.
+    assert adv[0].argsort().tolist() == [0, 1, 2, 3]
+
+
+def test_clipped_surrogate_is_minus_the_advantage_at_ratio_one_and_clips_beyond_the_range():
+    adv = torch.tensor([1.0, -1.0, 2.0, -2.0], dtype=torch.float64)
+    lp = torch.tensor([-5.0, -5.0, -5.0, -5.0], dtype=torch.float64)
+    loss, ratio = clipped_surrogate(lp, lp, adv, 0.2)
+    assert torch.equal(ratio, torch.ones(4, dtype=torch.float64)) and torch.equal(loss, -adv)
+    new = (lp + torch.tensor([0.5, 0.5, -0.5, -0.5], dtype=torch.float64)).requires_grad_()
+    loss, ratio = clipped_surrogate(new, lp, adv, 0.2)
+    loss.sum().backward()
+    # Beyond the range in the direction the advantage pushes (r = e^0.5 > 1.2 with A > 0, r = e^-0.5
+    # < 0.8 with A < 0): clipped, no gradient; on the pessimistic side the unclipped term and its
+    # gradient stay.
+    assert new.grad[0] == 0 and new.grad[3] == 0 and new.grad[1] != 0 and new.grad[2] != 0
+
+
+@pytest.mark.parametrize("spec, steps", [("first:2", (0, 1)), ("first:0.25", (0, 1, 2)), ("all", tuple(range(10))),
+                                         ("4,0,2,2", (0, 2, 4)), ("first:10", tuple(range(10)))])
+def test_trained_steps_spec(spec, steps):
+    assert parse_grpo_steps(spec, 10) == steps
+
+
+@pytest.mark.parametrize("spec, match", [("first:0", "first:K takes K from 1"), ("first:11", "first:K takes K"),
+                                         ("last:2", "is not first:K"), ("0,10", "step indices run from 0 to 9"),
+                                         ("first:x", "first:K takes K")])
+def test_trained_steps_errors_are_one_line(spec, match):
+    with pytest.raises(AlignkitError, match=match):
+        parse_grpo_steps(spec, 10)
+
+
+# ---- the samplers' steps as Gaussians ------------------------------------------------------------
+
+def _one_step(sampler, model, prompts, i):
+    """(x_i, its mean and std, x_{i+1} = mean + std * the trajectory's recorded noise) at step i."""
+    traj = sampler.draw(torch.Generator().manual_seed(3), len(prompts), k=0)
+    cond = sampler.encode(prompts, CPU)
+    with torch.no_grad():
+        x = sampler.initial_latents(traj, CPU)
+        for j in range(i):
+            x = sampler.step(model, x, j, cond, sampler.noise_at(traj, j, CPU))
+        mean, std = sampler.distribution(sampler.predict(model, x, i, cond), x, i)
+        x_next = sampler.step(model, x, i, cond, sampler.noise_at(traj, i, CPU))
+    return x, mean, std, x_next
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd3", "tiny_flux"])
+def test_a_sampler_step_log_prob_equals_torch_normal(fixture, request):
+    from alignkit.aligner.pipeline import load_pipeline
+    from alignkit.aligner.trainer import _build_sampler
+    from alignkit.aligner.config import TrainConfig
+
+    loaded = load_pipeline(str(request.getfixturevalue(fixture)))
+    flow = loaded.family.sampler == "flow"
+    config = TrainConfig(num_inference_steps=4, guidance_scale=2.0, eta=0.0 if flow else 1.0,
+                         noise_level=0.7 if flow else None)
+    sampler = _build_sampler(loaded, RESOLUTION, config)
+    if flow:
+        sampler.max_sequence_length = 32
+    for i in (0, 2):
+        x, mean, std, x_next = _one_step(sampler, loaded.denoiser, ["two red circles", "a cat"], i)
+        assert std > 0 and x_next.shape == mean.shape
+        theirs = torch.distributions.Normal(mean.double(), std).log_prob(x_next.double()).flatten(1).sum(1)
+        torch.testing.assert_close(gaussian_log_prob(x_next, mean, std), theirs, rtol=1e-10, atol=1e-6)
+
+
+def test_flow_sde_step_is_flow_grpos(tiny_sd3):
+    """The mean and std of Flow-GRPO's sde_step_with_logprob, transcribed independently:
+    mean = x (1 + s^2 dt / (2 sigma)) + v (1 + s^2 (1 - sigma) / (2 sigma)) dt, std = s sqrt(-dt),
+    s = a sqrt(sigma / (1 - sigma)) with sigma_1 in the denominator at sigma = 1; and a = 0 is Euler."""
+    from alignkit.aligner.flow_sampler import FlowMatchSampler
+    from alignkit.aligner.pipeline import load_pipeline
+
+    loaded = load_pipeline(str(tiny_sd3))
+    sde = FlowMatchSampler(loaded, RESOLUTION, 5, 2.0, noise_level=0.7)
+    ode = FlowMatchSampler(loaded, RESOLUTION, 5, 2.0)
+    torch.manual_seed(0)
+    x, v = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    sig = sde.sigmas
+    assert sig[0] == 1.0
+    for i in range(5):
+        sigma, dt = sig[i], sig[i + 1] - sig[i]
+        s = 0.7 * math.sqrt(sigma / (1 - (sig[1] if sigma == 1 else sigma)))
+        mean, std = sde.distribution(v, x, i)
+        expected = x * (1 + s ** 2 / (2 * sigma) * dt) + v * (1 + s ** 2 * (1 - sigma) / (2 * sigma)) * dt
+        torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-6)
+        assert std == pytest.approx(s * math.sqrt(-dt), rel=1e-6)
+        ode_mean, ode_std = ode.distribution(v, x, i)
+        assert ode_std == 0 and torch.equal(ode_mean, ode.euler_update(v, x, i))
+    # The ODE draws no per-step noise (its trajectories are the ones AlignProp has always drawn).
+    assert ode.draw(torch.Generator().manual_seed(0), 2, 1).step_noise is None
+    assert sde.draw(torch.Generator().manual_seed(0), 2, 1).step_noise.shape == (5, 2, 4, 4, 4)
+
+
+# ---- end to end --------------------------------------------------------------------------------
+
+def _generate(pipe, flow):
+    pipe.set_progress_bar_config(disable=True)
+    extra = {"max_sequence_length": 32} if flow else {}
+    return pipe(prompt="a cat", num_inference_steps=2, height=RESOLUTION, width=RESOLUTION, output_type="pt",
+                generator=torch.Generator().manual_seed(0), **extra).images
+
+
+@pytest.mark.parametrize("fixture, pipeline", [("tiny_sd", "StableDiffusionPipeline"),
+                                               ("tiny_sdxl", "StableDiffusionXLPipeline"),
+                                               ("tiny_sd3", "StableDiffusion3Pipeline"),
+                                               ("tiny_flux", "FluxPipeline")])
+def test_each_family_trains_on_a_reward_without_gradient_and_its_lora_loads_in_plain_diffusers(
+        fixture, pipeline, test_rewards, tmp_path, request):
+    import diffusers
+
+    model, run = request.getfixturevalue(fixture), tmp_path / "run"
+    assert run_cli(["train", "--model", model, *GRPO, "--max-train-steps", "2", "--checkpointing-steps", "0",
+                    "--output-dir", run]) == 0
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["k"] == 2 for r in rows)
+    # The first update of a sample batch is on-policy (ratio 1) and starts at the base model (KL 0).
+    assert rows[0]["ratio_max_dev_first_epoch"] < 1e-6 and rows[0]["kl"] == 0
+    assert rows[1]["kl"] > 0  # the first update moved the policy away from the base model
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["algorithm"] == "grpo" and config["group_size"] == 2
+    flow = fixture in ("tiny_sd3", "tiny_flux")
+    assert config["noise_level"] == (0.7 if flow else None) and config["eta"] == (0.0 if flow else 1.0)
+    pipe = getattr(diffusers, pipeline).from_pretrained(model)
+    base = _generate(pipe, flow)
+    pipe.load_lora_weights(run)
+    assert (_generate(pipe, flow) - base).abs().max() > 1e-5
+    assert load_state_dict(run / LORA_FILE)
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tiny_sd, test_rewards, tmp_path):
+    common = ["--model", tiny_sd, *GRPO, "--train-batch-size", "2", "--gradient-accumulation-steps", "2",
+              "--inner-epochs", "2", "--checkpointing-steps", "2"]
+    assert run_cli(["train", *common, "--max-train-steps", "4", "--output-dir", tmp_path / "full"]) == 0
+    assert run_cli(["train", *common, "--max-train-steps", "2", "--output-dir", tmp_path / "cut"]) == 0
+    assert run_cli(["train", *common, "--max-train-steps", "4", "--output-dir", tmp_path / "cut",
+                    "--resume-from-checkpoint", "latest"]) == 0
+    full, resumed = load_state_dict(tmp_path / "full" / LORA_FILE), load_state_dict(tmp_path / "cut" / LORA_FILE)
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("step_time", "peak_mem_mb")} for r in rows]  # noqa: E731
+    assert strip(_metrics(tmp_path / "cut")) == strip(_metrics(tmp_path / "full"))
+    # The second inner epoch is off-policy: its ratios moved, and some were clipped or not, but counted.
+    assert all(0 <= r["clip_fraction"] <= 1 for r in _metrics(tmp_path / "full"))
+
+
+def test_the_exact_count_and_the_true_jpeg_size_are_rewards_without_gradient(tmp_path):
+    from alignkit.rewards import get_entry, load_reward
+    from alignkit.rewards.compress import pil_jpeg_kb
+
+    images = torch.rand(2, 3, 32, 32)
+    jpeg = load_reward("jpeg")
+    assert not jpeg.differentiable and not get_entry("jpeg").has_gradient()
+    torch.testing.assert_close(jpeg(images, ["a", "b"]), -pil_jpeg_kb(images))  # small files score high
+    count = get_entry("count")
+    assert count.has_gradient() and count.has_gradient({"objective": "error"})
+    assert not count.has_gradient({"objective": "exact"}) and not get_entry("count:objective=exact").has_gradient()
+    assert count.gradient_note() == "yes (no with objective=exact)" and get_entry("jpeg").gradient_note() == "no"
+
+
+def test_count_exact_is_one_where_the_nms_count_is_the_prompts_number():
+    """On the toy world's scenes (drawn by its generator: the prompted number of separate objects)
+    the exact score is the detector's NMS count compared with the number: `targets()`' reading."""
+    pytest.importorskip("ultralytics")
+    from alignkit.rewards import load_reward
+    from alignkit.toy import world
+
+    scenes = world.generate(8, seed=0)
+    images, prompts = scenes.tensor(), scenes.prompts
+    reward = load_reward("count", objective="exact")
+    assert not reward.differentiable
+    score = reward(images, prompts)
+    assert set(score.tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(score, reward.targets(images, prompts)["count_nms_correct"])
+    assert score.mean() >= 0.5  # the detector reads most of the world's own scenes right
+
+
+def test_alignkit_rewards_shows_which_have_a_gradient(capsys):
+    assert run_cli(["rewards"]) == 0
+    out = capsys.readouterr().out
+    assert "grad" in out and "--algorithm grpo takes every reward" in " ".join(out.split())
+    row = next(line for line in out.splitlines() if line.strip("│ ").startswith("jpeg"))
+    assert "│ no" in row
+
+
+# ---- bad input: one line, non-zero exit, the disk as it was ---------------------------------------
+
+class NanReward(Reward):
+    differentiable = False
+
+    def score(self, images, prompts):
+        return images.float().mean(dim=(1, 2, 3)) * float("nan")
+
+
+@pytest.fixture
+def nan_reward():
+    from alignkit.rewards.registry import REGISTRY, register
+
+    register("nan_reward", "NaN for every image (tests)", differentiable=False)(
+        lambda device=None, dtype=None: NanReward())
+    yield
+    REGISTRY.pop("nan_reward", None)
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+BAD = [
+    ("group-size-one", ["--group-size", "1"], "--group-size must be at least 2"),
+    ("eta-zero-on-sd", ["--eta", "0"], "--eta 0 makes DDIM deterministic"),
+    ("batch-not-a-multiple", ["--train-batch-size", "3"], "= 3 samples per step is not a multiple of --group-size 2"),
+    ("beta-negative", ["--kl-beta", "-0.1"], "--kl-beta must be a finite number of at least 0"),
+    ("beta-nan", ["--kl-beta", "nan"], "--kl-beta must be a finite number of at least 0"),
+    ("clip-zero", ["--clip-range", "0"], "--clip-range must be a finite number above 0"),
+    ("inner-epochs-zero", ["--inner-epochs", "0"], "--inner-epochs must be at least 1"),
+    ("steps-malformed", ["--grpo-steps", "late"], "--grpo-steps 'late' is not first:K"),
+    ("noise-level-on-sd", ["--noise-level", "0.7"], "--noise-level 0.7 is the flow-matching sampler's"),
+    ("algorithm-unknown", ["--algorithm", "ppo"], "--algorithm 'ppo' is not one of alignprop, grpo"),
+    ("nan-rewards", ["--reward", "nan_reward"], "returned a non-finite score for 4 of 4 samples at step 1"),
+    ("alignprop-refuses-nondiff", ["--algorithm", "alignprop", "--truncation", "last:1"],
+     "reward 'nondiff' is not differentiable"),
+    ("alignprop-refuses-exact-count", ["--algorithm", "alignprop", "--truncation", "last:1", "--reward", "count",
+                                       "--reward-option", "count.objective=exact"], "--algorithm grpo"),
+]
+
+
+@pytest.mark.parametrize("extra, match", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_one_line_a_non_zero_exit_and_an_untouched_disk(extra, match, tiny_sd, test_rewards,
+                                                                     nan_reward, fails, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine\n")
+    before = _snapshot(tmp_path)
+    fails(["train", "--model", tiny_sd, *GRPO, "--max-train-steps", "1", "--output-dir", tmp_path / "out", *extra],
+          match)
+    assert _snapshot(tmp_path) == before
+
+
+def test_noise_level_zero_is_refused_for_flow_models(tiny_sd3, test_rewards, fails, tmp_path):
+    fails(["train", "--model", tiny_sd3, *GRPO, "--noise-level", "0", "--output-dir", tmp_path / "out"],
+          "--noise-level 0 is the deterministic ODE")
+    assert not (tmp_path / "out").exists()
