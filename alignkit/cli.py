@@ -78,8 +78,9 @@ def rewards() -> None:
                       entry.gradient_note(),
                       f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
     Console().print(table)
-    Console().print("grad: whether the reward's gradient reaches the pixels, as --algorithm alignprop needs; "
-                    "--algorithm grpo takes every reward.", highlight=False)
+    free = [f"{entry.name} with {entry.gradient_free_options()}" for entry in list_entries() if entry.gradient_free]
+    Console().print("grad: whether the reward's gradient reaches the pixels, as --algorithm alignprop needs "
+                    f"(* not {'; '.join(free)}); --algorithm grpo takes every reward.", highlight=False)
     Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
                     "--reward my_pkg.module:factory; or a package's entry points in the group "
                     "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)

@@ -215,7 +215,8 @@ def test_the_exact_count_and_the_true_jpeg_size_are_rewards_without_gradient(tmp
     count = get_entry("count")
     assert count.has_gradient() and count.has_gradient({"objective": "error"})
     assert not count.has_gradient({"objective": "exact"}) and not get_entry("count:objective=exact").has_gradient()
-    assert count.gradient_note() == "yes (no with objective=exact)" and get_entry("jpeg").gradient_note() == "no"
+    assert count.gradient_note() == "yes*" and count.gradient_free_options() == "objective=exact"
+    assert get_entry("jpeg").gradient_note() == "no"
 
 
 def test_count_exact_is_one_where_the_nms_count_is_the_prompts_number():
@@ -238,7 +239,8 @@ def test_count_exact_is_one_where_the_nms_count_is_the_prompts_number():
 def test_alignkit_rewards_shows_which_have_a_gradient(capsys):
     assert run_cli(["rewards"]) == 0
     out = capsys.readouterr().out
-    assert "grad" in out and "--algorithm grpo takes every reward" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert "(* not count with objective=exact); --algorithm grpo takes every reward" in text
     row = next(line for line in out.splitlines() if line.strip("│ ").startswith("jpeg"))
     assert "│ no" in row
 

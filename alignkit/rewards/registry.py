@@ -51,11 +51,14 @@ class RewardEntry:
         return self.differentiable and not any(chosen.get(key) == value for key, value in self.gradient_free)
 
     def gradient_note(self) -> str:
-        """'yes', 'no', or 'yes (no with objective=exact)', for `alignkit rewards`."""
+        """'yes', 'no', or 'yes*' (not with some options: see `gradient_free_options`), for `alignkit rewards`."""
         if not self.differentiable:
             return "no"
-        free = ", ".join(f"{key}={value}" for key, value in self.gradient_free)
-        return f"yes (no with {free})" if free else "yes"
+        return "yes*" if self.gradient_free else "yes"
+
+    def gradient_free_options(self) -> str:
+        """'objective=exact': the options with which this reward has no gradient."""
+        return ", ".join(f"{key}={value}" for key, value in self.gradient_free)
 
     def status(self) -> tuple[bool, str]:
         """(available, reason) on this machine, without loading anything."""
