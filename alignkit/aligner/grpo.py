@@ -107,9 +107,9 @@ def parse_grpo_steps(spec: str, num_steps: int) -> tuple[int, ...]:
 
 # ---- checks -------------------------------------------------------------------------------------
 
-def _check(config: TrainConfig, model, num_processes: int) -> tuple[int, ...]:
-    """Before anything loads (the family's defaults filled in): the trained steps, a sampler
-    whose steps are Gaussians, and whole groups in every step's samples."""
+def _check(config: TrainConfig, model) -> tuple[int, ...]:
+    """Before anything loads (the family's defaults filled in): the trained steps, and a
+    sampler whose steps are Gaussians."""
     steps = parse_grpo_steps(config.grpo_steps, config.num_inference_steps)
     if model.family.sampler == "flow":
         if not config.noise_level:
@@ -118,6 +118,13 @@ def _check(config: TrainConfig, model, num_processes: int) -> tuple[int, ...]:
     elif not config.eta:
         raise AlignkitError("--eta 0 makes DDIM deterministic, so its steps have no log-probability; GRPO needs "
                             "a stochastic sampler: pass --eta above 0 (default 1)")
+    return steps
+
+
+def _ready(run: Run) -> None:
+    """With the processes known and the sampler built: whole groups in every step's samples,
+    and every trained step random (std > 0; DDIM's last is not when its schedule ends at alpha 1)."""
+    config, num_processes = run.config, run.accelerator.num_processes
     per_step = config.train_batch_size * num_processes * config.gradient_accumulation_steps
     if per_step % config.group_size:
         need = config.group_size // math.gcd(config.train_batch_size * num_processes, config.group_size)
@@ -125,12 +132,6 @@ def _check(config: TrainConfig, model, num_processes: int) -> tuple[int, ...]:
             f"--train-batch-size {config.train_batch_size} x {num_processes} process(es) x "
             f"--gradient-accumulation-steps {config.gradient_accumulation_steps} = {per_step} samples per step is not "
             f"a multiple of --group-size {config.group_size}; e.g. --gradient-accumulation-steps {need}")
-    return steps
-
-
-def _ready(run: Run) -> None:
-    """With the sampler built: every trained step must be random (std > 0). DDIM's last step
-    is deterministic when its schedule ends at alpha = 1."""
     for i in run.plan.extra:
         _, std = run.sampler.distribution(torch.zeros(1), torch.zeros(1), i)
         if not std > 0:

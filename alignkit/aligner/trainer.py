@@ -74,9 +74,9 @@ class Algorithm:
     # Whether the reward's gradient must reach the pixels (reward backprop) or only its value.
     needs_gradient: bool
     # Checks of its own settings before anything loads, the family's defaults filled in:
-    # (config, ModelInfo, number of processes) -> Plan.extra.
-    check: Callable[[TrainConfig, ModelInfo, int], Any]
-    # Checks that need the loaded sampler, before anything is written: (Run) -> None.
+    # (config, ModelInfo) -> Plan.extra.
+    check: Callable[[TrainConfig, ModelInfo], Any]
+    # Checks that need the loaded sampler or the processes, before anything is written: (Run) -> None.
     ready: Callable[["Run"], None]
     # The loop: one `state.step` per iteration until max_train_steps.
     loop: Callable[["Run"], None]
@@ -125,7 +125,7 @@ def holds_run(output_dir: Path) -> bool:
     return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
 
 
-def plan_inputs(config: TrainConfig, num_processes: int = 1) -> Plan:
+def plan_inputs(config: TrainConfig) -> Plan:
     """Validate the config and what it names, cheaply, in the order a user would fix things;
     one line each. Nothing here reads the output folder (that happens under its lock)."""
     from alignkit.prompts import load_prompt_set, single_prompt
@@ -153,7 +153,7 @@ def plan_inputs(config: TrainConfig, num_processes: int = 1) -> Plan:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
     model = inspect_model(config.pretrained_model_name_or_path, config.revision)
     check_family_settings(config, model)
-    return Plan(policy, prompts, model, extra=algorithm.check(config, model, num_processes))
+    return Plan(policy, prompts, model, extra=algorithm.check(config, model))
 
 
 def not_differentiable(reward: str) -> str:
@@ -288,12 +288,10 @@ def train(config: TrainConfig) -> Path:
     check the folder and read the checkpoint to resume from; load the model and the reward
     and check every prompt against it; only then write to the folder.
     """
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    # The processes of `accelerate launch` (the state Accelerator then takes over), for the
-    # algorithm's checks of the global batch.
-    plan = plan_inputs(config, PartialState().num_processes)
+    plan = plan_inputs(config)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -511,7 +509,7 @@ def finish_step(run: Run, record: dict, progress: "_Progress") -> None:
         save_checkpoint(accelerator, output_dir, state, config)
 
 
-ALGORITHM = Algorithm(needs_gradient=True, check=lambda config, model, num_processes: None,
+ALGORITHM = Algorithm(needs_gradient=True, check=lambda config, model: None,
                       ready=lambda run: None, loop=_alignprop_loop)
 
 
