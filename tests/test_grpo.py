@@ -106,14 +106,14 @@ def _one_step(sampler, model, prompts, i):
 @pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd3", "tiny_flux"])
 def test_a_sampler_step_log_prob_equals_torch_normal(fixture, request):
     from alignkit.aligner.pipeline import load_pipeline
-    from alignkit.aligner.trainer import _build_sampler
+    from alignkit.aligner.trainer import build_sampler
     from alignkit.aligner.config import TrainConfig
 
     loaded = load_pipeline(str(request.getfixturevalue(fixture)))
     flow = loaded.family.sampler == "flow"
     config = TrainConfig(num_inference_steps=4, guidance_scale=2.0, eta=0.0 if flow else 1.0,
                          noise_level=0.7 if flow else None)
-    sampler = _build_sampler(loaded, RESOLUTION, config)
+    sampler = build_sampler(loaded, RESOLUTION, config)
     if flow:
         sampler.max_sequence_length = 32
     for i in (0, 2):

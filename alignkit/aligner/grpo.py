@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alignkit.aligner.config import TrainConfig
 from alignkit.aligner.lora import lora_disabled
-from alignkit.aligner.trainer import (Algorithm, Run, TrainConfig, _Progress, _finite_update, count_update,
-                                      finish_step, _metrics_record, peak_memory_mb)
+from alignkit.aligner.trainer import (Algorithm, ProgressBar, Run, count_update, finish_step, finite_update,
+                                      metrics_record, peak_memory_mb)
 from alignkit.errors import AlignkitError
 from alignkit.runfolder import CONFIG_FILE
 
@@ -145,7 +146,7 @@ def _ready(run: Run) -> None:
 class Rollout:
     """One micro-batch sampled with its trained steps recorded (normal tensors, not inference ones)."""
 
-    prompts: list[str]
+    # The text conditioning, reused by the updates.
     cond: object
     # (K, B, ...) the latents entering and leaving each trained step, and the step's std.
     latents: list[Tensor]
@@ -155,7 +156,8 @@ class Rollout:
     log_probs: list[Tensor]
     # (K, B, ...) the base model's mean at each trained step; None without the KL penalty.
     ref_means: list[Tensor] | None
-    images: Tensor
+    # (B, 3, H, W) in [0, 1]; dropped once scored.
+    images: Tensor | None
 
 
 def sample_rollout(sampler, model, cond, traj, steps: tuple[int, ...], base_model=None,
@@ -186,8 +188,8 @@ def sample_rollout(sampler, model, cond, traj, steps: tuple[int, ...], base_mode
         images = sampler.images(x)
     # Inference tensors cannot enter autograd: clone them out of inference mode.
     normal = lambda ts: [t.clone() for t in ts]  # noqa: E731
-    return Rollout([], cond, normal(latents_in), normal(latents_out), stds, normal(log_probs),
-                   normal(ref_means) if base_model is not None else None, images.clone())
+    return Rollout(cond, normal(latents_in), normal(latents_out), stds, normal(log_probs),
+                   normal(ref_means) if base_model is not None else None, images)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -203,8 +205,7 @@ def _loop(run: Run) -> None:
     N, beta = B * P * A, config.kl_beta
     base = accelerator.unwrap_model(unet)
     fast = run.nograd_unet if run.nograd_unet is not None else base  # (a compiled module has no truth value)
-    fresh = plan.resume is None
-    progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
+    progress = ProgressBar(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
     with progress:
         while state.step < config.max_train_steps:
@@ -224,7 +225,6 @@ def _loop(run: Run) -> None:
                 cond = sampler.encode(prompts, device)
                 rollout = sample_rollout(sampler, fast, cond, trajectories.slice(lo, lo + B), steps,
                                          base if beta > 0 else None, accelerator.autocast)
-                rollout.prompts = prompts
                 with torch.inference_mode():
                     total, part = reward.with_parts(rollout.images, prompts)
                 rollout.images = None  # scored: free them
@@ -234,7 +234,7 @@ def _loop(run: Run) -> None:
                 for name, value in part.items():
                     parts.setdefault(name, []).append(accelerator.gather(value.float().clone()))
             all_rewards = torch.cat(rewards).cpu()
-            _check_finite(run, all_rewards, picks, fresh and state.step == 0)
+            _check_finite(run, all_rewards, picks, first=state.step == 0)
 
             # --- 3. advantages within each whole group; this process keeps its samples'
             advantages = group_advantages(all_rewards, G)
@@ -263,7 +263,7 @@ def _loop(run: Run) -> None:
                                 stats["ratio_dev"].append((ratio.detach() - 1).abs())
                         if accelerator.sync_gradients:
                             # As AlignProp's loop: a non-finite update is skipped on every process.
-                            skipped_now = not _finite_update(accelerator, params, losses_finite)
+                            skipped_now = not finite_update(accelerator, params, losses_finite)
                             skipped = skipped or skipped_now
                             if not skipped_now and config.max_grad_norm > 0:
                                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -276,7 +276,7 @@ def _loop(run: Run) -> None:
             count_update(run, skipped)
 
             # --- the step's line: AlignProp's fields, then GRPO's own
-            record = _metrics_record(state, [all_rewards], {k: [torch.cat(v).cpu()] for k, v in parts.items()},
+            record = metrics_record(state, [all_rewards], {k: [torch.cat(v).cpu()] for k, v in parts.items()},
                                      lr_scheduler.get_last_lr()[0], len(steps), time.perf_counter() - start,
                                      peak_memory_mb(device), skipped)
             gathered = {k: accelerator.gather(torch.cat(v).float()) for k, v in stats.items()}

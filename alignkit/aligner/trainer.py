@@ -381,7 +381,7 @@ def _setup(config: TrainConfig, plan: Plan, accelerator, algorithm: Algorithm) -
     params = add_lora(unet, config.rank, config.lora_alpha, config.lora_target_modules)
     if config.mixed_precision == "fp16" and getattr(pipe.vae.config, "force_upcast", False):
         pipe.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16 (diffusers' force_upcast)
-    sampler: Sampler = _build_sampler(loaded, resolution, config)
+    sampler: Sampler = build_sampler(loaded, resolution, config)
 
     # --- optimizer and lr schedule
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -430,7 +430,7 @@ def _alignprop_loop(run: Run) -> None:
     B, num_processes = config.train_batch_size, accelerator.num_processes
     # This process's slice of the global batch (every process draws the same global batch).
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
-    progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
+    progress = ProgressBar(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
     with progress:
         while state.step < config.max_train_steps:
@@ -455,7 +455,7 @@ def _alignprop_loop(run: Run) -> None:
                     if accelerator.sync_gradients:
                         # A non-finite loss or gradient would poison AdamW's moments and the
                         # LoRA for good: skip the update (every process agrees), count it.
-                        skipped = not _finite_update(accelerator, params, losses_finite)
+                        skipped = not finite_update(accelerator, params, losses_finite)
                         if not skipped and config.max_grad_norm > 0:
                             accelerator.clip_grad_norm_(params, config.max_grad_norm)
                     if not skipped:
@@ -466,7 +466,7 @@ def _alignprop_loop(run: Run) -> None:
                 for name, value in part.items():
                     parts[name].append(accelerator.gather(value.detach().float()))
             count_update(run, skipped)
-            record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
+            record = metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
                                      time.perf_counter() - start, peak_memory_mb(device), skipped)
             if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
                 record["first_trained_step"] = cut.steps[0]
@@ -486,7 +486,7 @@ def count_update(run: Run, skipped: bool) -> None:
                               "lower --learning-rate")
 
 
-def finish_step(run: Run, record: dict, progress: "_Progress") -> None:
+def finish_step(run: Run, record: dict, progress: "ProgressBar") -> None:
     """The end of every step of every algorithm: its metrics.jsonl line, the trackers and the
     bar; the stop after too many non-finite steps in a row; sample images; the checkpoint."""
     config, accelerator, state, output_dir = run.config, run.accelerator, run.state, run.output_dir
@@ -513,7 +513,7 @@ ALGORITHM = Algorithm(needs_gradient=True, check=lambda config, model: None,
                       ready=lambda run: None, loop=_alignprop_loop)
 
 
-def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
+def build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
     """The family's differentiable sampler: DDIM (SD, SDXL) or flow-matching Euler (SD3, FLUX)."""
     if loaded.family.sampler == "flow":
         from alignkit.aligner.flow_sampler import FlowMatchSampler
@@ -536,7 +536,7 @@ def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, cut, g
     return [plan.prompts[i] for i in picks[lo:hi]], traj
 
 
-def _metrics_record(state: TrainState, rewards: list[torch.Tensor], parts: dict, lr: float, k: int,
+def metrics_record(state: TrainState, rewards: list[torch.Tensor], parts: dict, lr: float, k: int,
                     step_time: float, peak_mem_mb: float, skipped: bool) -> dict:
     """One metrics.jsonl line: the step's gathered rewards (and each part), loss, lr, K, time, memory."""
     all_rewards = torch.cat(rewards)
@@ -548,7 +548,7 @@ def _metrics_record(state: TrainState, rewards: list[torch.Tensor], parts: dict,
             "skipped": skipped, "nonfinite_steps": state.nonfinite["total"]}
 
 
-def _finite_update(accelerator, params: list[torch.nn.Parameter], losses_finite: torch.Tensor) -> bool:
+def finite_update(accelerator, params: list[torch.nn.Parameter], losses_finite: torch.Tensor) -> bool:
     """Whether this step's losses and (synchronised) gradients are finite on every process."""
     ok = losses_finite.clone()
     for p in params:
@@ -677,7 +677,7 @@ def _log_samples(accelerator, unet, sampler: Sampler, prompts: list[str], config
             tracker.log_images({"samples": list(images.permute(0, 2, 3, 1).numpy())}, step)
 
 
-class _Progress:
+class ProgressBar:
     """A rich progress bar on the main process: step, reward, loss, s/step, memory."""
 
     def __init__(self, total: int, done: int, enabled: bool):
