@@ -302,3 +302,50 @@ def test_noise_level_zero_is_refused_for_flow_models(tiny_sd3, test_rewards, fai
     fails(["train", "--model", tiny_sd3, *GRPO, "--noise-level", "0", "--output-dir", tmp_path / "out"],
           "--noise-level 0 is the deterministic ODE")
     assert not (tmp_path / "out").exists()
+
+
+PLUGIN = '''
+import torch
+
+
+def red_share(threshold: float = 0.5):
+    """Share of pixels whose red channel is above a threshold: a step function, no gradient."""
+    def score(images, prompts):
+        return (images[:, 0] > threshold).float().mean(dim=(1, 2))
+    return score
+
+
+red_share.differentiable = False
+'''
+
+
+def test_a_user_callable_without_gradient_trains_with_grpo_and_alignprop_names_grpo(tiny_sd, tmp_path, monkeypatch,
+                                                                                     fails):
+    (tmp_path / "ak_grpo_plug.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["train", "--model", tiny_sd, *GRPO, "--reward", "ak_grpo_plug:red_share", "--max-train-steps", "1",
+              "--checkpointing-steps", "0"]
+    fails([*common, "--algorithm", "alignprop", "--truncation", "last:1", "--output-dir", tmp_path / "ap"],
+          "reward 'ak_grpo_plug:red_share' is not differentiable", "--algorithm grpo")
+    assert not (tmp_path / "ap").exists()
+    assert run_cli([*common, "--output-dir", tmp_path / "run"]) == 0
+    assert (tmp_path / "run" / LORA_FILE).is_file()
+
+
+def test_a_trained_step_without_noise_is_refused(tiny_sd):
+    """DDIM's last step is deterministic when the schedule ends at alpha = 1 (set_alpha_to_one)."""
+    from types import SimpleNamespace
+
+    from alignkit.aligner import grpo
+    from alignkit.aligner.pipeline import load_pipeline
+    from alignkit.aligner.sampler import DDIMSampler
+
+    sampler = DDIMSampler(load_pipeline(str(tiny_sd)), RESOLUTION, 3, eta=1.0)
+    sampler.alpha_prev[-1] = 1.0
+    config = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1, group_size=2)
+    run = SimpleNamespace(config=config, accelerator=SimpleNamespace(num_processes=1), sampler=sampler,
+                          plan=SimpleNamespace(extra=(0, 1)))
+    grpo._ready(run)  # the first two steps are random
+    run.plan.extra = (0, 2)
+    with pytest.raises(AlignkitError, match="step 2 of the 3-step sampler is deterministic"):
+        grpo._ready(run)

@@ -10,9 +10,10 @@ Two ways in, one contract:
 The factory is called with the reward's options (and `device` / `dtype` when its signature
 takes them). It returns a `Reward`, or any `(images, prompts) -> (B,)` callable, which is
 wrapped in one. Whatever it returns is checked once, at load, on a small probe batch: the
-output has shape (B,), is finite, and (unless it declares `differentiable = False`) its
-gradient reaches the pixels, since the aligner backpropagates through it. A failure is one
-line naming the reference and what is wrong.
+output has shape (B,), is finite, and (unless it, or its factory, declares `differentiable =
+False`) its gradient reaches the pixels, since AlignProp backpropagates through it; a reward
+without gradient trains with `--algorithm grpo`. A failure is one line naming the reference and
+what is wrong.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def make_factory(reference: str, target) -> Callable:
             except Exception as exc:
                 raise AlignkitError(f"reward '{reference}': the factory failed "
                                     f"({type(exc).__name__}: {first_line(exc)})") from None
-        reward = as_reward(reference, made)
+        # A factory may declare for what it returns that it has no gradient.
+        reward = as_reward(reference, made, bool(getattr(target, "differentiable", True)))
         if isinstance(reward, nn.Module):
             reward = reward.to(device or "cpu")
         check_contract(reference, reward.freeze())
@@ -120,11 +122,11 @@ def _parameters(target) -> set[str]:
         return set()
 
 
-def as_reward(reference: str, made) -> Reward:
+def as_reward(reference: str, made, differentiable: bool = True) -> Reward:
     if isinstance(made, Reward):
         return made
     if callable(made):
-        return CallableReward(made, differentiable=bool(getattr(made, "differentiable", True)))
+        return CallableReward(made, differentiable=bool(getattr(made, "differentiable", differentiable)))
     raise AlignkitError(f"reward '{reference}': the factory returned a {type(made).__name__}, "
                         "not a Reward or an (images, prompts) -> (B,) callable")
 
@@ -152,13 +154,14 @@ def check_contract(reference: str, reward: Reward) -> None:
         return
     if not out.requires_grad:
         raise AlignkitError(f"reward '{reference}': no gradient reaches the pixels (the output has no graph); "
-                            "make it differentiable, or set differentiable = False on it (it then cannot train)")
+                            "make it differentiable, or set differentiable = False on it "
+                            "(it then trains with --algorithm grpo only)")
     with torch.enable_grad():  # evaluation loads rewards under no_grad
         (grad,) = torch.autograd.grad(out.float().sum(), images, allow_unused=True)
     if grad is None or not torch.isfinite(grad).all() or not grad.abs().sum() > 0:
         what = "no gradient" if grad is None else "a zero or non-finite gradient"
         raise AlignkitError(f"reward '{reference}': {what} reaches the pixels; make it differentiable, "
-                            "or set differentiable = False on it (it then cannot train)")
+                            "or set differentiable = False on it (it then trains with --algorithm grpo only)")
 
 
 def reference_fields(reference: str) -> dict:
