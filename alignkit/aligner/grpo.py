@@ -7,9 +7,10 @@ known mean and standard deviation (the samplers' `distribution`): DDIM with eta 
 SDXL (DDPO, Black et al. 2023), Flow-GRPO's SDE for SD3 and FLUX (Liu et al. 2025,
 `--noise-level`). One step of `max_train_steps`:
 
-1. draw, from the run's one generator: N / G prompts, each repeated for a group of G images,
-   and all the noise of N trajectories (N = train_batch_size x processes x accumulation), so
-   that the data do not depend on the number of processes and a resumed run redraws nothing;
+1. draw, from the run's one generator: N / G prompts, each repeated for a group of G images
+   (N = train_batch_size x processes x accumulation), then each micro-batch's noise for all its
+   processes, so that the data do not depend on the number of processes and a resumed run
+   redraws exactly what an uninterrupted one draws;
 2. sample this process's share under `torch.inference_mode`, one micro-batch at a time, with
    classifier-free guidance as the pipelines apply it, recording for every trained step i its
    latents x_i and x_{i+1} and log p_old(x_{i+1} | x_i); with beta > 0 also the base model's
@@ -212,19 +213,21 @@ def _loop(run: Run) -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            # --- 1. the step's prompts (whole groups) and noise, the same on every process
+            # --- 1. the step's prompts, whole groups, the same on every process
             picks = torch.randint(len(plan.prompts), (N // G,), generator=state.generator)
             picks = picks.repeat_interleave(G).tolist()
-            trajectories = sampler.draw(state.generator, N, len(steps))
 
             # --- 2. sample this process's share, micro-batch a holding samples [a*B*P + rank*B, +B)
             rollouts, rewards, parts = [], [], {}
             for a in range(A):
                 lo = a * B * P + rank * B
                 prompts = [plan.prompts[i] for i in picks[lo:lo + B]]
+                # Each micro-batch's noise is drawn for the global micro-batch (B x P, as AlignProp's
+                # loop draws), so its memory is that of one micro-batch, not of the step's N samples.
+                traj = sampler.draw(state.generator, B * P, len(steps)).slice(rank * B, rank * B + B)
                 cond = sampler.encode(prompts, device)
-                rollout = sample_rollout(sampler, fast, cond, trajectories.slice(lo, lo + B), steps,
-                                         base if beta > 0 else None, accelerator.autocast)
+                rollout = sample_rollout(sampler, fast, cond, traj, steps, base if beta > 0 else None,
+                                         accelerator.autocast)
                 with torch.inference_mode():
                     total, part = reward.with_parts(rollout.images, prompts)
                 rollout.images = None  # scored: free them
