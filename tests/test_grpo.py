@@ -349,3 +349,13 @@ def test_a_trained_step_without_noise_is_refused(tiny_sd):
     run.plan.extra = (0, 2)
     with pytest.raises(AlignkitError, match="step 2 of the 3-step sampler is deterministic"):
         grpo._ready(run)
+
+
+def test_the_flow_sde_also_serves_reward_backprop(tiny_sd3, test_rewards, tmp_path):
+    """--noise-level is the flow sampler's, not GRPO's: AlignProp backpropagates through
+    mean + std * noise as it does through DDIM's eta steps."""
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", tiny_sd3, "--reward", "brightness", "--prompt", "a cat", "--num-inference-steps",
+                    "2", "--truncation", "last:1", "--noise-level", "0.5", "--max-train-steps", "1",
+                    "--checkpointing-steps", "0", "--report-to", "none", "--output-dir", run]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["noise_level"] == 0.5
