@@ -53,7 +53,8 @@ def test_advantages_are_zero_mean_and_unit_std_within_each_group():
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 5.0, -5.0, 5.0, -5.0])
     adv = group_advantages(rewards, 4).view(3, 4)
     torch.testing.assert_close(adv.mean(1), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-12)
-    torch.testing.assert_close(adv[[0, 2]].std(1, unbiased=False), torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=0)
+    unit = torch.ones(2, dtype=torch.float64)
+    torch.testing.assert_close(adv[[0, 2]].std(1, unbiased=False), unit, rtol=1e-4, atol=0)
     # A group whose rewards are all equal carries no signal: 0, not 0/0.
     assert torch.equal(adv[1], torch.zeros(4, dtype=torch.float64))
     # Groups are consecutive: the order inside the global batch is the drawn one.
@@ -355,7 +356,7 @@ def test_the_flow_sde_also_serves_reward_backprop(tiny_sd3, test_rewards, tmp_pa
     """--noise-level is the flow sampler's, not GRPO's: AlignProp backpropagates through
     mean + std * noise as it does through DDIM's eta steps."""
     run = tmp_path / "run"
-    assert run_cli(["train", "--model", tiny_sd3, "--reward", "brightness", "--prompt", "a cat", "--num-inference-steps",
-                    "2", "--truncation", "last:1", "--noise-level", "0.5", "--max-train-steps", "1",
+    assert run_cli(["train", "--model", tiny_sd3, "--reward", "brightness", "--prompt", "a cat",
+                    "--num-inference-steps", "2", "--truncation", "last:1", "--noise-level", "0.5", "--max-train-steps", "1",
                     "--checkpointing-steps", "0", "--report-to", "none", "--output-dir", run]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["noise_level"] == 0.5

@@ -44,6 +44,9 @@ from alignkit.aligner.trainer import (Algorithm, ProgressBar, Run, count_update,
 from alignkit.errors import AlignkitError
 from alignkit.runfolder import CONFIG_FILE
 
+# Flow-GRPO's noise level a of the flow SDE (its SD3.5 setting): GRPO's default on SD3 and FLUX,
+# whose every step must be a Gaussian.
+FLOW_GRPO_NOISE_LEVEL = 0.7
 # Added to the group's std: a group whose rewards are all equal gets advantage 0, not 0/0
 # (Flow-GRPO's value).
 ADVANTAGE_EPS = 1e-4
@@ -101,7 +104,8 @@ def parse_grpo_steps(spec: str, num_steps: int) -> tuple[int, ...]:
     try:
         steps = sorted({int(part) for part in text.split(",")})
     except ValueError:
-        raise AlignkitError(f"{where} is not first:K, first:FRACTION, all or a list of step indices like 0,2,4") from None
+        raise AlignkitError(f"{where} is not first:K, first:FRACTION, all or a list of step indices "
+                            "like 0,2,4") from None
     if steps[0] < 0 or steps[-1] >= num_steps:
         raise AlignkitError(f"{where}: step indices run from 0 to {num_steps - 1} (--num-inference-steps {num_steps})")
     return tuple(steps)
@@ -280,8 +284,8 @@ def _loop(run: Run) -> None:
 
             # --- the step's line: AlignProp's fields, then GRPO's own
             record = metrics_record(state, [all_rewards], {k: [torch.cat(v).cpu()] for k, v in parts.items()},
-                                     lr_scheduler.get_last_lr()[0], len(steps), time.perf_counter() - start,
-                                     peak_memory_mb(device), skipped)
+                                    lr_scheduler.get_last_lr()[0], len(steps), time.perf_counter() - start,
+                                    peak_memory_mb(device), skipped)
             gathered = {k: accelerator.gather(torch.cat(v).float()) for k, v in stats.items()}
             record.update({"loss": gathered["loss"].mean().item(), "kl": gathered["kl"].mean().item(),
                            "clip_fraction": gathered["clipped"].mean().item(),
@@ -322,4 +326,5 @@ def _check_finite(run: Run, rewards: Tensor, picks: list[int], first: bool) -> N
                         "finite rewards: fix the reward")
 
 
-ALGORITHM = Algorithm(needs_gradient=False, check=_check, ready=_ready, loop=_loop)
+ALGORITHM = Algorithm(needs_gradient=False, check=_check, ready=_ready, loop=_loop,
+                      flow_noise_level=FLOW_GRPO_NOISE_LEVEL)

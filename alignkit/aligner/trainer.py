@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": "all", "none": None}
-# Flow-GRPO's noise level a of the flow SDE (its SD3.5 setting), GRPO's default on SD3 and FLUX.
-FLOW_GRPO_NOISE_LEVEL = 0.7
 # What marks a folder as holding a run (and so protects it from being written over).
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 
@@ -80,6 +78,8 @@ class Algorithm:
     ready: Callable[["Run"], None]
     # The loop: one `state.step` per iteration until max_train_steps.
     loop: Callable[["Run"], None]
+    # The flow sampler's noise level when --noise-level is unset: 0 is the ODE users sample with.
+    flow_noise_level: float = 0.0
 
 
 # `--algorithm` -> the module whose ALGORITHM runs it, imported when chosen.
@@ -152,7 +152,7 @@ def plan_inputs(config: TrainConfig) -> Plan:
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
     model = inspect_model(config.pretrained_model_name_or_path, config.revision)
-    check_family_settings(config, model)
+    check_family_settings(config, model, algorithm.flow_noise_level)
     return Plan(policy, prompts, model, extra=algorithm.check(config, model))
 
 
@@ -162,7 +162,7 @@ def not_differentiable(reward: str) -> str:
             "reward (see `alignkit rewards`)")
 
 
-def check_family_settings(config: TrainConfig, model) -> None:
+def check_family_settings(config: TrainConfig, model, flow_noise_level: float = 0.0) -> None:
     """Fill the settings left unset with the model family's defaults (so config.yaml records
     what trains), and refuse what the family's sampler cannot do."""
     family = model.family
@@ -176,8 +176,7 @@ def check_family_settings(config: TrainConfig, model) -> None:
                             "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0 "
                             "(its stochastic form takes --noise-level)")
     if family.sampler == "flow" and config.noise_level is None:
-        # The ODE users sample with; GRPO needs every step to be a Gaussian (Flow-GRPO's a = 0.7).
-        config.noise_level = FLOW_GRPO_NOISE_LEVEL if config.algorithm == "grpo" else 0.0
+        config.noise_level = flow_noise_level  # the algorithm's: 0 (the ODE) for AlignProp
     if family.sampler != "flow" and config.noise_level not in (None, 0.0):
         raise AlignkitError(f"--noise-level {config.noise_level:g} is the flow-matching sampler's (SD3, FLUX); "
                             f"{family.pipeline} samples with DDIM: set its noise with --eta")
@@ -467,15 +466,15 @@ def _alignprop_loop(run: Run) -> None:
                     parts[name].append(accelerator.gather(value.detach().float()))
             count_update(run, skipped)
             record = metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
-                                     time.perf_counter() - start, peak_memory_mb(device), skipped)
+                                    time.perf_counter() - start, peak_memory_mb(device), skipped)
             if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
                 record["first_trained_step"] = cut.steps[0]
             finish_step(run, record, progress)
 
 
 def count_update(run: Run, skipped: bool) -> None:
-    """After an optimizer update: count it (and a skipped, non-finite one); stop if a finite
-    update left the LoRA non-finite."""
+    """After a step's update(s): count the step (and whether an update was skipped as
+    non-finite); stop if a finite update left the LoRA non-finite."""
     state = run.state
     state.step += 1
     state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
@@ -537,7 +536,7 @@ def _draw_batch(plan: Plan, sampler: Sampler, generator: torch.Generator, cut, g
 
 
 def metrics_record(state: TrainState, rewards: list[torch.Tensor], parts: dict, lr: float, k: int,
-                    step_time: float, peak_mem_mb: float, skipped: bool) -> dict:
+                   step_time: float, peak_mem_mb: float, skipped: bool) -> dict:
     """One metrics.jsonl line: the step's gathered rewards (and each part), loss, lr, K, time, memory."""
     all_rewards = torch.cat(rewards)
     return {"step": state.step, "reward": all_rewards.mean().item(),
