@@ -17,7 +17,7 @@ sampling, and per image (all kept in the result, so that `--report` recomputes e
   on another model, another detector than the reward's (`--judge-detector PATH`, the `count`
   judge); for `compress`/`incompress`, the real PIL JPEG size. A count read with the reward's
   own detector is never the truth: the aligner optimises against that detector and can fool
-  it (it did: README, "What the previous default did");
+  it (it did: docs/experiments/2026-12-02-toy-count-recipes.md, "What the previous default did");
 - the proxy: the reward's own detector's NMS count accuracy, reported beside the truth and
   labelled as such.
 
