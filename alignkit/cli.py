@@ -65,22 +65,9 @@ def eval_(
 @app.command()
 def rewards() -> None:
     """List every reward, what it needs, and whether it is available here now."""
-    from alignkit.rewards import list_entries
-    from alignkit.rewards.registry import describe
+    from alignkit.rewards.listing import print_rewards
 
-    table = Table(title="alignkit rewards")
-    for column in ("name", "what it scores", "needs", "grad", "available"):
-        table.add_column(column)
-    for entry in list_entries():
-        ok, why = entry.status()
-        needs = [*entry.packages, *(describe(repo, file) for repo, file in entry.weights)]
-        table.add_row(entry.name, entry.summary, "\n".join(needs) or "-",
-                      "yes" if entry.differentiable else "no",
-                      f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
-    Console().print(table)
-    Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
-                    "--reward my_pkg.module:factory; or a package's entry points in the group "
-                    "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)
+    print_rewards()
 
 
 @app.command()
