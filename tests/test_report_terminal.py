@@ -86,7 +86,7 @@ def test_every_name_and_number_is_whole(width, shape):
     # Gains with their intervals, accuracies in points; the verdict last, on its own line.
     assert "+1.4 pts (-3.6 to +6.4)" in text and "+0.41 (+0.2 to +1.05)" in text
     verdict = [i for i, line in enumerate(lines) if line.startswith("verdict: ")]
-    assert len(verdict) == 1 and " ".join(lines[verdict[0]:]).startswith("verdict: keep checkpoint-75@1 ")
+    assert len(verdict) == 1 and " ".join(lines[verdict[0]:]).startswith(f"verdict: keep {result.pick.condition} ")
     assert not any(line.startswith(("flag ", "note ")) for line in lines[verdict[0]:])
 
 
