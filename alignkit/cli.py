@@ -1,4 +1,4 @@
-"""The `alignkit` command line: train, eval, score, rewards (one thin function each).
+"""The `alignkit` command line: train, eval, score, rewards, reward fit (one thin function each).
 
 Errors caused by the user's input are printed as one line on stderr with a non-zero exit;
 `ALIGNKIT_DEBUG=1` shows the full traceback instead.
