@@ -1,4 +1,4 @@
-"""The `alignkit` command line: train, eval, score, rewards (one thin function each).
+"""The `alignkit` command line: train, eval, score, rewards, reward fit (one thin function each).
 
 Errors caused by the user's input are printed as one line on stderr with a non-zero exit;
 `ALIGNKIT_DEBUG=1` shows the full traceback instead.
@@ -17,8 +17,12 @@ from rich.table import Table
 
 from alignkit.errors import AlignkitError, debug_enabled
 
+# Help as click prints it (pip- and git-like): a flag name that does not fit its column gets a
+# line of its own and its help goes below, where rich's panels cut long names to `…` at 80
+# columns. Up to 120 columns wide on a wide terminal (click's own cap is 80).
+HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 120}}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Align text-to-image diffusion models to differentiable rewards.")
+                  help="Align text-to-image diffusion models to differentiable rewards.", **HELP)
 err = Console(stderr=True)
 
 
@@ -28,7 +32,7 @@ def default_device() -> str:
     return resolve_device(None)
 
 
-@app.command("eval")
+@app.command("eval", short_help="Evaluate a tuned LoRA against its base model.")
 def eval_(
     path: Path = typer.Argument(..., help="A run folder from `alignkit train`, or a diffusers LoRA folder."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model (hub id, folder, or 'toy'); default: the run's."),
@@ -62,28 +66,15 @@ def eval_(
                    command=" ".join(["alignkit", *sys.argv[1:]])))
 
 
-@app.command()
+@app.command(short_help="List the rewards, what each needs, what is available.")
 def rewards() -> None:
     """List every reward, what it needs, and whether it is available here now."""
-    from alignkit.rewards import list_entries
-    from alignkit.rewards.registry import describe
+    from alignkit.rewards.listing import print_rewards
 
-    table = Table(title="alignkit rewards")
-    for column in ("name", "what it scores", "needs", "grad", "available"):
-        table.add_column(column)
-    for entry in list_entries():
-        ok, why = entry.status()
-        needs = [*entry.packages, *(describe(repo, file) for repo, file in entry.weights)]
-        table.add_row(entry.name, entry.summary, "\n".join(needs) or "-",
-                      "yes" if entry.differentiable else "no",
-                      f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
-    Console().print(table)
-    Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
-                    "--reward my_pkg.module:factory; or a package's entry points in the group "
-                    "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)
+    print_rewards()
 
 
-@app.command()
+@app.command(short_help="Align a diffusion model to a reward (AlignProp).")
 def train(
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."),
     pretrained_model_name_or_path: Optional[str] = typer.Option(None, "--pretrained-model-name-or-path", "--model", help="Diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1), or 'toy'."),
@@ -126,7 +117,7 @@ def train(
     run_training(load_config(config, flags))
 
 
-@app.command()
+@app.command(short_help="Score image files with a reward.")
 def score(
     images: list[Path] = typer.Argument(..., help="Image files to score."),
     reward: str = typer.Option(..., "--reward", "-r", help="Reward spec, e.g. 'hps+aesthetic:0.5'."),
@@ -155,11 +146,11 @@ def score(
     err.print(table)
 
 
-reward_app = typer.Typer(no_args_is_help=True, help="Make rewards of your own: `alignkit reward fit`.")
+reward_app = typer.Typer(no_args_is_help=True, help="Make rewards of your own: `alignkit reward fit`.", **HELP)
 app.add_typer(reward_app, name="reward")
 
 
-@reward_app.command("fit")
+@reward_app.command("fit", short_help="Fit a reward on frozen CLIP embeddings.")
 def reward_fit(
     data: Path = typer.Argument(..., help="Ratings (CSV/JSONL: image, score[, prompt]), pairs (JSONL: prompt, chosen, rejected) or labels (image, label)."),
     out: Path = typer.Option(..., "--out", help="Folder for reward.safetensors, reward.json, report.json, fit.png."),

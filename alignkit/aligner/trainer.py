@@ -1,6 +1,6 @@
 """The training loop: sample with gradients, score, step the LoRA; through HF accelerate.
 
-Per optimizer step: draw one K (the truncation) and, for each accumulated micro-batch, the
+Per optimizer step: draw one cut (the truncation) and, for each accumulated micro-batch, the
 global batch's prompts and noises from one checkpointed CPU generator (every process draws
 the same numbers and keeps its own slice, so a run's data do not depend on the process count);
 sample through the module `accelerator.prepare` returned (so DDP synchronises gradients);
@@ -274,7 +274,7 @@ def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
     # Seeds the LoRA init (rank 0's is broadcast by DDP); the data come from TrainState.generator.
     set_seed(config.seed, device_specific=True)
 
-    # --- load: the pipeline and the reward (config.validate() ran in plan_run)
+    # --- load: the pipeline and the reward (plan_inputs validated the config and what it names)
     loaded = load_pipeline(config.pretrained_model_name_or_path, config.revision, dtype=weight_dtype, info=plan.model)
     resolution = config.resolution or loaded.native_resolution
     check_resolution(resolution, loaded)
