@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from alignkit.aligner import checkpoints
-from alignkit.aligner.config import TrainConfig, changed_fields, save_config
-from alignkit.families import apply_defaults
+from alignkit.aligner.config import TrainConfig, changed_fields, save_config, with_family
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import ModelInfo, check_resolution, inspect_model, load_pipeline
 from alignkit.aligner.runlock import RunLock
@@ -46,6 +45,8 @@ RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 class Plan:
     """Everything checked before anything loads or touches the disk."""
 
+    # The run's config, resolved to the end (the model family's defaults filled in).
+    config: TrainConfig
     policy: TruncationPolicy
     prompts: list[str]
     # The model's family and where it loads from, read without loading weights.
@@ -95,7 +96,7 @@ def plan_inputs(config: TrainConfig) -> Plan:
     from alignkit.prompts import load_prompt_set, single_prompt
     from alignkit.rewards import get_entry, parse_spec
 
-    config.validate()
+    config.validate()  # `load_config` validated it; a config built in Python has not been
     if config.mixed_precision not in MIXED_PRECISION:
         raise AlignkitError(f"--mixed-precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -115,25 +116,7 @@ def plan_inputs(config: TrainConfig) -> Plan:
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
     model = inspect_model(config.pretrained_model_name_or_path, config.revision)
-    check_family_settings(config, model)
-    return Plan(policy, prompts, model)
-
-
-def check_family_settings(config: TrainConfig, model) -> None:
-    """Fill the settings left unset with the model family's defaults (so config.yaml records
-    what trains), and refuse what the family's sampler cannot do."""
-    family = model.family
-    flux_schnell = family.name == "flux" and not model.guidance_embeds
-    if flux_schnell and config.guidance_scale not in (None, 0.0):
-        logger.warning("--guidance-scale %g is ignored: this FLUX model (schnell-like) has no guidance embedding "
-                       "and the aligner runs no classifier-free batch for FLUX", config.guidance_scale)
-    apply_defaults(config, family, guidance_embeds=model.guidance_embeds)
-    if family.sampler == "flow" and config.eta > 0:
-        raise AlignkitError(f"--eta {config.eta:g}: the flow-matching sampler of {family.pipeline} is a deterministic "
-                            "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0")
-    if family.name == "flux" and config.negative_prompt:
-        raise AlignkitError("negative_prompt: FLUX.1 is guidance-distilled and the aligner runs no classifier-free "
-                            "batch for it, so a negative prompt would be ignored; leave it empty")
+    return Plan(with_family(config, model), policy, prompts, model)
 
 
 def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler: bool) -> None:
@@ -242,6 +225,7 @@ def train(config: TrainConfig) -> Path:
     from accelerate.utils import ProjectConfiguration
 
     plan = plan_inputs(config)
+    config = plan.config
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
