@@ -383,20 +383,8 @@ def with_family(config: TrainConfig, model) -> TrainConfig:
     return config
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    import yaml
-
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
 # Fields that may change when a run resumes: they do not alter its trajectory (compile_unet
 # changes floating-point rounding only).
 RESUMABLE_CHANGES = {"max_train_steps", "resume_from_checkpoint", "overwrite", "report_to", "checkpointing_steps",
                      "checkpoints_total_limit", "sample_every", "num_samples", "output_dir",
                      "compile_unet", "max_nonfinite_steps", "offload_t5"}
-
-
-def changed_fields(saved: dict, config: TrainConfig) -> list[str]:
-    """Fields whose value differs from a saved config.yaml, ignoring the resumable ones."""
-    current = config.to_dict()
-    return sorted(k for k in current if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k])
