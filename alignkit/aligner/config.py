@@ -253,7 +253,7 @@ def _field_comments() -> dict[str, str]:
     block: list[str] = []
     last = ""
     for token in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
-        if token.type == tokenize.COMMENT:
+        if token.type == tokenize.COMMENT and token.start[1] == 4:  # a comment line of the class body
             block.append(token.string.lstrip("#").strip())
         elif token.type == tokenize.NAME and token.start[1] == 4 and token.string in FIELDS \
                 and token.string not in comments:
