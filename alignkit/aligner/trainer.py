@@ -5,6 +5,10 @@ global batch's prompts and noises from one checkpointed CPU generator (every pro
 the same numbers and keeps its own slice, so a run's data do not depend on the process count);
 sample through the module `accelerator.prepare` returned (so DDP synchronises gradients);
 score with the frozen reward (kept out of `prepare`); loss = -mean reward; AdamW on LoRA.
+
+`train` reads as plan (`plan_inputs`, then `plan_output` under the run folder's lock) ->
+`load` (a `Session`) -> `_loop` -> save the final LoRA; the run folder is written only through
+`RunFolder` (alignkit/runfolder), and only once everything is loaded.
 """
 
 from __future__ import annotations
@@ -64,6 +68,23 @@ class TrainState:
         self.generator.set_state(saved.generator)
         self.nonfinite = {"in_a_row": int(saved.nonfinite.get("in_a_row", 0)),
                           "total": int(saved.nonfinite.get("total", 0))}
+
+
+@dataclass
+class Session:
+    """What `load` builds for a loop: the pipeline, its prepared denoiser (and the compiled copy
+    for the steps without gradients), the LoRA parameters, optimizer and schedule, the sampler,
+    the reward, and the loop's state (restored when resuming)."""
+
+    pipe: object
+    unet: torch.nn.Module
+    nograd_unet: torch.nn.Module | None
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    sampler: Sampler
+    reward: torch.nn.Module
+    state: TrainState
 
 
 class DivergenceError(AlignkitError):
@@ -171,6 +192,30 @@ def train(config: TrainConfig) -> Path:
 
 
 def _train(plan: Plan, run: RunFolder, accelerator) -> Path:
+    """Under the lock, the folder checked: load, then write the folder, loop, save the LoRA."""
+    config, session = plan.config, load(plan, accelerator)
+
+    # Everything validated, loaded and restored: only now is the output folder written to.
+    if accelerator.is_main_process:
+        run.begin(config.to_dict(), clear=config.overwrite and plan.resume is None, metrics=plan.metrics)
+    accelerator.wait_for_everyone()
+    if TRACKERS[config.report_to]:
+        accelerator.init_trackers("alignkit", config=tracker_config(config))
+    try:
+        _loop(plan, run, accelerator, session)
+        # --- save: the final LoRA, in diffusers' format
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with run.writing("the final LoRA"):
+                save_lora(type(session.pipe), accelerator.unwrap_model(session.unet), run.root)
+    finally:
+        accelerator.end_training()
+    return run.root
+
+
+def load(plan: Plan, accelerator) -> Session:
+    """Load the pipeline and the reward, add the LoRA, build the optimizer and the sampler,
+    prepare them with accelerate, and restore the checkpoint to resume from. Writes nothing."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
@@ -218,89 +263,80 @@ def _train(plan: Plan, run: RunFolder, accelerator) -> Path:
     if plan.resume is not None:
         _restore(accelerator, unet, optimizer, lr_scheduler, state, plan.resume)
         logger.info("resumed from %s at step %d", plan.resume.folder, state.step)
+    return Session(pipe, unet, nograd_unet, params, optimizer, lr_scheduler, sampler, reward, state)
 
-    # Everything validated, loaded and restored: only now is the output folder written to.
-    if accelerator.is_main_process:
-        run.begin(config.to_dict(), clear=config.overwrite and plan.resume is None, metrics=plan.metrics)
-    accelerator.wait_for_everyone()
-    if TRACKERS[config.report_to]:
-        accelerator.init_trackers("alignkit", config=tracker_config(config))
 
-    # --- loop: one optimizer step per iteration
+def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
+    """One optimizer step per iteration until max_train_steps: sample, score, step; log the
+    metrics, and save samples and checkpoints at their intervals."""
+    config, device = plan.config, accelerator.device
+    unet, nograd_unet, params, sampler, reward, state = (session.unet, session.nograd_unet, session.params,
+                                                          session.sampler, session.reward, session.state)
+    optimizer, lr_scheduler = session.optimizer, session.lr_scheduler
     B, num_processes = config.train_batch_size, accelerator.num_processes
     # This process's slice of the global batch (every process draws the same global batch).
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
     progress = _Progress(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
-    try:
-        with progress:
-            while state.step < config.max_train_steps:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-                # One cut (K, and DRTune's steps) per trajectory (optimizer step), the same on every process.
-                cut = plan.policy.draw_cut(state.generator, config.num_inference_steps)
-                k = cut.k
-                rewards, parts = [], defaultdict(list)
-                losses_finite = torch.ones((), dtype=torch.bool, device=device)
-                skipped = False
-                for _ in range(config.gradient_accumulation_steps):
-                    prompts, traj = _draw_batch(plan, sampler, state.generator, cut, B * num_processes, lo, hi)
-                    with accelerator.accumulate(unet):
-                        with accelerator.autocast():
-                            out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
-                            total, part = reward.with_parts(out.images, prompts * out.repeats)
-                        loss = -total.float().mean()
-                        accelerator.backward(loss)
-                        losses_finite &= torch.isfinite(loss.detach())
-                        if accelerator.sync_gradients:
-                            # A non-finite loss or gradient would poison AdamW's moments and the
-                            # LoRA for good: skip the update (every process agrees), count it.
-                            skipped = not _finite_update(accelerator, params, losses_finite)
-                            if not skipped and config.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                        if not skipped:
-                            optimizer.step()
-                        lr_scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    rewards.append(accelerator.gather(total.detach().float()))
-                    for name, value in part.items():
-                        parts[name].append(accelerator.gather(value.detach().float()))
-                state.step += 1
-                state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
-                state.nonfinite["total"] += int(skipped)
-                if not skipped and not all(torch.isfinite(p).all() for p in params):
-                    raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
-                                          f"after a finite update; {_kept(run)}; "
-                                          "lower --learning-rate")
-                record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
-                                         time.perf_counter() - start, peak_memory_mb(device), skipped)
-                if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
-                    record["first_trained_step"] = cut.steps[0]
-                if accelerator.is_main_process:
-                    run.append_metrics(record)
-                accelerator.log(record, step=state.step)
-                progress.update(record)
-                if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
-                    raise DivergenceError(
-                        f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
-                        f"non-finite loss or gradients (skipped, no update); {_kept(run)}; "
-                        "lower --learning-rate or check the reward")
-                if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
-                    with run.writing("sample images"):
-                        _log_samples(accelerator, accelerator.unwrap_model(unet), sampler, plan.prompts, config,
-                                     state.step, run.samples_dir)
-                if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, run, state, config)
-
-        # --- save: the final LoRA, in diffusers' format
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            with run.writing("the final LoRA"):
-                save_lora(type(pipe), accelerator.unwrap_model(unet), run.root)
-    finally:
-        accelerator.end_training()
-    return run.root
+    with progress:
+        while state.step < config.max_train_steps:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            # One cut (K, and DRTune's steps) per trajectory (optimizer step), the same on every process.
+            cut = plan.policy.draw_cut(state.generator, config.num_inference_steps)
+            k = cut.k
+            rewards, parts = [], defaultdict(list)
+            losses_finite = torch.ones((), dtype=torch.bool, device=device)
+            skipped = False
+            for _ in range(config.gradient_accumulation_steps):
+                prompts, traj = _draw_batch(plan, sampler, state.generator, cut, B * num_processes, lo, hi)
+                with accelerator.accumulate(unet):
+                    with accelerator.autocast():
+                        out = sampler.sample(unet, sampler.encode(prompts, device), traj, nograd_unet)
+                        total, part = reward.with_parts(out.images, prompts * out.repeats)
+                    loss = -total.float().mean()
+                    accelerator.backward(loss)
+                    losses_finite &= torch.isfinite(loss.detach())
+                    if accelerator.sync_gradients:
+                        # A non-finite loss or gradient would poison AdamW's moments and the
+                        # LoRA for good: skip the update (every process agrees), count it.
+                        skipped = not _finite_update(accelerator, params, losses_finite)
+                        if not skipped and config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    if not skipped:
+                        optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                rewards.append(accelerator.gather(total.detach().float()))
+                for name, value in part.items():
+                    parts[name].append(accelerator.gather(value.detach().float()))
+            state.step += 1
+            state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
+            state.nonfinite["total"] += int(skipped)
+            if not skipped and not all(torch.isfinite(p).all() for p in params):
+                raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
+                                      f"after a finite update; {_kept(run)}; "
+                                      "lower --learning-rate")
+            record = _metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
+                                     time.perf_counter() - start, peak_memory_mb(device), skipped)
+            if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
+                record["first_trained_step"] = cut.steps[0]
+            if accelerator.is_main_process:
+                run.append_metrics(record)
+            accelerator.log(record, step=state.step)
+            progress.update(record)
+            if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
+                raise DivergenceError(
+                    f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
+                    f"non-finite loss or gradients (skipped, no update); {_kept(run)}; "
+                    "lower --learning-rate or check the reward")
+            if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
+                with run.writing("sample images"):
+                    _log_samples(accelerator, accelerator.unwrap_model(unet), sampler, plan.prompts, config,
+                                 state.step, run.samples_dir)
+            if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
+                save_checkpoint(accelerator, run, state, config)
 
 
 def _build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
