@@ -204,9 +204,18 @@ def check_output_dir(path: Path) -> None:
         raise ConfigError(f"--output-dir {path}: {existing} is not writable by this user; pass a folder you can write to")
 
 
+def _base_type(hint: Any) -> Any:
+    """`Optional[X]` -> X; any other annotation as is."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return hint
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# Fields that `alignkit train` has a flag for (the others are set in a config file).
-FLAGS = {name for name, f in FIELDS.items() if f.metadata.get("flag", True)}
+# Fields that `alignkit train` has a flag for: every scalar field not declared `file_only` (the
+# others are set in a config file).
+FLAGS = {name for name, f in FIELDS.items() if f.metadata.get("flag", True)
+         and _base_type(typing.get_type_hints(TrainConfig)[name]) in (str, int, float, bool)}
 # Aliases accepted in config files and as flags (diffusers' and our flag spellings).
 ALIASES = {"model": "pretrained_model_name_or_path"}
 
@@ -263,13 +272,6 @@ def _field_comments() -> dict[str, str]:
         elif token.type == tokenize.NAME and token.start[1] == 4 and token.string == "def":
             break
     return comments
-
-
-def _base_type(hint: Any) -> Any:
-    """`Optional[X]` -> X; any other annotation as is."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-    return hint
 
 
 def _coerce(name: str, value: Any) -> Any:
