@@ -6,6 +6,8 @@ Errors caused by the user's input are printed as one line on stderr with a non-z
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -74,47 +76,33 @@ def rewards() -> None:
     print_rewards()
 
 
-@app.command(short_help="Align a diffusion model to a reward (AlignProp).")
-def train(
-    config: Optional[Path] = typer.Option(None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."),
-    pretrained_model_name_or_path: Optional[str] = typer.Option(None, "--pretrained-model-name-or-path", "--model", help="Diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1), or 'toy'."),
-    reward: Optional[str] = typer.Option(None, help="Reward spec, e.g. 'hps+aesthetic:0.5' (default: count)."),
-    reward_option: list[str] = typer.Option([], help="NAME.OPTION=VALUE for a reward factory (repeatable)."),
-    prompts: Optional[str] = typer.Option(None, help="Built-in prompt set or a file, one prompt a line."),
-    prompt: Optional[str] = typer.Option(None, help="One prompt for every sample (instead of --prompts)."),
-    resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's native size)."),
-    num_inference_steps: Optional[int] = typer.Option(None, help="DDIM steps T."),
-    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (FLUX.1-dev: its guidance embedding); default: the model family's."),
-    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 deterministic, 1 DDPM-like); SD3/FLUX: 0 only."),
-    truncation: Optional[str] = typer.Option(None, help="full | last:K | uniform:LO-HI | gaussian:MEAN,STD | draft-lv:N."),
-    train_batch_size: Optional[int] = typer.Option(None, help="Samples per process per micro-batch."),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    learning_rate: Optional[float] = typer.Option(None, help="AdamW learning rate."),
-    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (scale alpha/rank)."),
-    max_train_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
-    mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16."),
-    output_dir: Optional[str] = typer.Option(None, help="Run folder: config.yaml, metrics.jsonl, LoRA, checkpoints."),
-    seed: Optional[int] = typer.Option(None, help="Seed of init, prompts, noise and truncation draws."),
-    checkpointing_steps: Optional[int] = typer.Option(None, help="Save a checkpoint every N steps (0: never)."),
-    checkpoints_total_limit: Optional[int] = typer.Option(None, help="Keep at most N checkpoints."),
-    resume_from_checkpoint: Optional[str] = typer.Option(None, help="'latest' or a checkpoint-<step> folder."),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | all | none."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Checkpoint each denoising step (default on)."),
-    checkpoint_vae: Optional[bool] = typer.Option(None, "--checkpoint-vae/--no-checkpoint-vae", help="Also checkpoint the VAE decode (default on)."),
-    compile_unet: Optional[bool] = typer.Option(None, "--compile-unet/--no-compile-unet", help="torch.compile the UNet for the steps without gradients."),
-    offload_t5: Optional[bool] = typer.Option(None, "--offload-t5/--no-offload-t5", help="SD3/FLUX: keep T5 on the CPU between encodes."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a previous run in --output-dir."),
-) -> None:
+def train(config: Optional[Path], reward_option: list[str], **flags) -> None:
     """Align a diffusion model to a reward (AlignProp): LoRA, truncated backprop, checkpointing."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "reward_option")}  # unset flags are None
     from alignkit.aligner import load_config, train as run_training
 
-    if reward_option:
-        from alignkit.rewards import parse_reward_options
+    run_training(load_config(config, flags, reward_option))  # unset flags are None
 
-        flags["reward_options"] = parse_reward_options(reward_option, reward or load_config(config).reward)
-    run_training(load_config(config, flags))
+
+def _train_signature() -> inspect.Signature:
+    """`train`'s options: --config, then one per TrainConfig field that is a flag (its help, the
+    field's comment), --reward-option after --reward. Derived, so a new field is a new flag."""
+    from alignkit.aligner.config import train_flags
+
+    param = functools.partial(inspect.Parameter, kind=inspect.Parameter.KEYWORD_ONLY)
+    params = [param("config", annotation=Optional[Path], default=typer.Option(
+        None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."))]
+    for flag in train_flags():
+        decls = [f"{n}/--no-{n[2:]}" for n in flag.names] if flag.type is bool else flag.names
+        params.append(param(flag.name, annotation=Optional[flag.type], default=typer.Option(None, *decls, help=flag.help)))
+        if flag.name == "reward":
+            params.append(param("reward_option", annotation=list[str], default=typer.Option(
+                [], "--reward-option", help="NAME.OPTION=VALUE for a reward factory (repeatable).")))
+    return inspect.Signature(params)
+
+
+train.__signature__ = _train_signature()
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}
+app.command(short_help="Align a diffusion model to a reward (AlignProp or GRPO).")(train)
 
 
 @app.command(short_help="Score image files with a reward.")
