@@ -1,4 +1,4 @@
-"""The `alignkit` command line: train, eval, score, rewards (one thin function each).
+"""The `alignkit` command line: train, eval, score, rewards, reward fit (one thin function each).
 
 Errors caused by the user's input are printed as one line on stderr with a non-zero exit;
 `ALIGNKIT_DEBUG=1` shows the full traceback instead.
@@ -6,6 +6,8 @@ Errors caused by the user's input are printed as one line on stderr with a non-z
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -17,8 +19,12 @@ from rich.table import Table
 
 from alignkit.errors import AlignkitError, debug_enabled
 
+# Help as click prints it (pip- and git-like): a flag name that does not fit its column gets a
+# line of its own and its help goes below, where rich's panels cut long names to `…` at 80
+# columns. Up to 120 columns wide on a wide terminal (click's own cap is 80).
+HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 120}}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Align text-to-image diffusion models to differentiable rewards.")
+                  help="Align text-to-image diffusion models to differentiable rewards.", **HELP)
 err = Console(stderr=True)
 
 
@@ -28,7 +34,7 @@ def default_device() -> str:
     return resolve_device(None)
 
 
-@app.command("eval")
+@app.command("eval", short_help="Evaluate a tuned LoRA against its base model.")
 def eval_(
     path: Path = typer.Argument(..., help="A run folder from `alignkit train`, or a diffusers LoRA folder."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model (hub id, folder, or 'toy'); default: the run's."),
@@ -62,81 +68,44 @@ def eval_(
                    command=" ".join(["alignkit", *sys.argv[1:]])))
 
 
-@app.command()
+@app.command(short_help="List the rewards, what each needs, what is available.")
 def rewards() -> None:
     """List every reward, what it needs, and whether it is available here now."""
-    from alignkit.rewards import list_entries
-    from alignkit.rewards.registry import describe
+    from alignkit.rewards.listing import print_rewards
 
-    table = Table(title="alignkit rewards")
-    for column in ("name", "what it scores", "needs", "grad", "available"):
-        table.add_column(column)
-    for entry in list_entries():
-        ok, why = entry.status()
-        needs = [*entry.packages, *(describe(repo, file) for repo, file in entry.weights)]
-        table.add_row(entry.name, entry.summary, "\n".join(needs) or "-",
-                      entry.gradient_note(),
-                      f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})")
-    Console().print(table)
-    free = [f"{entry.name} with {entry.gradient_free_options()}" for entry in list_entries() if entry.gradient_free]
-    Console().print("grad: whether the reward's gradient reaches the pixels, as --algorithm alignprop needs "
-                    f"(* not {'; '.join(free)}); --algorithm grpo takes every reward.", highlight=False)
-    Console().print("Your own rewards: [bold]alignkit reward fit DATA --out DIR[/] then --reward fitted:path=DIR; "
-                    "--reward my_pkg.module:factory; or a package's entry points in the group "
-                    "'alignkit.rewards' (listed above). See docs/rewards.md.", highlight=False)
+    print_rewards()
 
 
-@app.command()
-def train(
-    config: Optional[Path] = typer.Option(None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."),
-    pretrained_model_name_or_path: Optional[str] = typer.Option(None, "--pretrained-model-name-or-path", "--model", help="Diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/3.5, FLUX.1), or 'toy'."),
-    reward: Optional[str] = typer.Option(None, help="Reward spec, e.g. 'hps+aesthetic:0.5' (default: count)."),
-    reward_option: list[str] = typer.Option([], help="NAME.OPTION=VALUE for a reward factory (repeatable)."),
-    prompts: Optional[str] = typer.Option(None, help="Built-in prompt set or a file, one prompt a line."),
-    prompt: Optional[str] = typer.Option(None, help="One prompt for every sample (instead of --prompts)."),
-    resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's native size)."),
-    num_inference_steps: Optional[int] = typer.Option(None, help="DDIM steps T."),
-    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (FLUX.1-dev: its guidance embedding); default: the model family's."),
-    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 deterministic, 1 DDPM-like); SD3/FLUX: 0 only."),
-    truncation: Optional[str] = typer.Option(None, help="full | last:K | uniform:LO-HI | gaussian:MEAN,STD | draft-lv:N."),
-    algorithm: Optional[str] = typer.Option(None, help="alignprop (reward backprop; default) | grpo (policy gradient, any reward)."),
-    group_size: Optional[int] = typer.Option(None, help="GRPO: images per prompt in a group (default 8)."),
-    kl_beta: Optional[float] = typer.Option(None, help="GRPO: weight of the KL penalty to the base model (default 0.04)."),
-    clip_range: Optional[float] = typer.Option(None, help="GRPO: PPO clip range of the ratio (default 0.2)."),
-    grpo_steps: Optional[str] = typer.Option(None, help="GRPO: steps trained: first:K | first:FRACTION | all | 0,2,4 (default first:0.25)."),
-    inner_epochs: Optional[int] = typer.Option(None, help="GRPO: optimizer updates per sample batch (default 1)."),
-    noise_level: Optional[float] = typer.Option(None, help="SD3/FLUX: noise level of the SDE sampler (0: the ODE; grpo default 0.7)."),
-    train_batch_size: Optional[int] = typer.Option(None, help="Samples per process per micro-batch."),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    learning_rate: Optional[float] = typer.Option(None, help="AdamW learning rate."),
-    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (scale alpha/rank)."),
-    max_train_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
-    mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16."),
-    output_dir: Optional[str] = typer.Option(None, help="Run folder: config.yaml, metrics.jsonl, LoRA, checkpoints."),
-    seed: Optional[int] = typer.Option(None, help="Seed of init, prompts, noise and truncation draws."),
-    checkpointing_steps: Optional[int] = typer.Option(None, help="Save a checkpoint every N steps (0: never)."),
-    checkpoints_total_limit: Optional[int] = typer.Option(None, help="Keep at most N checkpoints."),
-    resume_from_checkpoint: Optional[str] = typer.Option(None, help="'latest' or a checkpoint-<step> folder."),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard | wandb | all | none."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Checkpoint each denoising step (default on)."),
-    checkpoint_vae: Optional[bool] = typer.Option(None, "--checkpoint-vae/--no-checkpoint-vae", help="Also checkpoint the VAE decode (default on)."),
-    compile_unet: Optional[bool] = typer.Option(None, "--compile-unet/--no-compile-unet", help="torch.compile the UNet for the steps without gradients."),
-    offload_t5: Optional[bool] = typer.Option(None, "--offload-t5/--no-offload-t5", help="SD3/FLUX: keep T5 on the CPU between encodes."),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a previous run in --output-dir."),
-) -> None:
-    """Align a diffusion model to a reward: AlignProp (reward backprop) or GRPO (policy gradient); LoRA."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "reward_option")}  # unset flags are None
+def train(config: Optional[Path], reward_option: list[str], **flags) -> None:
+    """Align a diffusion model to a reward: AlignProp (reward backprop) or GRPO (policy gradient, any reward); LoRA."""
     from alignkit.aligner import load_config, train as run_training
 
-    if reward_option:
-        from alignkit.rewards import parse_reward_options
-
-        flags["reward_options"] = parse_reward_options(reward_option, reward or load_config(config).reward)
-    run_training(load_config(config, flags))
+    run_training(load_config(config, flags, reward_option))  # unset flags are None
 
 
-@app.command()
+def _train_signature() -> inspect.Signature:
+    """`train`'s options: --config, then one per TrainConfig field that is a flag (its help, the
+    field's comment), --reward-option after --reward. Derived, so a new field is a new flag."""
+    from alignkit.aligner.config import train_flags
+
+    param = functools.partial(inspect.Parameter, kind=inspect.Parameter.KEYWORD_ONLY)
+    params = [param("config", annotation=Optional[Path], default=typer.Option(
+        None, "--config", help="A YAML or TOML file of TrainConfig fields (flags override it)."))]
+    for flag in train_flags():
+        decls = [f"{n}/--no-{n[2:]}" for n in flag.names] if flag.type is bool else flag.names
+        params.append(param(flag.name, annotation=Optional[flag.type], default=typer.Option(None, *decls, help=flag.help)))
+        if flag.name == "reward":
+            params.append(param("reward_option", annotation=list[str], default=typer.Option(
+                [], "--reward-option", help="NAME.OPTION=VALUE for a reward factory (repeatable).")))
+    return inspect.Signature(params)
+
+
+train.__signature__ = _train_signature()
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}
+app.command(short_help="Align a diffusion model to a reward (AlignProp or GRPO).")(train)
+
+
+@app.command(short_help="Score image files with a reward.")
 def score(
     images: list[Path] = typer.Argument(..., help="Image files to score."),
     reward: str = typer.Option(..., "--reward", "-r", help="Reward spec, e.g. 'hps+aesthetic:0.5'."),
@@ -165,11 +134,11 @@ def score(
     err.print(table)
 
 
-reward_app = typer.Typer(no_args_is_help=True, help="Make rewards of your own: `alignkit reward fit`.")
+reward_app = typer.Typer(no_args_is_help=True, help="Make rewards of your own: `alignkit reward fit`.", **HELP)
 app.add_typer(reward_app, name="reward")
 
 
-@reward_app.command("fit")
+@reward_app.command("fit", short_help="Fit a reward on frozen CLIP embeddings.")
 def reward_fit(
     data: Path = typer.Argument(..., help="Ratings (CSV/JSONL: image, score[, prompt]), pairs (JSONL: prompt, chosen, rejected) or labels (image, label)."),
     out: Path = typer.Option(..., "--out", help="Folder for reward.safetensors, reward.json, report.json, fit.png."),

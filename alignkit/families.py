@@ -69,16 +69,11 @@ def default_guidance(family: Family, guidance_embeds: bool = True) -> float:
     return family.guidance_scale if guidance_embeds else 0.0
 
 
-def apply_defaults(config, family: Family, guidance_embeds: bool = True) -> None:
-    """Fill the config's unset (None) family-dependent fields with the family's defaults.
+def family_defaults(family: Family, guidance_embeds: bool = True) -> dict:
+    """The family's values for the TrainConfig fields a run leaves unset (None).
     `guidance_embeds`: False for FLUX.1-schnell, which takes no guidance at all (0)."""
-    if config.guidance_scale is None:
-        config.guidance_scale = default_guidance(family, guidance_embeds)
-    if config.eta is None:
-        config.eta = family.eta
-    if config.lora_target_modules is None:
-        config.lora_target_modules = list(family.lora_targets)
-
+    return {"guidance_scale": default_guidance(family, guidance_embeds), "eta": family.eta,
+            "lora_target_modules": list(family.lora_targets)}
 
 
 def takes_eta(pipe) -> bool:

@@ -355,8 +355,9 @@ def configs_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(title="memory and time per step, per configuration (batch with CFG)", title_justify="left")
-    for column in ("px", "T", "K", "ckpt", "peak MB", "Δ peak MB", "s/step", "floor s", "step/floor",
-                   "step/measured floor"):
+    # Headers over two or three lines, so that the table fits 80 columns without cutting one.
+    for column in ("px", "T", "K", "ckpt", "peak\nMB", "Δ peak\nMB", "s/step", "floor\ns", "step/\nfloor",
+                   "step/\nmeasured\nfloor"):
         table.add_column(column, justify="right")
     for r in rows:
         head = [str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no"]

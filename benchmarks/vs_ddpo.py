@@ -17,7 +17,7 @@ sampling, and per image (all kept in the result, so that `--report` recomputes e
   on another model, another detector than the reward's (`--judge-detector PATH`, the `count`
   judge); for `compress`/`incompress`, the real PIL JPEG size. A count read with the reward's
   own detector is never the truth: the aligner optimises against that detector and can fool
-  it (it did: README, "What the previous default did");
+  it (it did: docs/experiments/2026-12-02-toy-count-recipes.md, "What the previous default did");
 - the proxy: the reward's own detector's NMS count accuracy, reported beside the truth and
   labelled as such.
 
@@ -572,10 +572,14 @@ def _fmt(x: float | None, unit: str = "") -> str:
 def runs_table(runs: list[Run], base: dict, truth: Truth):
     from rich.table import Table
 
+    # Short headers and a legend: the labels are sentences, which an 80-column terminal cut to `…`.
+    legend = (f"truth: final {truth.label}, 95% interval; "
+              + (f"proxy: final {truth.proxy_label}; " if truth.proxy else "")
+              + "reward: final soft reward; wall s: training time; RSS MB: peak")
     table = Table(title=f"alignkit vs trl DDPOTrainer (base: reward {_mean(base['reward']):.3f}, "
-                        f"{truth.label} {_mean(base['truth']):.3f})", title_justify="left")
-    columns = ["run", "images", "train wall s", "final reward", f"final {truth.label} [95% CI]",
-               *([f"final {truth.proxy_label}"] if truth.proxy else []), "peak RSS MB"]
+                        f"{truth.label} {_mean(base['truth']):.3f})", title_justify="left",
+                  caption=legend, caption_justify="left")
+    columns = ["run", "images", "wall s", "reward", "truth [95% CI]", *(["proxy"] if truth.proxy else []), "RSS MB"]
     for column in columns:
         table.add_column(column, justify="right" if column != "run" else "left")
     for run in runs:

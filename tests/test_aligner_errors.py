@@ -74,6 +74,6 @@ def test_a_half_written_checkpoint_is_never_resumed(tiny_sd, test_rewards, tmp_p
     assert run_cli(["train", "--model", tiny_sd, *BASE, "--output-dir", run, "--checkpointing-steps", "1"]) == 0
     # A kill mid-write leaves checkpoint-<step>.tmp: it is not a checkpoint, the complete one stays.
     (run / "checkpoint-2.tmp").mkdir()
-    from alignkit.aligner.checkpoints import resolve_resume
+    from alignkit.runfolder.checkpoints import resolve_resume
 
     assert resolve_resume("latest", run).name == "checkpoint-1"

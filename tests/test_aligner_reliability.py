@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit.aligner import checkpoints
+from alignkit.runfolder import checkpoints
 from alignkit.runfolder import LORA_FILE
-from alignkit.aligner.runlock import LOCK_FILE
+from alignkit.runfolder.lock import LOCK_FILE
 from alignkit.hub import load_state_dict
 from alignkit.rewards.registry import REGISTRY, register
 from tiny_models import write_code_pickle
@@ -215,7 +215,7 @@ def test_a_second_train_on_a_running_folder_is_refused(tiny_sd, test_rewards, tm
 def test_a_lock_left_by_a_killed_run_is_stale(tiny_sd, test_rewards, tmp_path, fails):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from alignkit.aligner.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from alignkit.runfolder.lock import RunLock; "
          "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)", str(run)],
         stdout=subprocess.PIPE, text=True)
     try:

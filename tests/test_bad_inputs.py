@@ -72,7 +72,7 @@ def ws(tiny_sd, test_rewards, tmp_path_factory):
     from fit_data import write_bad_fit_inputs
 
     sys.path.insert(0, str(write_bad_fit_inputs(root)))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from alignkit.aligner.runlock import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from alignkit.runfolder.lock import RunLock; "
                                "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
                                str(root / "locked")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

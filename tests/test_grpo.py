@@ -344,12 +344,11 @@ def test_a_trained_step_without_noise_is_refused(tiny_sd):
     sampler = DDIMSampler(load_pipeline(str(tiny_sd)), RESOLUTION, 3, eta=1.0)
     sampler.alpha_prev[-1] = 1.0
     config = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1, group_size=2)
-    run = SimpleNamespace(config=config, accelerator=SimpleNamespace(num_processes=1), sampler=sampler,
-                          plan=SimpleNamespace(extra=(0, 1)))
-    grpo._ready(run)  # the first two steps are random
-    run.plan.extra = (0, 2)
+    plan, accelerator = SimpleNamespace(config=config, extra=(0, 1)), SimpleNamespace(num_processes=1)
+    grpo._ready(plan, accelerator, SimpleNamespace(sampler=sampler))  # the first two steps are random
+    plan.extra = (0, 2)
     with pytest.raises(AlignkitError, match="step 2 of the 3-step sampler is deterministic"):
-        grpo._ready(run)
+        grpo._ready(plan, accelerator, SimpleNamespace(sampler=sampler))
 
 
 def test_the_flow_sde_also_serves_reward_backprop(tiny_sd3, test_rewards, tmp_path):

@@ -1,16 +1,26 @@
-"""`TrainConfig`: every knob of a training run, typed and documented.
+"""`TrainConfig`: every knob of a training run, typed and documented, and its resolver.
 
-Resolution order: the dataclass defaults, then `--config FILE` (YAML or TOML, a flat
-mapping of field names), then command-line flags. The resolved config is written to
-`OUTPUT_DIR/config.yaml` as a flat mapping with exactly these field names (the evaluation
-reads it).
+The dataclass is the one list of settings: each field is a key of config files and of the
+run's config.yaml, and, unless declared `file_only`, a flag of `alignkit train` whose help
+text is the comment above the field (`train_flags`; the CLI builds its options from it).
+
+Resolution, in two calls, each returning a new config (a `TrainConfig` is frozen):
+`load_config` layers the dataclass defaults, then the model's own defaults (the toy's
+train_defaults.yaml), then `--config FILE` (YAML or TOML, a flat mapping of field names), then
+the flags, and validates the result without reading the model; `with_family` then fills the
+fields left unset with the model family's defaults (once the trainer has inspected the model)
+and refuses what the family cannot do. The result is written to `OUTPUT_DIR/config.yaml` as a
+flat mapping with exactly these field names (the evaluation reads it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import logging
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,29 +28,38 @@ from pathlib import Path
 from typing import Any, Optional
 
 from alignkit.errors import AlignkitError, read_text
-from alignkit.models import model_defaults
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(AlignkitError, ValueError):
     """A config file or value that does not fit `TrainConfig`."""
 
 
-@dataclass
+def file_only(default: Any = None, default_factory: Any = None) -> Any:
+    """A field set in config files only: `alignkit train` has no flag for it (expert knobs,
+    and values that are not scalars)."""
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata={"flag": False})
+    return field(default=default, metadata={"flag": False})
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     # Model: a diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/3.5 or FLUX.1), or "toy" for the embedded toy model.
     pretrained_model_name_or_path: str = "toy"
     # Hub revision of the model (branch, tag or commit); None = main.
-    revision: Optional[str] = None
+    revision: Optional[str] = file_only()
     # Reward spec, `name[:weight](+name[:weight])*`, e.g. "hps+aesthetic:0.5" (the toy model: count).
     reward: str = "aesthetic"
     # Options for the reward factories: {reward name: {option: value}}.
-    reward_options: dict = field(default_factory=dict)
+    reward_options: dict = file_only(default_factory=dict)
     # Prompt source: a built-in set name or a file with one prompt a line (its `train` split is used).
     prompts: str = "simple_animals"
     # A single prompt for every sample; overrides `prompts` when set.
     prompt: Optional[str] = None
     # Negative prompt for the unconditional half of classifier-free guidance ("" = empty prompt).
-    negative_prompt: str = ""
+    negative_prompt: str = file_only("")
     # Image side in pixels; None = the pipeline's native size (vae sample_size).
     resolution: Optional[int] = None
     # Number of DDIM denoising steps T per sample.
@@ -54,33 +73,33 @@ class TrainConfig:
     eta: Optional[float] = None
     # Truncated backprop policy: full, last:K, uniform:LO-HI, gaussian:MEAN,STD, draft-lv:N.
     truncation: str = "gaussian:42,5"
-    # Training algorithm: "alignprop" (backpropagate a differentiable reward through the chain)
-    # or "grpo" (group-relative policy optimisation: any reward, its value only; aligner/grpo.py).
+    # Training algorithm: alignprop (backpropagate a differentiable reward through the chain) or
+    # grpo (group-relative policy optimisation: any reward, its value only; aligner/grpo.py).
     algorithm: str = "alignprop"
-    # GRPO: images per prompt in a group; each image's advantage is its reward against its
-    # group's (r - mean) / (std + 1e-4). 8: groups of 8 x 4 prompts moved the toy's count, and
-    # 8 keeps the toy's 8-image batch one group; Flow-GRPO used 24 on SD3.5 (6 and 12 collapsed
-    # in its ablation), so raise it where memory and time allow. The samples of a step,
+    # GRPO: images per prompt in a group (default 8); each image's advantage is its reward
+    # against its group's, (r - mean) / (std + 1e-4). Groups of 8 x 4 prompts moved the toy's
+    # count, and 8 keeps the toy's 8-image batch one group; Flow-GRPO used 24 on SD3.5 (6 and 12
+    # collapsed in its ablation), so raise it where memory and time allow. The samples of a step,
     # train_batch_size x processes x gradient_accumulation_steps, must be a multiple of it.
     group_size: int = 8
     # GRPO: beta, the weight of the KL penalty to the base model (closed form per trained step,
-    # summed over the latent, in nats); 0 disables it (and its reference forward passes).
-    # Flow-GRPO: 0.04 (GenEval); without it, image quality fell at the same reward.
+    # summed over the latent, in nats); 0 disables it and its reference forward passes. Flow-GRPO
+    # used 0.04 (GenEval): without it, image quality fell at the same reward.
     kl_beta: float = 0.04
-    # GRPO: PPO's clip range epsilon of the probability ratio (exact per-step Gaussian
-    # log-probabilities, so the ratio is 1 at the first update of each sample batch).
+    # GRPO: PPO's clip range of the probability ratio (exact per-step Gaussian log-probabilities,
+    # so the ratio is 1 at the first update of each sample batch).
     clip_range: float = 0.2
-    # GRPO: which denoising steps the policy gradient trains (0 = the first, highest-noise step):
-    # "first:K" (the first K steps; a fraction 0 < K < 1 = that share of T, rounded up), "all",
-    # or a list "0,2,4". Default the early, high-noise quarter (Flow-GRPO's FAQ: training the
-    # high-noise steps only did better; the count and layout are set there).
+    # GRPO: which denoising steps the policy gradient trains, 0 the first (highest-noise) one:
+    # first:K (the first K; a fraction 0 < K < 1 of T, rounded up), all, or a list 0,2,4.
+    # Default the early quarter: Flow-GRPO's FAQ found training the high-noise steps only better,
+    # and the count and layout are set there.
     grpo_steps: str = "first:0.25"
-    # GRPO: optimizer updates per sample batch (each a pass over the step's samples, clipped
-    # ratio); 1 = on-policy. A step of max_train_steps is one sample batch and its updates.
+    # GRPO: optimizer updates per sample batch (each a pass over its samples, ratio clipped);
+    # 1 = on-policy. One of max_train_steps is one sample batch and its updates.
     inner_epochs: int = 1
-    # SD3 / FLUX: Flow-GRPO's noise level a of the SDE sampler, std_t = a sqrt(sigma / (1 - sigma));
-    # 0 = the deterministic ODE users sample with. None = the algorithm's (0 for alignprop, 0.7 for
-    # grpo, which needs every step to be a Gaussian). SD/SDXL take --eta instead.
+    # SD3 / FLUX: noise level a of Flow-GRPO's SDE sampler, std_t = a sqrt(sigma / (1 - sigma));
+    # 0 = the deterministic ODE users sample with. None = the algorithm's: 0 for alignprop, 0.7
+    # for grpo (whose steps must be Gaussians). SD/SDXL take --eta instead.
     noise_level: Optional[float] = None
     # Checkpoint each denoising step with gradients (recompute in backward): memory flat in K.
     gradient_checkpointing: bool = True
@@ -99,20 +118,20 @@ class TrainConfig:
     # AdamW learning rate (constant after warm-up).
     learning_rate: float = 1e-3
     # Linear warm-up of the learning rate, in optimizer steps.
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = file_only(0)
     # AdamW betas, weight decay and epsilon.
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-4
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = file_only(0.9)
+    adam_beta2: float = file_only(0.999)
+    adam_weight_decay: float = file_only(1e-4)
+    adam_epsilon: float = file_only(1e-8)
     # Clip the global gradient norm to this before each optimizer step; <= 0 disables clipping.
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = file_only(1.0)
     # LoRA rank r and alpha (the update is scaled by alpha / r).
     rank: int = 4
     lora_alpha: float = 4.0
     # Denoiser module names LoRA wraps (peft `target_modules`). None = those of diffusers' LoRA
     # training script for the family (UNet attention; SD3 joint attention; FLUX attention + FF).
-    lora_target_modules: Optional[list] = None
+    lora_target_modules: Optional[list] = file_only()
     # SD3 / FLUX: keep the T5 text encoder in CPU memory, moved to the accelerator only for each
     # batch's encode (T5-XXL is 9.5 GB in bf16: what 24 GB cards cannot spare). No effect without T5.
     offload_t5: bool = False
@@ -133,14 +152,14 @@ class TrainConfig:
     # Trackers: tensorboard, wandb, all or none.
     report_to: str = "tensorboard"
     # Log sample images of fixed prompts and seeds every N optimizer steps (0 = never).
-    sample_every: int = 25
+    sample_every: int = file_only(25)
     # Number of fixed sample images logged each time.
-    num_samples: int = 4
+    num_samples: int = file_only(4)
     # Replace a previous run in output_dir (its config, metrics, LoRA and checkpoints).
     overwrite: bool = False
     # Optimizer steps in a row whose loss or gradients are not finite (each is skipped: no
     # update) before training stops with an error, keeping the last finite checkpoint.
-    max_nonfinite_steps: int = 3
+    max_nonfinite_steps: int = file_only(3)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,8 +189,8 @@ class TrainConfig:
             raise ConfigError(f"adam_weight_decay must be at least 0, got {self.adam_weight_decay}")
         for name, low in (("group_size", 2), ("inner_epochs", 1)):
             if getattr(self, name) < low:
-                raise ConfigError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}"
-                                  + ("; a group of one image has no mean to compare it with" if name == "group_size" else ""))
+                why = "; a group of one image has no mean to compare it with" if name == "group_size" else ""
+                raise ConfigError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}{why}")
         for name in ("kl_beta", "noise_level"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -222,23 +241,81 @@ def check_output_dir(path: Path) -> None:
         raise ConfigError(f"--output-dir {path}: {existing} is not writable by this user; pass a folder you can write to")
 
 
+def _base_type(hint: Any) -> Any:
+    """`Optional[X]` -> X; any other annotation as is."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return hint
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# Fields that `alignkit train` has a flag for (the others are set in a config file).
-FLAGS = {"pretrained_model_name_or_path", "reward", "prompts", "prompt", "resolution", "num_inference_steps",
-         "guidance_scale", "eta", "truncation", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-         "rank", "lora_alpha", "max_train_steps", "mixed_precision", "output_dir", "seed", "checkpointing_steps",
-         "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "offload_t5", "algorithm", "group_size",
-         "kl_beta", "clip_range", "grpo_steps", "inner_epochs", "noise_level"}
-# Aliases accepted in config files (diffusers' and our flag spellings).
+# Fields that `alignkit train` has a flag for: every scalar field not declared `file_only` (the
+# others are set in a config file).
+FLAGS = {name for name, f in FIELDS.items() if f.metadata.get("flag", True)
+         and _base_type(typing.get_type_hints(TrainConfig)[name]) in (str, int, float, bool)}
+# Aliases accepted in config files and as flags (diffusers' and our flag spellings).
 ALIASES = {"model": "pretrained_model_name_or_path"}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option of `alignkit train`, derived from a TrainConfig field."""
+
+    name: str
+    # The field's type without Optional (str, int, float or bool).
+    type: type
+    # "--flag-name" and its aliases ("--model").
+    names: tuple[str, ...]
+    help: str
+
+
+def train_flags() -> list[Flag]:
+    """The flags of `alignkit train`, in field order: every field not declared `file_only`,
+    helped by the first sentence of the comment above it (a field without one shares the
+    comment of the group it follows, e.g. `lora_alpha` under `rank`'s)."""
+    comments = _field_comments()
+    hints = typing.get_type_hints(TrainConfig)
+    flags = []
+    for name in FIELDS:
+        if name not in FLAGS:
+            continue
+        names = (f"--{name.replace('_', '-')}", *(f"--{a}" for a, target in ALIASES.items() if target == name))
+        flags.append(Flag(name, _base_type(hints[name]), names, _first_sentence(comments.get(name, ""))))
+    return flags
+
+
+def _first_sentence(text: str) -> str:
+    # A sentence ends at a period before a capital ("e.g. 'hps'" and "1.4 GB" do not end one).
+    match = re.search(r"\.\s+(?=[A-Z])", text)
+    return text[:match.start() + 1] if match else text
+
+
+def _field_comments() -> dict[str, str]:
+    """{field: the comment lines above it, joined}, read from this class's source."""
+    import inspect
+    import tokenize
+
+    comments: dict[str, str] = {}
+    block: list[str] = []
+    last = ""
+    for token in tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline):
+        if token.type == tokenize.COMMENT and token.start[1] == 4:  # a comment line of the class body
+            block.append(token.string.lstrip("#").strip())
+        elif token.type == tokenize.NAME and token.start[1] == 4 and token.string in FIELDS \
+                and token.string not in comments:
+            last = " ".join(block) or last
+            comments[token.string] = last
+            block = []
+        elif token.type == tokenize.NAME and token.start[1] == 4 and token.string == "def":
+            break
+    return comments
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Check a value from a file or flag against the field's annotation, converting int->float."""
     hint = typing.get_type_hints(TrainConfig)[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+    optional = type(None) in typing.get_args(hint)
+    base = _base_type(hint)
     if value is None:
         if optional:
             return None
@@ -274,9 +351,15 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def load_config(config_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then the model's own defaults, then the file, then `overrides` (flags; None
-    values mean "not given")."""
+def load_config(config_file: str | Path | None = None, overrides: dict | None = None,
+                reward_options: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The resolver: the dataclass defaults, then the model's own defaults, then the file, then
+    `overrides` (flags; None values mean "not given"), then `reward_options` (`--reward-option
+    NAME.OPTION=VALUE` items, read against the resolved reward spec); validated.
+
+    The model family's defaults come later, from `with_family`, once the model is inspected."""
+    from alignkit.models import model_defaults
+
     values: dict[str, Any] = {}
     layers = [read_config_file(config_file) if config_file else {}, overrides or {}]
     for layer in layers:
@@ -291,24 +374,59 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
             if layer is overrides and value is None:
                 continue
             if name == "reward_options" and isinstance(value, dict):
-                # Flags add to the file's options per reward instead of replacing them.
-                merged = {k: dict(v) for k, v in values.get(name, {}).items()}
-                for reward, opts in value.items():
-                    merged.setdefault(reward, {}).update(opts)
-                value = merged
+                value = _merge_options(values.get(name, {}), value)
             values[name] = _coerce(name, value)
     model = values.get("pretrained_model_name_or_path", TrainConfig.pretrained_model_name_or_path)
     # Settings a named model recommends for itself (the toy's train_defaults.yaml: TrainConfig's
     # defaults are AlignProp's for SD 1.5, far too slow for a CPU), applied over the dataclass's.
     for name, value in model_defaults(model).items():
         values.setdefault(name, _coerce(name, value))
-    return TrainConfig(**values)
+    if reward_options:
+        from alignkit.rewards import parse_reward_options
+
+        parsed = parse_reward_options(list(reward_options), values.get("reward", TrainConfig.reward))
+        values["reward_options"] = _merge_options(values.get("reward_options", {}), parsed)
+    config = TrainConfig(**values)
+    config.validate()
+    return config
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    import yaml
+def _merge_options(base: dict, new: dict) -> dict:
+    """Flags add to the file's reward options per reward instead of replacing them."""
+    merged = {k: dict(v) for k, v in base.items()}
+    for reward, opts in new.items():
+        merged.setdefault(reward, {}).update(opts)
+    return merged
 
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+def with_family(config: TrainConfig, model, flow_noise_level: float = 0.0) -> TrainConfig:
+    """The family layer: `config` with its unset (None) family-dependent fields filled with the
+    defaults of the inspected `model`'s family (so config.yaml records what trains); refuses
+    what the family's sampler cannot do. `model`: an `aligner.pipeline.ModelInfo`;
+    `flow_noise_level`: the algorithm's noise level for the flow sampler when unset."""
+    from alignkit.families import family_defaults
+
+    family = model.family
+    flux_schnell = family.name == "flux" and not model.guidance_embeds
+    if flux_schnell and config.guidance_scale not in (None, 0.0):
+        logger.warning("--guidance-scale %g is ignored: this FLUX model (schnell-like) has no guidance embedding "
+                       "and the aligner runs no classifier-free batch for FLUX", config.guidance_scale)
+    unset = {name: value for name, value in family_defaults(family, model.guidance_embeds).items()
+             if getattr(config, name) is None}
+    if family.sampler == "flow" and config.noise_level is None:
+        unset["noise_level"] = flow_noise_level
+    config = dataclasses.replace(config, **unset)
+    if family.sampler == "flow" and config.eta > 0:
+        raise AlignkitError(f"--eta {config.eta:g}: the flow-matching sampler of {family.pipeline} is a deterministic "
+                            "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0 "
+                            "(its stochastic form takes --noise-level)")
+    if family.sampler != "flow" and config.noise_level not in (None, 0.0):
+        raise AlignkitError(f"--noise-level {config.noise_level:g} is the flow-matching sampler's (SD3, FLUX); "
+                            f"{family.pipeline} samples with DDIM: set its noise with --eta")
+    if family.name == "flux" and config.negative_prompt:
+        raise AlignkitError("negative_prompt: FLUX.1 is guidance-distilled and the aligner runs no classifier-free "
+                            "batch for it, so a negative prompt would be ignored; leave it empty")
+    return config
 
 
 # Fields that may change when a run resumes: they do not alter its trajectory (compile_unet
@@ -316,9 +434,3 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 RESUMABLE_CHANGES = {"max_train_steps", "resume_from_checkpoint", "overwrite", "report_to", "checkpointing_steps",
                      "checkpoints_total_limit", "sample_every", "num_samples", "output_dir",
                      "compile_unet", "max_nonfinite_steps", "offload_t5"}
-
-
-def changed_fields(saved: dict, config: TrainConfig) -> list[str]:
-    """Fields whose value differs from a saved config.yaml, ignoring the resumable ones."""
-    current = config.to_dict()
-    return sorted(k for k in current if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k])

@@ -23,8 +23,8 @@ SDXL (DDPO, Black et al. 2023), Flow-GRPO's SDE for SD3 and FLUX (Liu et al. 202
    the base model, backpropagated at once (memory of one step, whatever the number of trained
    steps; only the last backward of a micro-batch synchronises the processes).
 
-Everything around the loop (checks, run folder, LoRA, resume, metrics, checkpoints) is the
-trainer's (`trainer.Run`, `finish_step`).
+Everything around the loop (checks, run folder, loading, LoRA, resume, metrics, checkpoints)
+is the trainer's: its `Session`, `count_update` and `finish_step`.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from torch import Tensor
 
 from alignkit.aligner.config import TrainConfig
 from alignkit.aligner.lora import lora_disabled
-from alignkit.aligner.trainer import (Algorithm, ProgressBar, Run, count_update, finish_step, finite_update,
-                                      metrics_record, peak_memory_mb)
+from alignkit.aligner.trainer import (Algorithm, Plan, ProgressBar, Session, count_update, finish_step,
+                                      finite_update, metrics_record, peak_memory_mb)
 from alignkit.errors import AlignkitError
-from alignkit.runfolder import CONFIG_FILE
+from alignkit.runfolder import RunFolder
 
 # Flow-GRPO's noise level a of the flow SDE (its SD3.5 setting): GRPO's default on SD3 and FLUX,
 # whose every step must be a Gaussian.
@@ -127,10 +127,10 @@ def _check(config: TrainConfig, model) -> tuple[int, ...]:
     return steps
 
 
-def _ready(run: Run) -> None:
+def _ready(plan: Plan, accelerator, session: Session) -> None:
     """With the processes known and the sampler built: whole groups in every step's samples,
     and every trained step random (std > 0; DDIM's last is not when its schedule ends at alpha 1)."""
-    config, num_processes = run.config, run.accelerator.num_processes
+    config, num_processes = plan.config, accelerator.num_processes
     per_step = config.train_batch_size * num_processes * config.gradient_accumulation_steps
     if per_step % config.group_size:
         need = config.group_size // math.gcd(config.train_batch_size * num_processes, config.group_size)
@@ -138,10 +138,10 @@ def _ready(run: Run) -> None:
             f"--train-batch-size {config.train_batch_size} x {num_processes} process(es) x "
             f"--gradient-accumulation-steps {config.gradient_accumulation_steps} = {per_step} samples per step is not "
             f"a multiple of --group-size {config.group_size}; e.g. --gradient-accumulation-steps {need}")
-    for i in run.plan.extra:
-        _, std = run.sampler.distribution(torch.zeros(1), torch.zeros(1), i)
+    for i in plan.extra:
+        _, std = session.sampler.distribution(torch.zeros(1), torch.zeros(1), i)
         if not std > 0:
-            raise AlignkitError(f"--grpo-steps: step {i} of the {run.sampler.num_steps}-step sampler is deterministic "
+            raise AlignkitError(f"--grpo-steps: step {i} of the {session.sampler.num_steps}-step sampler is deterministic "
                                 "(its std is 0), so it has no log-probability; train earlier steps")
 
 
@@ -199,17 +199,17 @@ def sample_rollout(sampler, model, cond, traj, steps: tuple[int, ...], base_mode
 
 # ---- the loop -----------------------------------------------------------------------------------
 
-def _loop(run: Run) -> None:
-    config, plan, accelerator, state = run.config, run.plan, run.accelerator, run.state
-    unet, params, sampler, reward = run.unet, run.params, run.sampler, run.reward
-    optimizer, lr_scheduler = run.optimizer, run.lr_scheduler
+def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
+    config, state = plan.config, session.state
+    unet, params, sampler, reward = session.unet, session.params, session.sampler, session.reward
+    optimizer, lr_scheduler = session.optimizer, session.lr_scheduler
     steps: tuple[int, ...] = plan.extra
     device = accelerator.device
     G, B, A = config.group_size, config.train_batch_size, config.gradient_accumulation_steps
     P, rank = accelerator.num_processes, accelerator.process_index
     N, beta = B * P * A, config.kl_beta
     base = accelerator.unwrap_model(unet)
-    fast = run.nograd_unet if run.nograd_unet is not None else base  # (a compiled module has no truth value)
+    fast = session.nograd_unet if session.nograd_unet is not None else base  # (a compiled module has no truth value)
     progress = ProgressBar(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
     with progress:
@@ -241,7 +241,7 @@ def _loop(run: Run) -> None:
                 for name, value in part.items():
                     parts.setdefault(name, []).append(accelerator.gather(value.float().clone()))
             all_rewards = torch.cat(rewards).cpu()
-            _check_finite(run, all_rewards, picks, first=state.step == 0)
+            _check_finite(plan, run, accelerator, all_rewards, picks, step=state.step + 1)
 
             # --- 3. advantages within each whole group; this process keeps its samples'
             advantages = group_advantages(all_rewards, G)
@@ -260,7 +260,7 @@ def _loop(run: Run) -> None:
                             # Only the micro-batch's last backward may synchronise the processes.
                             sync = contextlib.nullcontext() if n == len(steps) - 1 else accelerator.no_sync(unet)
                             with sync:
-                                loss, kl, ratio = _step_loss(run, rollout, n, i, adv)
+                                loss, kl, ratio = _step_loss(config, accelerator, unet, sampler, rollout, n, i, adv)
                                 accelerator.backward(loss)
                             losses_finite &= torch.isfinite(loss.detach())
                             stats["loss"].append(loss.detach().reshape(1) * len(steps))
@@ -280,7 +280,7 @@ def _loop(run: Run) -> None:
                             optimizer.step()
                         lr_scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
-            count_update(run, skipped)
+            count_update(session, run, skipped)
 
             # --- the step's line: AlignProp's fields, then GRPO's own
             record = metrics_record(state, [all_rewards], {k: [torch.cat(v).cpu()] for k, v in parts.items()},
@@ -291,16 +291,16 @@ def _loop(run: Run) -> None:
                            "clip_fraction": gathered["clipped"].mean().item(),
                            "ratio_max_dev_first_epoch": gathered["ratio_dev"].max().item(),
                            "zero_std_groups": zero_std})
-            finish_step(run, record, progress)
+            finish_step(plan, run, accelerator, session, record, progress)
 
 
-def _step_loss(run: Run, rollout: Rollout, n: int, i: int, adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _step_loss(config, accelerator, unet, sampler, rollout: Rollout, n: int, i: int,
+               adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Trained step i (the n-th recorded): its mean recomputed with gradients through the
-    prepared module, the clipped surrogate + beta KL, averaged over samples and trained steps."""
-    config, sampler = run.config, run.sampler
+    prepared module `unet`, the clipped surrogate + beta KL, averaged over samples and trained steps."""
     x, std = rollout.latents[n], rollout.stds[n]
-    with run.accelerator.autocast():
-        out = sampler.predict(run.unet, x, i, rollout.cond)
+    with accelerator.autocast():
+        out = sampler.predict(unet, x, i, rollout.cond)
     mean, _ = sampler.distribution(out, x, i)
     log_prob = gaussian_log_prob(rollout.next_latents[n], mean, std)
     surrogate, ratio = clipped_surrogate(log_prob, rollout.log_probs[n], adv.double(), config.clip_range)
@@ -312,18 +312,18 @@ def _step_loss(run: Run, rollout: Rollout, n: int, i: int, adv: Tensor) -> tuple
     return loss.float(), kl, ratio
 
 
-def _check_finite(run: Run, rewards: Tensor, picks: list[int], first: bool) -> None:
+def _check_finite(plan: Plan, run: RunFolder, accelerator, rewards: Tensor, picks: list[int], step: int) -> None:
     """A non-finite reward would make its whole group's advantages NaN: stop with one line. At
     the first step of a new run, the config.yaml it wrote is taken back (nothing is left)."""
     bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
     if not bad:
         return
-    if first and run.accelerator.is_main_process:
-        (run.output_dir / CONFIG_FILE).unlink(missing_ok=True)
-    prompt = run.plan.prompts[picks[bad[0]]]
-    raise AlignkitError(f"reward '{run.config.reward}' returned a non-finite score for {len(bad)} of {len(rewards)} "
-                        f"samples at step {run.state.step + 1} (e.g. prompt {prompt!r}); GRPO's group advantages need "
-                        "finite rewards: fix the reward")
+    if step == 1 and accelerator.is_main_process:
+        run.config_file.unlink(missing_ok=True)
+    prompt = plan.prompts[picks[bad[0]]]
+    raise AlignkitError(f"reward '{plan.config.reward}' returned a non-finite score for {len(bad)} of {len(rewards)} "
+                        f"samples at step {step} (e.g. prompt {prompt!r}); GRPO's group advantages need finite "
+                        "rewards: fix the reward")
 
 
 ALGORITHM = Algorithm(needs_gradient=False, check=_check, ready=_ready, loop=_loop,

@@ -1,25 +1,23 @@
 """The training loop: sample with gradients, score, step the LoRA; through HF accelerate.
 
-Per optimizer step: draw one K (the truncation) and, for each accumulated micro-batch, the
+Per optimizer step: draw one cut (the truncation) and, for each accumulated micro-batch, the
 global batch's prompts and noises from one checkpointed CPU generator (every process draws
 the same numbers and keeps its own slice, so a run's data do not depend on the process count);
 sample through the module `accelerator.prepare` returned (so DDP synchronises gradients);
 score with the frozen reward (kept out of `prepare`); loss = -mean reward; AdamW on LoRA.
 
-That is the `alignprop` algorithm. `--algorithm` picks the loop from `ALGORITHMS` (GRPO's lives
-in aligner/grpo.py); everything around the loop is shared: the checks, the run folder and its
-lock, loading, LoRA, optimizer, resume, metrics, checkpoints and the final LoRA (`_train`).
+`train` reads as plan (`plan_inputs`, then `plan_output` under the run folder's lock) ->
+`load` (a `Session`) -> the algorithm's loop -> save the final LoRA; the run folder is written
+only through `RunFolder` (alignkit/runfolder), and only once everything is loaded.
+
+That loop is AlignProp's (`_loop`) unless `--algorithm` picks another from `ALGORITHMS`
+(GRPO's lives in aligner/grpo.py): everything around the loop is shared.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import importlib
-import json
 import logging
-import math
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,56 +26,93 @@ from typing import Any, Callable
 
 import torch
 
-from alignkit.aligner import checkpoints
-from alignkit.aligner.config import TrainConfig, changed_fields, save_config
-from alignkit.families import apply_defaults
+from alignkit.aligner.config import RESUMABLE_CHANGES, TrainConfig, with_family
 from alignkit.aligner.lora import add_lora, load_lora, save_lora
 from alignkit.aligner.pipeline import ModelInfo, check_resolution, inspect_model, load_pipeline
-from alignkit.aligner.runlock import RunLock
 from alignkit.aligner.sampler import DDIMSampler, Sampler
 from alignkit.aligner.truncation import TruncationPolicy, parse_truncation
 from alignkit.errors import AlignkitError, CheckpointError
 from alignkit.rewards.base import check_prompts
-from alignkit.runfolder import CONFIG_FILE, LORA_FILE, METRICS_FILE, TMP_SUFFIX, checkpoint_name
+from alignkit.runfolder import RunFolder, SavedState, checkpoint_name, checkpoints
 
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": "all", "none": None}
-# What marks a folder as holding a run (and so protects it from being written over).
-RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, LORA_FILE)
 
 
 @dataclass
 class Plan:
     """Everything checked before anything loads or touches the disk."""
 
+    # The run's config, resolved to the end (the model family's defaults filled in).
+    config: TrainConfig
     # AlignProp's truncation; None for an algorithm that does not backpropagate through the chain.
     policy: TruncationPolicy | None
     prompts: list[str]
     # The model's family and where it loads from, read without loading weights.
     model: ModelInfo
     # The checkpoint to resume from, read and checked in full; None for a new run.
-    resume: checkpoints.SavedState | None = None
+    resume: SavedState | None = None
     # metrics.jsonl lines to keep when resuming (those up to the checkpoint's step).
     metrics: list[str] | None = None
     # What the algorithm's own check read from the config (GRPO: the trained steps).
     extra: Any = None
 
 
+class TrainState:
+    """The loop's own counters; saved in each checkpoint as JSON and safetensors."""
+
+    def __init__(self, seed: int):
+        # Optimizer steps done (skipped non-finite ones included: they used their data).
+        self.step = 0
+        # Draws the truncation K, the prompts and every noise; the same on every process.
+        self.generator = torch.Generator().manual_seed(seed)
+        # Steps skipped because their loss or gradients were not finite: in a row, and in all.
+        self.nonfinite = {"in_a_row": 0, "total": 0}
+
+    def restore(self, saved: SavedState) -> None:
+        self.step = saved.step
+        self.generator.set_state(saved.generator)
+        self.nonfinite = {"in_a_row": int(saved.nonfinite.get("in_a_row", 0)),
+                          "total": int(saved.nonfinite.get("total", 0))}
+
+
+@dataclass
+class Session:
+    """What `load` builds for a loop: the pipeline, its prepared denoiser (and the compiled copy
+    for the steps without gradients), the LoRA parameters, optimizer and schedule, the sampler,
+    the reward, and the loop's state (restored when resuming)."""
+
+    pipe: object
+    unet: torch.nn.Module
+    nograd_unet: torch.nn.Module | None
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    sampler: Sampler
+    reward: torch.nn.Module
+    state: TrainState
+
+
+class DivergenceError(AlignkitError):
+    """Training stopped: too many optimizer steps in a row had a non-finite loss or gradients."""
+
+
 @dataclass(frozen=True)
 class Algorithm:
-    """One `--algorithm`: its checks and its loop; the rest of a run is shared (`_train`)."""
+    """One `--algorithm`: its checks and its loop; the rest of a run is shared (`train`)."""
 
     # Whether the reward's gradient must reach the pixels (reward backprop) or only its value.
     needs_gradient: bool
     # Checks of its own settings before anything loads, the family's defaults filled in:
     # (config, ModelInfo) -> Plan.extra.
     check: Callable[[TrainConfig, ModelInfo], Any]
-    # Checks that need the loaded sampler or the processes, before anything is written: (Run) -> None.
-    ready: Callable[["Run"], None]
-    # The loop: one `state.step` per iteration until max_train_steps.
-    loop: Callable[["Run"], None]
+    # Checks that need the loaded session or the processes, before anything is written:
+    # (plan, accelerator, session) -> None.
+    ready: Callable[["Plan", Any, "Session"], None]
+    # The loop, one `state.step` per iteration until max_train_steps: (plan, run, accelerator, session).
+    loop: Callable[["Plan", RunFolder, Any, "Session"], None]
     # The flow sampler's noise level when --noise-level is unset: 0 is the ODE users sample with.
     flow_noise_level: float = 0.0
 
@@ -92,38 +127,7 @@ def get_algorithm(name: str) -> Algorithm:
     return importlib.import_module(ALGORITHMS[name]).ALGORITHM
 
 
-class TrainState:
-    """The loop's own counters; saved in each checkpoint as JSON and safetensors."""
-
-    def __init__(self, seed: int):
-        # Optimizer steps done (skipped non-finite ones included: they used their data).
-        self.step = 0
-        # Draws the truncation K, the prompts and every noise; the same on every process.
-        self.generator = torch.Generator().manual_seed(seed)
-        # Steps skipped because their loss or gradients were not finite: in a row, and in all.
-        self.nonfinite = {"in_a_row": 0, "total": 0}
-
-    def restore(self, saved: checkpoints.SavedState) -> None:
-        self.step = saved.step
-        self.generator.set_state(saved.generator)
-        self.nonfinite = {"in_a_row": int(saved.nonfinite.get("in_a_row", 0)),
-                          "total": int(saved.nonfinite.get("total", 0))}
-
-
-class DivergenceError(AlignkitError):
-    """Training stopped: too many optimizer steps in a row had a non-finite loss or gradients."""
-
-
 # ---- checks before any work ------------------------------------------------------------------
-
-def holds_run(output_dir: Path) -> bool:
-    """Whether the folder holds a run's results (a step logged, a checkpoint, a LoRA). A
-    config.yaml alone is what a run that failed before its first step leaves: it must not
-    block the corrected rerun."""
-    metrics = output_dir / METRICS_FILE
-    logged = metrics.is_file() and metrics.stat().st_size > 0
-    return logged or (output_dir / LORA_FILE).exists() or bool(checkpoints.checkpoint_dirs(output_dir))
-
 
 def plan_inputs(config: TrainConfig) -> Plan:
     """Validate the config and what it names, cheaply, in the order a user would fix things;
@@ -131,7 +135,7 @@ def plan_inputs(config: TrainConfig) -> Plan:
     from alignkit.prompts import load_prompt_set, single_prompt
     from alignkit.rewards import get_entry, parse_spec
 
-    config.validate()
+    config.validate()  # `load_config` validated it; a config built in Python has not been
     algorithm = get_algorithm(config.algorithm)
     if config.mixed_precision not in MIXED_PRECISION:
         raise AlignkitError(f"--mixed-precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}")
@@ -145,15 +149,14 @@ def plan_inputs(config: TrainConfig) -> Plan:
         require("wandb", extra="wandb", purpose="--report-to wandb")
     policy = parse_truncation(config.truncation, config.num_inference_steps) if algorithm.needs_gradient else None
     for name, _ in parse_spec(config.reward):
-        entry = get_entry(name)
-        if algorithm.needs_gradient and not entry.has_gradient(config.reward_options.get(name, {})):
+        if algorithm.needs_gradient and not get_entry(name).has_gradient(config.reward_options.get(name, {})):
             raise AlignkitError(not_differentiable(name))
     prompts = (single_prompt(config.prompt) if config.prompt is not None else load_prompt_set(config.prompts)).train
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
     model = inspect_model(config.pretrained_model_name_or_path, config.revision)
-    check_family_settings(config, model, algorithm.flow_noise_level)
-    return Plan(policy, prompts, model, extra=algorithm.check(config, model))
+    config = with_family(config, model, algorithm.flow_noise_level)
+    return Plan(config, policy, prompts, model, extra=algorithm.check(config, model))
 
 
 def not_differentiable(reward: str) -> str:
@@ -162,104 +165,23 @@ def not_differentiable(reward: str) -> str:
             "reward (see `alignkit rewards`)")
 
 
-def check_family_settings(config: TrainConfig, model, flow_noise_level: float = 0.0) -> None:
-    """Fill the settings left unset with the model family's defaults (so config.yaml records
-    what trains), and refuse what the family's sampler cannot do."""
-    family = model.family
-    flux_schnell = family.name == "flux" and not model.guidance_embeds
-    if flux_schnell and config.guidance_scale not in (None, 0.0):
-        logger.warning("--guidance-scale %g is ignored: this FLUX model (schnell-like) has no guidance embedding "
-                       "and the aligner runs no classifier-free batch for FLUX", config.guidance_scale)
-    apply_defaults(config, family, guidance_embeds=model.guidance_embeds)
-    if family.sampler == "flow" and config.eta > 0:
-        raise AlignkitError(f"--eta {config.eta:g}: the flow-matching sampler of {family.pipeline} is a deterministic "
-                            "ODE (Euler over the scheduler's sigmas) and takes no eta; drop --eta or pass --eta 0 "
-                            "(its stochastic form takes --noise-level)")
-    if family.sampler == "flow" and config.noise_level is None:
-        config.noise_level = flow_noise_level  # the algorithm's: 0 (the ODE) for AlignProp
-    if family.sampler != "flow" and config.noise_level not in (None, 0.0):
-        raise AlignkitError(f"--noise-level {config.noise_level:g} is the flow-matching sampler's (SD3, FLUX); "
-                            f"{family.pipeline} samples with DDIM: set its noise with --eta")
-    if family.name == "flux" and config.negative_prompt:
-        raise AlignkitError("negative_prompt: FLUX.1 is guidance-distilled and the aligner runs no classifier-free "
-                            "batch for it, so a negative prompt would be ignored; leave it empty")
-
-
-def plan_output(config: TrainConfig, plan: Plan, process_index: int, with_scaler: bool) -> None:
+def plan_output(plan: Plan, run: RunFolder, process_index: int, with_scaler: bool) -> None:
     """Under the run folder's lock: may this run write there, and what does it resume from?
 
     The folder's files are the main process's to judge (it holds the lock and it alone
     writes them; another process could read them mid-write); every process reads its own
     RNG state from the checkpoint.
     """
-    output_dir = Path(config.output_dir)
-    main = process_index == 0
+    config, main = plan.config, process_index == 0
     if not config.resume_from_checkpoint:
-        if main and holds_run(output_dir) and not config.overwrite:
-            raise AlignkitError(f"--output-dir {output_dir} already holds a run; pass --resume-from-checkpoint latest "
+        if main and run.holds_run() and not config.overwrite:
+            raise AlignkitError(f"--output-dir {run.root} already holds a run; pass --resume-from-checkpoint latest "
                                 "to continue it, --overwrite to replace it, or another --output-dir")
         return
-    folder = checkpoints.resolve_resume(config.resume_from_checkpoint, output_dir)
-    saved = checkpoints.read_checkpoint(folder, process_index, with_scaler)
-    # The checkpoint says which settings it was trained with; a legacy one, its run's config.yaml.
-    settings, where = saved.config, "it was saved with"
-    if settings is None and (folder.parent / CONFIG_FILE).is_file():
-        settings, where = _read_yaml(folder.parent / CONFIG_FILE), f"in {folder.parent / CONFIG_FILE}"
-    if (output_dir / CONFIG_FILE).is_file() and settings is None:
-        settings, where = _read_yaml(output_dir / CONFIG_FILE), f"in {output_dir / CONFIG_FILE}"
-    changed = changed_fields(settings or {}, config)
-    if changed:
-        raise AlignkitError(f"cannot resume from {folder}: {', '.join(changed)} differ from the settings {where}; "
-                            "resume with the same settings or start a new --output-dir")
+    saved = run.read_checkpoint(run.resolve_resume(config.resume_from_checkpoint), process_index, with_scaler)
+    run.check_resume(saved, config.to_dict(), RESUMABLE_CHANGES)
     plan.resume = saved
-    plan.metrics = _metrics_to_keep(output_dir / METRICS_FILE, saved.step) if main else None
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    from alignkit.errors import read_text
-
-    try:
-        data = yaml.safe_load(read_text(path, "run config"))
-    except yaml.YAMLError as exc:
-        raise AlignkitError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _metrics_to_keep(path: Path, step: int) -> list[str]:
-    """metrics.jsonl lines up to `step` (later ones will be redone). A torn last line (a run
-    killed mid-write) is dropped; a broken line before it is an error, not silently lost."""
-    if not path.is_file():
-        return []
-    from alignkit.errors import read_text
-
-    lines = [line for line in read_text(path, "metrics").splitlines() if line.strip()]
-    keep = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-            row_step = row["step"]
-        except (ValueError, TypeError, KeyError):
-            if number == len(lines):
-                break
-            raise AlignkitError(f"{path} line {number} is not a metrics record; fix or remove that line "
-                                "(only a torn last line is dropped on resume)") from None
-        if row_step <= step:
-            keep.append(line)
-    return keep
-
-
-def clear_run(output_dir: Path) -> None:
-    """--overwrite: remove the previous run's files, and only those."""
-    for name in (*RUN_MARKERS, "logs", "samples"):
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    for path in [*checkpoints.checkpoint_dirs(output_dir), *output_dir.glob(f"checkpoint-*{TMP_SUFFIX}")]:
-        shutil.rmtree(path)
+    plan.metrics = run.metrics_up_to(saved.step) if main else None
 
 
 # ---- measuring --------------------------------------------------------------------------------
@@ -291,85 +213,71 @@ def train(config: TrainConfig) -> Path:
     from accelerate.utils import ProjectConfiguration
 
     plan = plan_inputs(config)
-    output_dir = Path(config.output_dir)
+    config = plan.config
+    run = RunFolder(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=TRACKERS[config.report_to],
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.logs_dir)),
     )
     # One writer per run folder: the main process holds the lock for the whole run.
-    lock = RunLock(output_dir) if accelerator.is_main_process else None
+    lock = run.lock() if accelerator.is_main_process else None
     try:
         if lock is not None:
             lock.acquire()
-        plan_output(config, plan, accelerator.process_index, accelerator.scaler is not None)
-        return _train(config, plan, accelerator)
+        plan_output(plan, run, accelerator.process_index, accelerator.scaler is not None)
+        return _train(plan, run, accelerator)
     finally:
         # Removes the lock file, and the folder too if this run created it and wrote nothing.
         if lock is not None:
             lock.discard()
 
 
-@dataclass
-class Run:
-    """What `_train` sets up and an algorithm's loop works with."""
+def _train(plan: Plan, run: RunFolder, accelerator) -> Path:
+    """Under the lock, the folder checked: load, then write the folder, loop, save the LoRA."""
+    config, algorithm = plan.config, get_algorithm(plan.config.algorithm)
+    session = load(plan, accelerator)
+    algorithm.ready(plan, accelerator, session)
 
-    config: TrainConfig
-    plan: Plan
-    accelerator: Any
-    output_dir: Path
-    # The family's pipeline, its sampler and the frozen reward (kept out of `prepare`).
-    pipe: Any
-    sampler: Sampler
-    reward: Any
-    # The denoiser as `accelerator.prepare` returned it (DDP: the forward with gradients goes
-    # through it), its LoRA parameters, and a compiled copy for steps without gradients (or None).
-    unet: Any
-    params: list
-    nograd_unet: Any
-    optimizer: Any
-    lr_scheduler: Any
-    state: TrainState
-
-
-def _train(config: TrainConfig, plan: Plan, accelerator) -> Path:
-    algorithm = get_algorithm(config.algorithm)
-    run = _setup(config, plan, accelerator, algorithm)
-    output_dir, unet = run.output_dir, run.unet
+    # Everything validated, loaded and restored: only now is the output folder written to.
+    if accelerator.is_main_process:
+        run.begin(config.to_dict(), clear=config.overwrite and plan.resume is None, metrics=plan.metrics)
+    accelerator.wait_for_everyone()
+    if TRACKERS[config.report_to]:
+        accelerator.init_trackers("alignkit", config=tracker_config(config))
     try:
-        algorithm.loop(run)
+        algorithm.loop(plan, run, accelerator, session)
         # --- save: the final LoRA, in diffusers' format
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            with _writing(output_dir, "the final LoRA"):
-                save_lora(type(run.pipe), accelerator.unwrap_model(unet), output_dir)
+            with run.writing("the final LoRA"):
+                save_lora(type(session.pipe), accelerator.unwrap_model(session.unet), run.root)
     finally:
         accelerator.end_training()
-    return output_dir
+    return run.root
 
 
-def _setup(config: TrainConfig, plan: Plan, accelerator, algorithm: Algorithm) -> Run:
-    """Load, add the LoRA, build the optimizer, prepare, resume; then (only then) write the
-    run's config to the folder and start the trackers."""
+def load(plan: Plan, accelerator) -> Session:
+    """Load the pipeline and the reward, add the LoRA, build the optimizer and the sampler,
+    prepare them with accelerate, and restore the checkpoint to resume from. Writes nothing."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
     from alignkit.rewards import load_reward
 
-    output_dir = Path(config.output_dir)
-    device = accelerator.device
+    config, device = plan.config, accelerator.device
     weight_dtype = MIXED_PRECISION[config.mixed_precision]
     # Seeds the LoRA init (rank 0's is broadcast by DDP); the data come from TrainState.generator.
     set_seed(config.seed, device_specific=True)
 
-    # --- load: the pipeline and the reward (config.validate() ran in plan_run)
+    # --- load: the pipeline and the reward (plan_inputs validated the config and what it names)
     loaded = load_pipeline(config.pretrained_model_name_or_path, config.revision, dtype=weight_dtype, info=plan.model)
     resolution = config.resolution or loaded.native_resolution
     check_resolution(resolution, loaded)
     pipe = loaded.pipe
     reward = load_reward(config.reward, device=device, dtype=weight_dtype, **config.reward_options)
-    if algorithm.needs_gradient and not reward.differentiable:
+    if get_algorithm(config.algorithm).needs_gradient and not reward.differentiable:
         raise AlignkitError(not_differentiable(config.reward))
     # Every training prompt must be readable by the reward: found now, not at the step that draws it.
     check_prompts(reward, plan.prompts)
@@ -400,32 +308,16 @@ def _setup(config: TrainConfig, plan: Plan, accelerator, algorithm: Algorithm) -
     if plan.resume is not None:
         _restore(accelerator, unet, optimizer, lr_scheduler, state, plan.resume)
         logger.info("resumed from %s at step %d", plan.resume.folder, state.step)
-    run = Run(config, plan, accelerator, output_dir, pipe, sampler, reward, unet, params, nograd_unet, optimizer,
-              lr_scheduler, state)
-    algorithm.ready(run)
-
-    # Everything validated, loaded and restored: only now is the output folder written to.
-    if accelerator.is_main_process:
-        with _writing(output_dir, "the run's config"):
-            if config.overwrite and plan.resume is None:
-                clear_run(output_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, output_dir / CONFIG_FILE)
-            if plan.metrics is not None:  # on resume, the lines of steps after the checkpoint are redone
-                (output_dir / METRICS_FILE).write_text("".join(line + "\n" for line in plan.metrics))
-    accelerator.wait_for_everyone()
-    if TRACKERS[config.report_to]:
-        accelerator.init_trackers("alignkit", config=tracker_config(config))
-    return run
+    return Session(pipe, unet, nograd_unet, params, optimizer, lr_scheduler, sampler, reward, state)
 
 
-def _alignprop_loop(run: Run) -> None:
-    """AlignProp: one optimizer step per iteration, the reward's gradient backpropagated
-    through the sampled chain's last K steps (the truncation)."""
-    config, plan, accelerator, state = run.config, run.plan, run.accelerator, run.state
-    unet, params, sampler, reward = run.unet, run.params, run.sampler, run.reward
-    optimizer, lr_scheduler, nograd_unet = run.optimizer, run.lr_scheduler, run.nograd_unet
-    device = accelerator.device
+def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
+    """One optimizer step per iteration until max_train_steps: sample, score, step; log the
+    metrics, and save samples and checkpoints at their intervals."""
+    config, device = plan.config, accelerator.device
+    unet, nograd_unet, params, sampler, reward, state = (session.unet, session.nograd_unet, session.params,
+                                                          session.sampler, session.reward, session.state)
+    optimizer, lr_scheduler = session.optimizer, session.lr_scheduler
     B, num_processes = config.train_batch_size, accelerator.num_processes
     # This process's slice of the global batch (every process draws the same global batch).
     lo, hi = accelerator.process_index * B, (accelerator.process_index + 1) * B
@@ -464,52 +356,51 @@ def _alignprop_loop(run: Run) -> None:
                 rewards.append(accelerator.gather(total.detach().float()))
                 for name, value in part.items():
                     parts[name].append(accelerator.gather(value.detach().float()))
-            count_update(run, skipped)
+            count_update(session, run, skipped)
             record = metrics_record(state, rewards, parts, lr_scheduler.get_last_lr()[0], k,
                                     time.perf_counter() - start, peak_memory_mb(device), skipped)
             if cut.steps is not None:  # DRTune: which of the evenly spaced steps trained
                 record["first_trained_step"] = cut.steps[0]
-            finish_step(run, record, progress)
+            finish_step(plan, run, accelerator, session, record, progress)
 
 
-def count_update(run: Run, skipped: bool) -> None:
+def count_update(session: Session, run: RunFolder, skipped: bool) -> None:
     """After a step's update(s): count the step (and whether an update was skipped as
     non-finite); stop if a finite update left the LoRA non-finite."""
-    state = run.state
+    state = session.state
     state.step += 1
     state.nonfinite["in_a_row"] = state.nonfinite["in_a_row"] + 1 if skipped else 0
     state.nonfinite["total"] += int(skipped)
-    if not skipped and not all(torch.isfinite(p).all() for p in run.params):
+    if not skipped and not all(torch.isfinite(p).all() for p in session.params):
         raise DivergenceError(f"training stopped at step {state.step}: the LoRA weights became non-finite "
-                              f"after a finite update; {_last_checkpoint(run.output_dir)}; "
+                              f"after a finite update; {_kept(run)}; "
                               "lower --learning-rate")
 
 
-def finish_step(run: Run, record: dict, progress: "ProgressBar") -> None:
+def finish_step(plan: Plan, run: RunFolder, accelerator, session: Session, record: dict,
+                progress: "ProgressBar") -> None:
     """The end of every step of every algorithm: its metrics.jsonl line, the trackers and the
     bar; the stop after too many non-finite steps in a row; sample images; the checkpoint."""
-    config, accelerator, state, output_dir = run.config, run.accelerator, run.state, run.output_dir
+    config, state = plan.config, session.state
     if accelerator.is_main_process:
-        with _writing(output_dir, METRICS_FILE):
-            with open(output_dir / METRICS_FILE, "a") as fh:
-                fh.write(json.dumps(_json_safe(record)) + "\n")
+        run.append_metrics(record)
     accelerator.log(record, step=state.step)
     progress.update(record)
     if state.nonfinite["in_a_row"] >= config.max_nonfinite_steps:
         raise DivergenceError(
             f"training stopped at step {state.step}: {state.nonfinite['in_a_row']} steps in a row had a "
-            f"non-finite loss or gradients (skipped, no update); {_last_checkpoint(output_dir)}; "
+            f"non-finite loss or gradients (skipped, no update); {_kept(run)}; "
             "lower --learning-rate or check the reward")
     if config.sample_every and state.step % config.sample_every == 0 and TRACKERS[config.report_to]:
-        with _writing(output_dir, "sample images"):
-            _log_samples(accelerator, accelerator.unwrap_model(run.unet), run.sampler, run.plan.prompts, config,
-                         state.step)
+        with run.writing("sample images"):
+            _log_samples(accelerator, accelerator.unwrap_model(session.unet), session.sampler, plan.prompts, config,
+                         state.step, run.samples_dir)
     if config.checkpointing_steps and state.step % config.checkpointing_steps == 0:
-        save_checkpoint(accelerator, output_dir, state, config)
+        save_checkpoint(accelerator, run, state, config)
 
 
 ALGORITHM = Algorithm(needs_gradient=True, check=lambda config, model: None,
-                      ready=lambda run: None, loop=_alignprop_loop)
+                      ready=lambda plan, accelerator, session: None, loop=_loop)
 
 
 def build_sampler(loaded, resolution: int, config: TrainConfig) -> Sampler:
@@ -556,47 +447,16 @@ def finite_update(accelerator, params: list[torch.nn.Parameter], losses_finite: 
     return bool(accelerator.gather(ok.float().reshape(1)).min() > 0)
 
 
-def _json_safe(record: dict) -> dict:
-    """NaN and inf are not JSON: metrics.jsonl writes them as null (trackers get the floats)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-
-
-def _last_checkpoint(output_dir: Path) -> str:
-    found = checkpoints.checkpoint_dirs(output_dir)
-    if not found:
+def _kept(run: RunFolder) -> str:
+    """What a stopped run leaves to the user: its last checkpoint, and no final LoRA."""
+    last = run.latest_checkpoint()
+    if last is None:
         return "no checkpoint was saved and no LoRA written"
-    return f"the last checkpoint, {found[-1]}, holds finite weights and no final LoRA was written"
+    return f"the last checkpoint, {last}, holds finite weights and no final LoRA was written"
 
 
-class RunWriteError(AlignkitError):
-    """The run folder stopped accepting writes (disk full, read-only, quota)."""
-
-
-# Errors of the disk, not of the program: reported in one line, the last checkpoint named.
-_DISK_ERRNOS = {getattr(errno, name) for name in ("ENOSPC", "EROFS", "EACCES", "EPERM", "EDQUOT", "EIO")
-                if hasattr(errno, name)}
-
-
-@contextlib.contextmanager
-def _writing(output_dir: Path, what: str):
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in _DISK_ERRNOS:
-            raise
-        raise RunWriteError(f"cannot write {what} in {output_dir} ({exc.strerror}); "
-                            f"{_last_checkpoint_name(output_dir)}") from None
-
-
-def _last_checkpoint_name(output_dir: Path) -> str:
-    found = checkpoints.checkpoint_dirs(output_dir)
-    if not found:
-        return "no checkpoint was saved yet"
-    return f"the last complete checkpoint is {found[-1]}: resume from it with --resume-from-checkpoint latest"
-
-
-def _restore(accelerator, unet, optimizer, lr_scheduler, state: TrainState, saved: checkpoints.SavedState) -> None:
-    """Apply a checkpoint read by `checkpoints.read_checkpoint`: LoRA, AdamW, schedule, RNGs, counters."""
+def _restore(accelerator, unet, optimizer, lr_scheduler, state: TrainState, saved: SavedState) -> None:
+    """Apply a checkpoint read by `RunFolder.read_checkpoint`: LoRA, AdamW, schedule, RNGs, counters."""
     load_lora(accelerator.unwrap_model(unet), saved.folder)
     try:
         optimizer.load_state_dict(saved.optimizer)
@@ -613,31 +473,18 @@ def _restore(accelerator, unet, optimizer, lr_scheduler, state: TrainState, save
     state.restore(saved)
 
 
-def save_checkpoint(accelerator, output_dir: Path, state: TrainState, config: TrainConfig) -> Path:
-    """accelerate state + LoRA + our train state into checkpoint-<step>.tmp, then renamed into
-    place (atomic). A disk that fails mid-write leaves the previous checkpoints as they were."""
-    tmp = checkpoints.temporary_path(output_dir, state.step)
-    try:
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)  # left by a run killed mid-write
+def save_checkpoint(accelerator, run: RunFolder, state: TrainState, config: TrainConfig) -> Path:
+    """accelerate state + LoRA + our train state into a checkpoint of `run` (written aside,
+    then renamed into place: a disk that fails mid-write leaves the previous ones as they were)."""
+    with run.new_checkpoint(state.step, accelerator.is_main_process) as tmp:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()  # every process has written its RNG state
         if accelerator.is_main_process:
-            checkpoints.write_train_state(tmp, state.step, state.generator.get_state(), dict(state.nonfinite),
-                                          config.to_dict())
-            checkpoints.publish(tmp, config.checkpoints_total_limit)
-    except (OSError, RuntimeError) as exc:
-        # torch.save reports a full disk as a RuntimeError ("file write failed").
-        if isinstance(exc, OSError) and exc.errno not in _DISK_ERRNOS or \
-                isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc).strip().splitlines()[0]
-        raise RunWriteError(f"cannot write checkpoint-{state.step} in {output_dir} ({reason}); "
-                            f"{_last_checkpoint_name(output_dir)}") from None
+            run.publish_checkpoint(tmp, state.step, state.generator.get_state(), dict(state.nonfinite),
+                                   config.to_dict(), config.checkpoints_total_limit)
     accelerator.wait_for_everyone()
-    return output_dir / checkpoint_name(state.step)
+    return run.root / checkpoint_name(state.step)
 
 
 def _register_lora_hooks(accelerator, pipeline_cls) -> None:
@@ -655,7 +502,8 @@ def _register_lora_hooks(accelerator, pipeline_cls) -> None:
 
 
 @torch.no_grad()
-def _log_samples(accelerator, unet, sampler: Sampler, prompts: list[str], config: TrainConfig, step: int) -> None:
+def _log_samples(accelerator, unet, sampler: Sampler, prompts: list[str], config: TrainConfig, step: int,
+                 folder: Path) -> None:
     """Fixed prompts and seeds, every `sample_every` steps: a PNG grid and the trackers."""
     if not accelerator.is_main_process:
         return
@@ -666,7 +514,6 @@ def _log_samples(accelerator, unet, sampler: Sampler, prompts: list[str], config
     traj = sampler.draw(generator, len(chosen), k=sampler.num_steps)
     with accelerator.autocast():
         images = sampler.sample(unet, sampler.encode(chosen, accelerator.device), traj).images.float().cpu()
-    folder = Path(config.output_dir) / "samples"
     folder.mkdir(exist_ok=True)
     save_image(torch.cat(list(images), dim=2), folder / f"step-{step:06d}.png")
     for tracker in accelerator.trackers:

@@ -78,59 +78,133 @@ def write_summary(result: EvalResult, path: Path) -> dict:
 
 
 def print_table(result: EvalResult, console: Console | None = None) -> None:
+    """The report for a terminal, readable at 80 columns.
+
+    Metrics are rows and conditions columns, so that a metric's name is printed whole once
+    however many held-out rewards and judges there are; columns that do not fit the console go
+    to a further table (the base column repeated in each), never squeezed into `…`. Then the
+    paired gains with their 95% intervals, the flags and notes, and the verdict on its own line.
+    """
     console = console or Console()
     names = metric_order(result)
-    flagged = {f.condition for f in result.flags}
     n = len(result.prompts) * len(result.seeds)
-    table = Table(title=f"alignkit eval: {result.source.root} (reward {result.reward_spec})",
-                  caption=f"means over {n} images ({len(result.prompts)} prompts x {len(result.seeds)} seeds); "
-                          "std and n in summary.json")
-    # Labels stay whole on a narrow terminal; the numbers fold instead.
-    table.add_column("condition", no_wrap=True, min_width=max(len(c.label) for c in result.conditions))
-    table.add_column("step", justify="right")
-    table.add_column("scale", justify="right")
-    for name in names:
-        # Numbers never break; a long header folds instead (min_width = the widest number).
-        widest = max(len(f"{result.stats[c][name].mean:.4g}") for c in result.stats if name in result.stats[c])
-        table.add_column(name, justify="right", overflow="fold", min_width=widest)
-    table.add_column("flag")
-    for c in result.conditions:
-        stats = result.stats[c.label]
-        # Means only, so that a column a metric fits a terminal; the spread is in summary.json.
-        cells = [f"{stats[name].mean:.4g}" if name in stats else "-" for name in names]
-        # The pick is never a flagged candidate (see overopt.py).
-        mark = "[red]over-opt[/]" if c.label in flagged else ("[green]pick[/]" if c.label == result.pick.condition else "")
-        table.add_row(c.label, "-" if c.step is None else str(c.step), f"{c.scale:g}", *cells, mark)
-    console.print(table)
-    for line in gain_lines(result):
-        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"[bold]alignkit eval[/] {result.source.root}, reward {result.reward_spec}", highlight=False)
+    console.print(legend(result, n), highlight=False)
+    for table in means_tables(result, names, console.width):
+        console.print(table)
+    gains = gains_table(result, names)
+    if gains is not None:
+        console.print(gains)
     for flag in result.flags:
-        console.print(f"[red]flag[/] {flag.message}", highlight=False, soft_wrap=True)
+        console.print(f"[red]flag[/] {flag.message}", highlight=False)
     for note in result.notes:
-        console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
-    console.print(f"[bold]{result.pick.reason}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note[/] {note}", highlight=False)
+    console.print(f"[bold]verdict: {result.pick.reason}[/]", highlight=False)
 
 
-def gain_lines(result: EvalResult) -> list[str]:
-    """The gains that decide whether alignment worked: the independent true targets that stand
-    for the trained reward, for the final LoRA and the pick, with 95% intervals."""
-    if not result.confirms:
-        return []
+def short_label(label: str) -> str:
+    """A condition's column header: `checkpoint-200@1` is `200@1`; `base` and `final@S` stay."""
+    return label.removeprefix("checkpoint-")
+
+
+def legend(result: EvalResult, n: int) -> str:
+    checkpoints = [c.label for c in result.conditions if c.checkpoint is not None and c.checkpoint.label != "final"]
+    parts = ["columns: base = LoRA off"]
+    if checkpoints:
+        parts.append(f"STEP@SCALE = checkpoint-STEP at LoRA scale SCALE ({', '.join(dict.fromkeys(checkpoints))})")
+    if any(c.checkpoint is not None and c.checkpoint.label == "final" for c in result.conditions):
+        parts.append("final@SCALE = the final LoRA at that scale")
+    return (f"{'; '.join(parts)}. Means over {n} images ({len(result.prompts)} prompts x "
+            f"{len(result.seeds)} seeds); std and n in summary.json.")
+
+
+# A table's outer border, and each column's padding and separator, in characters.
+_EDGE, _PER_COLUMN = 1, 3
+
+
+def means_tables(result: EvalResult, names: list[str], width: int) -> list[Table]:
+    """The means, one row per metric grouped by kind, one column per condition; split into
+    several tables (each repeating `base`) when the conditions do not fit `width`."""
+    flagged = {f.condition for f in result.flags}
+    cells = {c.label: [f"{result.stats[c.label][name].mean:.4g}" if name in result.stats[c.label] else "-"
+                       for name in names] for c in result.conditions}
+    # The pick is never a flagged candidate (see overopt.py).
+    verdicts = {c.label: "flagged" if c.label in flagged else ("pick" if c.label == result.pick.condition else "")
+                for c in result.conditions}
+    widths = {label: max(len(short_label(label)), len(verdicts[label]), *(len(x) for x in column))
+              for label, column in cells.items()}
+    first = max([len("metric"), *(len(x) for x in names), *(len(result.kinds[x]) for x in names)])
+
+    labels = [c.label for c in result.conditions]
+    base, others = labels[0], labels[1:]
+    room = width - _EDGE - (first + _PER_COLUMN) - (widths[base] + _PER_COLUMN)
+    chunks = _split(others, [widths[x] + _PER_COLUMN for x in others], room)
+
+    tables = []
+    for chunk in chunks:
+        columns = [base, *chunk]
+        table = Table(show_edge=True, pad_edge=True)
+        # Nothing folds: the tables are cut to fit, so no cell has to be squeezed.
+        table.add_column("metric", no_wrap=True, min_width=first)
+        for label in columns:
+            table.add_column(short_label(label), justify="right", no_wrap=True, min_width=widths[label])
+        kind = None
+        for i, name in enumerate(names):
+            if result.kinds[name] != kind:
+                kind = result.kinds[name]
+                table.add_row(f"[dim italic]{kind}[/]", *([""] * len(columns)))
+            table.add_row(name, *(cells[label][i] for label in columns))
+        marks = {"flagged": "[red]flagged[/]", "pick": "[green]pick[/]", "": ""}
+        table.add_row("[bold]verdict[/]", *(marks[verdicts[label]] for label in columns), end_section=True)
+        tables.append(table)
+    return tables
+
+
+def _split(labels: list[str], costs: list[int], room: int) -> list[list[str]]:
+    """Consecutive groups of columns that each fit `room`: as few groups as filling them one by
+    one gives, then evened out (9 columns as 5 + 4, not 8 + 1) when even groups fit too."""
+    greedy, current, used = [], [], 0
+    for label, cost in zip(labels, costs):
+        if current and used + cost > room:
+            greedy.append(current)
+            current, used = [], 0
+        current.append(label)
+        used += cost
+    greedy.append(current)
+    size = -(-len(labels) // len(greedy))
+    even = [list(range(i, min(i + size, len(labels)))) for i in range(0, len(labels), size)] or [[]]
+    if len(even) == len(greedy) and all(sum(costs[i] for i in group) <= room for group in even):
+        return [[labels[i] for i in group] for group in even]
+    return greedy
+
+
+def gains_table(result: EvalResult, names: list[str]) -> Table | None:
+    """Paired gains over the base images, with 95% intervals, for the final LoRA at scale 1 and
+    the pick; accuracies (0/1 per image) in percentage points."""
     final = next((c.label for c in reversed(result.conditions) if c.checkpoint is not None and c.scale == 1), None)
-    lines = []
-    for label in dict.fromkeys(x for x in (final, result.pick.condition) if x and x != "base"):
-        for metric in result.confirms:
-            gain = result.gains.get(label, {}).get(metric)
-            if gain is None:
-                continue
-            base, cur = result.stats["base"][metric].mean, result.stats[label][metric].mean
-            binary = all(v in (0.0, 1.0) for v in _values(result, metric))
-            if binary:  # an accuracy: say it in percentage points
-                text = f"{100 * base:.1f}% -> {100 * cur:.1f}%, {gain.text(100, ' points')}"
-            else:
-                text = f"{base:.4g} -> {cur:.4g}, {gain.text()}"
-            lines.append(f"[bold]true target[/] {metric} ({result.kinds.get(metric, '')}), base -> {label}: {text}")
-    return lines
+    labels = [x for x in dict.fromkeys((final, result.pick.condition)) if x and x != "base" and result.gains.get(x)]
+    rows = [name for name in names if any(name in result.gains[label] for label in labels)]
+    if not labels or not rows:
+        return None
+    table = Table(title="paired gain over base (95% interval)", title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    for label in labels:
+        table.add_column(label, justify="right", no_wrap=True)
+    for name in rows:
+        binary = all(v in (0.0, 1.0) for v in _values(result, name))
+        table.add_row(name, *(_gain_cell(result.gains[label].get(name), binary) for label in labels))
+    return table
+
+
+def _gain_cell(gain, binary: bool) -> str:
+    if gain is None:
+        return "-"
+    if binary:  # an accuracy: say it in percentage points
+        text = f"{100 * gain.mean:+.1f} pts ({100 * gain.low:+.1f} to {100 * gain.high:+.1f})"
+    else:
+        text = f"{gain.mean:+.3g} ({gain.low:+.3g} to {gain.high:+.3g})"
+    # Bold when the interval excludes 0: a change beyond noise, either way.
+    return f"[bold]{text}[/]" if gain.low > 0 or gain.high < 0 else text
 
 
 def _values(result: EvalResult, metric: str) -> list[float]:

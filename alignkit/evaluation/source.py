@@ -1,6 +1,6 @@
 """What `alignkit eval` evaluates: a training run folder or a bare diffusers LoRA folder.
 
-A run folder follows the aligner's contract:
+A run folder (written by the aligner, read through `alignkit.runfolder.RunFolder`) holds:
 
     RUN/config.yaml                                     the resolved training config
     RUN/pytorch_lora_weights.safetensors                the final LoRA (diffusers format)
@@ -14,12 +14,11 @@ reward it was tuned on then come from `--model` and `--reward`.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.errors import AlignkitError, read_text
-from alignkit.runfolder import CONFIG_FILE, LORA_FILE, METRICS_FILE, checkpoint_dirs, checkpoint_step_of
+from alignkit.errors import AlignkitError
+from alignkit.runfolder import LORA_FILE, RunFolder, checkpoint_step_of
 
 
 
@@ -72,9 +71,10 @@ def open_source(path: str | Path, model: str | None = None) -> EvalSource:
         raise AlignkitError(f"no folder at {root}; pass a run folder written by `alignkit train` or a diffusers LoRA folder")
     if not root.is_dir():
         raise AlignkitError(f"{root} is a file; pass the folder that holds {LORA_FILE}")
-    config = _read_config(root / CONFIG_FILE)
-    train_log = _read_metrics(root / METRICS_FILE)
-    checkpoints = _find_checkpoints(root, train_log)
+    run = RunFolder(root)
+    config = run.read_config()
+    train_log = run.read_metrics()
+    checkpoints = _find_checkpoints(run, train_log)
     if not checkpoints:
         raise AlignkitError(
             f"{root} holds no LoRA ({LORA_FILE} or checkpoint-*/{LORA_FILE}); "
@@ -86,41 +86,12 @@ def open_source(path: str | Path, model: str | None = None) -> EvalSource:
     return EvalSource(root=root, model=str(base), checkpoints=checkpoints, config=config, train_log=train_log)
 
 
-def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    import yaml
-
-    try:
-        config = yaml.safe_load(read_text(path, "run config"))
-    except yaml.YAMLError as exc:
-        raise AlignkitError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
-    if not isinstance(config, dict):
-        raise AlignkitError(f"{path} must be a YAML mapping of config keys, got {type(config).__name__}")
-    return config
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in read_text(path, "training log").splitlines():
-        # A run killed mid-write leaves a torn last line: keep what parses.
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _find_checkpoints(root: Path, train_log: list[dict]) -> list[LoraCheckpoint]:
+def _find_checkpoints(run: RunFolder, train_log: list[dict]) -> list[LoraCheckpoint]:
     found: list[LoraCheckpoint] = []
-    for child in checkpoint_dirs(root):  # oldest first
+    for child in run.checkpoints():  # oldest first
         if (child / LORA_FILE).is_file():
             found.append(_checkpoint(child.name, checkpoint_step_of(child.name), child / LORA_FILE))
-    final_file = root / LORA_FILE
+    final_file = run.lora_file
     if final_file.is_file():
         steps = [row["step"] for row in train_log if isinstance(row.get("step"), int)]
         final_step = max(steps) if steps else (found[-1].step if found else None)

@@ -82,9 +82,9 @@ class Calibration:
 # Fitted by `python benchmarks/compress_proxy.py --fit`: non-negative least squares (rows
 # weighted by 1/sqrt(kB)) of the true Pillow 13 quality-95 size in kB on FEATURES, over 600
 # synthetic images (seed 0: noise at several amplitudes, gradients, shapes, textures, blurred-
-# noise "photos" with shapes, sides 24..256 px). Held out (1000 images, seed 1): Spearman
-# 0.994, mean |error| 0.37 kB (6% relative). Read as bytes: ~2.8 bits per luma size bit (the
-# bits themselves plus the Huffman code, which grows with the size), ~3.7 bits per chroma
+# noise "photos" with shapes, sides 24..256 px); how well it tracks the true size on held-out
+# images: docs/experiments/2026-11-26-compress-proxy.md. Read as bytes: ~2.8 bits per luma
+# size bit (the bits themselves plus the Huffman code, which grows with the size), ~3.7 bits per chroma
 # symbol, ~1.5 bits per coded chroma zero, 602 bytes of headers (JFIF, tables). The features
 # are collinear (symbols, bits and run zeros rise together; the block count is fixed by the
 # size), so NNLS zeroes some of them: read the weights as a fit, not as the code lengths.

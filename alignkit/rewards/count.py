@@ -221,11 +221,10 @@ def count_log_likelihood(boxes: Tensor, logits: Tensor, numbers: Tensor,
     Why beside the soft count: the soft count's gate is sharp (so that background does not
     leak), which leaves no gradient where the count is wrong with confidence: an extra object
     the detector is sure of, or a missing one it gives no chance, sit on the gate's flat parts
-    (measured on 48 toy-model samples: on the 18 that the world's rules count wrong, the pixel
-    gradient's norm had a median of 1e-3 under the soft count and 13 under this). Here
-    the gradient is 1 - p on a missing object and p on an extra one: largest where the count is
-    most wrong. Continuous: sorting values is continuous, and swapping the n-th and (n+1)-th
-    candidates at a tie leaves the sum unchanged.
+    (on the toy model, docs/experiments/2026-12-02-toy-count-recipes.md). Here the gradient is
+    1 - p on a missing object and p on an extra one: largest where the count is most wrong.
+    Continuous: sorting values is continuous, and swapping the n-th and (n+1)-th candidates at
+    a tie leaves the sum unchanged.
     """
     cand_logits, _, _, member, log_keep = _candidates(boxes, logits, cfg)
     log_p = F.logsigmoid(cand_logits) + log_keep + torch.log(member.clamp(min=1e-12))

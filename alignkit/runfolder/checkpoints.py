@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError, CheckpointError
-from alignkit.runfolder import LORA_FILE, TMP_SUFFIX, checkpoint_dirs, checkpoint_name, checkpoint_step_of
+from alignkit.runfolder.layout import LORA_FILE, TMP_SUFFIX, checkpoint_dirs, checkpoint_name, checkpoint_step_of
 
 
 def checkpoint_step(path: str | Path) -> int:

@@ -3,8 +3,11 @@
     RUN/config.yaml                                   the resolved training config
     RUN/metrics.jsonl                                 one JSON line per optimizer step
     RUN/pytorch_lora_weights.safetensors              the final LoRA (diffusers format)
-    RUN/checkpoint-<step>/                            a checkpoint (aligner/checkpoints.py)
+    RUN/checkpoint-<step>/                            a checkpoint (runfolder/checkpoints.py)
     RUN/checkpoint-<step>.tmp/                        one being written, renamed when complete
+    RUN/samples/step-<step>.png                       sample images logged during training
+    RUN/logs/                                         the trackers' logs (tensorboard)
+    RUN/.alignkit.lock                                held by the run writing the folder (runfolder/lock.py)
 
 A bare diffusers LoRA folder holds only `pytorch_lora_weights.safetensors`.
 """
@@ -18,6 +21,8 @@ from pathlib import Path
 LORA_FILE = "pytorch_lora_weights.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+LOGS_DIR = "logs"
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)\Z")
 # Suffix of a checkpoint folder still being written.
 TMP_SUFFIX = ".tmp"
