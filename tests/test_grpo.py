@@ -75,6 +75,21 @@ def test_clipped_surrogate_is_minus_the_advantage_at_ratio_one_and_clips_beyond_
     assert new.grad[0] == 0 and new.grad[3] == 0 and new.grad[1] != 0 and new.grad[2] != 0
 
 
+def test_the_surrogate_gradient_points_uphill():
+    """A Gaussian policy x = theta + 0.5 eps over a 16-d latent, reward sum(x) (for which E[r] rises
+    with theta): descending GRPO's loss (group advantages, summed log-probs, clipped ratio at 1)
+    raises theta, as the exact gradient of E[r] does."""
+    torch.manual_seed(0)
+    theta = torch.zeros(1, 4, 2, 2, requires_grad=True)
+    x = theta.detach() + 0.5 * torch.randn(256, 4, 2, 2)
+    adv = group_advantages(x.flatten(1).sum(1), 8)
+    mean = theta.expand(256, 4, 2, 2)
+    loss, ratio = clipped_surrogate(gaussian_log_prob(x, mean, 0.5), gaussian_log_prob(x, mean.detach(), 0.5), adv, 0.2)
+    loss.mean().backward()
+    assert torch.equal(ratio, torch.ones(256, dtype=torch.float64))
+    assert (theta.grad < 0).all()
+
+
 @pytest.mark.parametrize("spec, steps", [("first:2", (0, 1)), ("first:0.25", (0, 1, 2)), ("all", tuple(range(10))),
                                          ("4,0,2,2", (0, 2, 4)), ("first:10", tuple(range(10)))])
 def test_trained_steps_spec(spec, steps):
