@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from alignkit.errors import AlignkitError
 from alignkit.rewards.base import Reward, check_inputs
 from alignkit.rewards.plugin import is_reference
-from alignkit.rewards.registry import build, get_entry, registered_names
+from alignkit.rewards.registry import KNOWN, build, get_entry
 
 _GRAMMAR = "expected name[:weight](+name[:weight])*, e.g. 'hps+aesthetic:0.5'"
 _NAME = re.compile(r"[a-z][a-z0-9_\-.]*\Z")
@@ -67,7 +67,7 @@ def _split_term(spec: str, term: str) -> tuple[str, str | None]:
 
     A registered name is lowercased; option values and module references keep their case."""
     head, *fields = [field.strip() for field in term.split(":")]
-    reference = len(fields) >= 1 and is_reference(head, fields[0], registered_names())
+    reference = len(fields) >= 1 and is_reference(head, fields[0], KNOWN)
     # The last field is the weight unless it is an option or the factory of a module reference.
     weight = None
     if fields and "=" not in fields[-1] and not (reference and len(fields) == 1):
