@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.families import vae_factor_of
 from alignkit.rewards import Reward
 from alignkit.rewards.registry import REGISTRY, register
 
@@ -336,7 +337,7 @@ FLOW_CLASSES = {"sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel"),
 
 
 def vae_factor(arch: str) -> int:
-    return 2 ** (len(ARCHITECTURES[arch]["vae"]["block_out_channels"]) - 1)
+    return vae_factor_of(ARCHITECTURES[arch]["vae"]["block_out_channels"])
 
 
 def size_step(arch: str) -> int:
