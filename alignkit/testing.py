@@ -453,7 +453,7 @@ def denoiser_params(folder: Path) -> int:
     return total
 
 
-# ---- test rewards and an in-process CLI ----------------------------------------------------------
+# ---- test rewards ----------------------------------------------------------------------------
 
 class Brightness(Reward):
     """Mean pixel value: a simple differentiable reward a tiny model can learn to raise."""
@@ -479,17 +479,6 @@ def register_test_rewards() -> None:
 def unregister_test_rewards() -> None:
     for name in TEST_REWARDS:
         REGISTRY.pop(name, None)
-
-
-def run_cli(args: list) -> int:
-    """`alignkit ARGS` in this process (so test rewards are registered); the exit code."""
-    from alignkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def main() -> None:

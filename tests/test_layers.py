@@ -6,9 +6,10 @@ a dependency. The layers (a module may import its own layer's modules and lower 
     0  errors, plugins, hub, images, prompts, runfolder, models, devices, detectors, families,
        judges (the judge registry, below evaluation, so that a plugin's judge imports no evaluation),
        pipelines (reading and loading a diffusers pipeline: the aligner's and evaluation's one loader)
-    1  rewards
+    1  rewards, testing   (testing: pipelines and rewards for tests and benchmarks, below the
+                          commands they test: the in-process CLI runner is tests/cli_runner.py)
     2  aligner, evaluation
-    3  cli, __main__, testing   (testing: pipelines and rewards for tests and benchmarks)
+    3  cli, __main__
     4  toy          (a user of the library: a plugin, never imported by the core)
 
 `alignkit.plugins` imports the plugins it lists by name (importlib), the way entry points are
@@ -29,9 +30,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "alignkit"
 LAYERS = {
     "errors": 0, "plugins": 0, "hub": 0, "images": 0, "prompts": 0, "runfolder": 0, "models": 0,
     "devices": 0, "detectors": 0, "families": 0, "judges": 0, "pipelines": 0,
-    "rewards": 1,
+    "rewards": 1, "testing": 1,
     "aligner": 2, "evaluation": 2,
-    "cli": 3, "__main__": 3, "testing": 3,
+    "cli": 3, "__main__": 3,
     "toy": 4,
 }
 

@@ -95,7 +95,7 @@ def test_bundled_toy_flow_trains_with_its_defaults_and_its_lora_loads_in_plain_d
     from diffusers import StableDiffusion3Pipeline
 
     from alignkit.models import get_model
-    from alignkit.testing import run_cli
+    from cli_runner import run_cli
     from alignkit.toy import flow_pipeline_path
 
     run = tmp_path / "run"

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from alignkit.errors import AlignkitError, read_text
 from alignkit.models import model_defaults
+from alignkit.rewards.spec import check_reward_options
 
 
 class ConfigError(AlignkitError, ValueError):
@@ -255,7 +256,7 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
             if name == "reward_options" and isinstance(value, dict):
                 # Flags add to the file's options per reward instead of replacing them.
                 merged = {k: dict(v) for k, v in values.get(name, {}).items()}
-                for reward, opts in value.items():
+                for reward, opts in check_reward_options(value, "config").items():
                     merged.setdefault(reward, {}).update(opts)
                 value = merged
             values[name] = _coerce(name, value)

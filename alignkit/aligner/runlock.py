@@ -1,4 +1,5 @@
-"""One writer per run folder: an exclusive lock held for the whole of `alignkit train`.
+"""One writer per run folder: an exclusive lock held for the whole of `alignkit train` (and of
+`alignkit eval`, on its output folder).
 
 The lock is `fcntl.flock` on `OUTPUT_DIR/.alignkit.lock`. The kernel releases a flock when
 the process that holds it exits, however it exits, so a crashed or killed run never leaves a
@@ -41,8 +42,10 @@ class RunLock:
     must leave the disk as it was.
     """
 
-    def __init__(self, output_dir: str | os.PathLike):
+    def __init__(self, output_dir: str | os.PathLike, command: str = "alignkit train"):
         self.output_dir = Path(output_dir)
+        # The command that takes the lock, for the message a second one prints.
+        self.command = command
         self.path = self.output_dir / LOCK_FILE
         self.fd: int | None = None
         self.created: list[Path] = []
@@ -66,7 +69,7 @@ class RunLock:
                 owner = _read_owner(fd)
                 os.close(fd)
                 self.discard()
-                raise RunLockedError(f"--output-dir {self.output_dir} is in use by another alignkit train{owner}; "
+                raise RunLockedError(f"--output-dir {self.output_dir} is in use by another {self.command}{owner}; "
                                      "wait for it to finish or pass another --output-dir") from None
             except OSError as exc:  # e.g. ENOLCK on a network file system without locks
                 logger.warning("cannot lock %s (%s): make sure no other run writes to %s",

@@ -164,6 +164,21 @@ def load_reward(spec: str, device=None, dtype=None, **overrides) -> Reward:
     return CombinedReward(parts, spec).freeze()
 
 
+def check_reward_options(options, where: str) -> dict[str, dict]:
+    """`reward_options` read from a file (a config, a run's config.yaml): a mapping of reward
+    name to a mapping of its options, copied (an empty entry becomes {}). Anything else, such
+    as `{count: 5}`, is one line naming `where` and the shape it needs."""
+    example = "e.g. reward_options: {count: {detector: DIR}}"
+    if not isinstance(options, dict):
+        raise AlignkitError(f"{where}: reward_options must map reward names to their options ({example}), "
+                            f"got {options!r}")
+    for name, values in options.items():
+        if values is not None and not isinstance(values, dict):
+            raise AlignkitError(f"{where}: reward_options.{name} must map option names to values ({example}), "
+                                f"got {values!r}")
+    return {str(name): dict(values or {}) for name, values in options.items()}
+
+
 def parse_reward_options(options: list[str], spec: str) -> dict:
     """['aesthetic.head_path=/x', 'hps.version=v2.1'] -> load_reward keyword overrides.
 
