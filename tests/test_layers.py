@@ -111,6 +111,26 @@ def test_no_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def test_the_package_never_imports_the_toy_build_tools():
+    """toy_build/ (the trainers of the toy's weights) is not installed: nothing in alignkit/ may
+    import it, or the installed package would fail where the checkout works."""
+    assert (PACKAGE.parent / "toy_build" / "train.py").is_file()  # the premise: it exists beside the package
+    users = sorted(module_name(p) for p in PACKAGE.rglob("*.py")
+                   if any(m == "toy_build" or m.startswith("toy_build.") for m in _all_imports(p)))
+    assert not users, f"alignkit modules that import toy_build: {users}"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every absolute module name a file imports, anywhere in it (not only alignkit's)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
 def test_the_test_sees_function_level_imports():
     """The premise: imports inside functions count (cli.py imports the aligner only in `train`)."""
     cli = PACKAGE / "cli.py"

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from alignkit.toy import models
-from alignkit.toy.train import main
-from alignkit.toy.train_flow import T5_ZERO_TOKENS, RepeatedTokenAttention
+from toy_build import models
+from toy_build.train import main
+from toy_build.train_flow import T5_ZERO_TOKENS, RepeatedTokenAttention
 
 
 def test_one_token_with_its_bias_equals_the_pipelines_zero_tokens():
