@@ -58,7 +58,9 @@ def inspect_model(name_or_path: str, revision: str | None = None, what: str = "m
     try:
         source = resolve_model(name_or_path, what=what)
     except MissingWeightsError as exc:
-        raise PipelineError(f"{exc} ({flag})" if flag else str(exc)) from None
+        if not flag:
+            raise
+        raise PipelineError(f"{exc} ({flag})") from None
     # A hub id whose files are cached loads from the cache alone when the hub cannot be reached,
     # instead of retrying it for every file.
     local_only = not Path(source).exists() and not hub_reachable()
