@@ -266,7 +266,7 @@ CASES = [
     Case("eval-model-index-not-json", evaluate("--model", "{badindex}"), "badindex/model_index.json is not valid JSON"),
     Case("eval-run-reward-options-number", evaluate(run="run_bad_reward_options"),
          "reward_options.brightness must map option names to values"),
-    Case("eval-output-locked", evaluate("--output-dir", "{locked}"), "is in use by another alignkit eval"),
+    Case("eval-output-locked", evaluate("--output-dir", "{locked}"), "is in use by another alignkit train (pid"),
     # ---- score
     Case("score-device-cuda", score("--reward", "brightness", "--device", "cuda"), "no CUDA GPU is visible here",
          skip=None if NO_GPU else "this machine has a GPU"),
