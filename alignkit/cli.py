@@ -28,6 +28,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 
+@app.callback()
+def _plugins() -> None:
+    # Before any command: the plugins' rewards, models, prompt sets and judges (alignkit.plugins).
+    from alignkit.plugins import load_plugins
+
+    load_plugins()
+
+
 def default_device() -> str:
     from alignkit.devices import resolve_device
 

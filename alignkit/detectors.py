@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,34 @@ from torch import Tensor
 
 from alignkit.errors import CheckpointError, MissingWeightsError, require
 from alignkit.hub import is_hub_id, load_into, load_state_dict, resolve_file
+from alignkit.plugins import load_plugins
 
 YAML_FILE = "model.yaml"
 WEIGHTS_FILE = "model.safetensors"
 # ultralytics' letterbox grey, so padding looks like what the detector was trained with.
 PAD_VALUE = 114 / 255
+
+
+# Detectors that plugins bundle: name -> a function returning its folder or hub id (looked up
+# when needed: it may raise MissingWeightsError). The `count` reward uses the default one when
+# no `detector` is given.
+_DETECTORS: dict[str, Callable[[], str | os.PathLike]] = {}
+_DEFAULT: list[str] = []
+
+
+def register_detector(name: str, locate: Callable[[], str | os.PathLike], default: bool = False) -> None:
+    """Register a bundled detector (the toy world's); `default=True` makes it the `count` default."""
+    _DETECTORS[name] = locate
+    if default:
+        _DEFAULT[:] = [name]
+
+
+def default_detector() -> str | None:
+    """The default detector's folder or hub id, None when no plugin registers one (plugins are
+    loaded only when none is registered yet). Its own MissingWeightsError when it is absent."""
+    if not _DEFAULT:
+        load_plugins()
+    return str(_DETECTORS[_DEFAULT[0]]()) if _DEFAULT else None
 
 
 def import_ultralytics():

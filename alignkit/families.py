@@ -125,7 +125,13 @@ def vae_factor(pipe) -> int:
     """Pixels per latent cell of a loaded pipeline's VAE (8 for every released model)."""
     vae = getattr(pipe, "vae", None)
     channels = getattr(getattr(vae, "config", None), "block_out_channels", None)
-    return 2 ** (len(channels) - 1) if channels else 8
+    return vae_factor_of(channels) if channels else 8
+
+
+def vae_factor_of(block_out_channels) -> int:
+    """Pixels per latent cell of an AutoencoderKL config: each block after the first halves
+    the side (what diffusers' pipelines compute as vae_scale_factor)."""
+    return 2 ** (len(block_out_channels) - 1)
 
 
 def size_multiple(pipe) -> tuple[int, str]:

@@ -39,7 +39,8 @@ def register_model(model: NamedModel) -> None:
 
 
 def get_model(name: str) -> NamedModel | None:
-    """The named model called `name`, or None (a folder or hub id)."""
+    """The named model called `name`, or None (a folder or hub id). Named models come from
+    plugins: they are loaded here, when asked for a model."""
     load_plugins()
     return _MODELS.get(name)
 

@@ -4,14 +4,17 @@ A plugin is a module that, when imported, registers what it brings with the core
 registries, the way any user's package would:
 
     alignkit.rewards.register(name, summary, ...)        a reward factory
-    alignkit.evaluation.judges.register_judge(name, f)   an independent judge
+    alignkit.judges.register_judge(name, f)              an independent judge
     alignkit.prompts.register_prompt_set(name, f)        a prompt set
     alignkit.models.register_model(NamedModel(...))      a named model and its defaults
+    alignkit.detectors.register_detector(name, f)        a bundled detector (`count`'s default)
 
 The core never imports a plugin by name anywhere else: this is the one place that lists
 them. `load_plugins()` imports the built-in ones (the embedded toy world) and every module
-named by an installed package's `alignkit.plugins` entry point, once, the first time a
-registry is read.
+named by an installed package's `alignkit.plugins` entry point, once. The entry points call
+it explicitly (every CLI command, before it runs); the registries call it only when asked
+for something the core lacks (a name it does not have, the full list, the default detector),
+so that `load_reward("compress")` imports neither the toy nor evaluation.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def prompt_set_names() -> list[str]:
 
 def load_prompt_set(source: str) -> PromptSet:
     """A built-in set by name, or a file (one prompt a line, used for train and eval alike)."""
-    load_plugins()
+    if source not in _SETS:  # the plugins' sets (toy_counting) are loaded only when asked for
+        load_plugins()
     if source in _SETS:
         return _SETS[source]()
     path = Path(source).expanduser()

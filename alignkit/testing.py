@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from alignkit.families import vae_factor_of
 from alignkit.rewards import Reward
 from alignkit.rewards.registry import REGISTRY, register
 
@@ -336,7 +337,7 @@ FLOW_CLASSES = {"sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel"),
 
 
 def vae_factor(arch: str) -> int:
-    return 2 ** (len(ARCHITECTURES[arch]["vae"]["block_out_channels"]) - 1)
+    return vae_factor_of(ARCHITECTURES[arch]["vae"]["block_out_channels"])
 
 
 def size_step(arch: str) -> int:
@@ -452,7 +453,7 @@ def denoiser_params(folder: Path) -> int:
     return total
 
 
-# ---- test rewards and an in-process CLI ----------------------------------------------------------
+# ---- test rewards ----------------------------------------------------------------------------
 
 class Brightness(Reward):
     """Mean pixel value: a simple differentiable reward a tiny model can learn to raise."""
@@ -478,17 +479,6 @@ def register_test_rewards() -> None:
 def unregister_test_rewards() -> None:
     for name in TEST_REWARDS:
         REGISTRY.pop(name, None)
-
-
-def run_cli(args: list) -> int:
-    """`alignkit ARGS` in this process (so test rewards are registered); the exit code."""
-    from alignkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def main() -> None:

@@ -5,6 +5,16 @@ gradients), with and without per-step gradient checkpointing, against the comput
     python benchmarks/memory_scaling.py --gpu    # SD 1.5's architecture (random weights), 512 px, bf16
     python benchmarks/memory_scaling.py --family sd3     # flow matching: tiny SD3 (CPU), 64 and 128 px
     python benchmarks/memory_scaling.py --family flux --gpu   # FLUX.1-dev's architecture, 512 px, bf16
+    python benchmarks/memory_scaling.py --drtune # DRTune (drtune:2): K = 2 at T = 10, 20, 50, 32 px
+
+A grid entry is (T, K, checkpointing) for the last K steps with gradients (`last:K`), or
+(T, K, checkpointing, "drtune") for DRTune's deep supervision (`drtune:K`: K steps spread
+evenly over the chain from a random offset, the denoiser's input detached at every step;
+alignkit/aligner/truncation.py). The worker draws each step's cut with the policy's
+`draw_cut` and sets the trajectory's `grad_steps`/`stop_grad` from it, as the trainer does.
+`--drtune` runs only DRTune at K = 2 for T = 10, 20, 50 with checkpointing (on CPU at the
+plan's first resolution, 3 timed steps) and writes `memory_scaling_drtune.json`; its target
+is memory flat in T: peak memory at the largest T <= 1.10x that at the smallest (same K).
 
 For the flow families (SD3, FLUX: aligner/flow_sampler.py) the denoiser is the transformer and
 a "UNet forward" below is one transformer call (SD3 at the CFG batch; FLUX one batch with its
@@ -21,6 +31,11 @@ and backward; +1 forward for the recompute when checkpointing), plus decode + re
 times (forward, backward ~2x; four with checkpointing, which also checkpoints the decode, as
 the trainer does by default), plus one encode of the step's prompts (the text encoders run
 once per step, without gradients). Step time / floor near 1 means no overhead beyond the work.
+For DRTune the same count holds: all T steps run one denoiser forward (the K trained ones with
+autograd, the others without), the K trained steps a backward and a recompute each; what the
+floor leaves out is the DRTune-only graph of the untrained steps after the first trained one
+(their DDIM/Euler update stays in the graph, elementwise on the latents, no denoiser call),
+which the step time therefore counts as overhead.
 Beside it, a measured floor times the backward passes instead of assuming them (T - K
 forwards, K forward+backward, K recompute forwards and one decode when checkpointing,
 decode+reward forward+backward): step time over it is the aligner's own overhead.
@@ -30,7 +45,7 @@ Each configuration is a fresh child of `harness.run_child`; the report is the ha
 `benchmarks/results/memory_scaling.json` (`memory_scaling_gpu.json` with --gpu;
 `memory_scaling_sd3.json`, `memory_scaling_flux_gpu.json`, ... with --family) in the harness's format: machine, versions, date, settings, figures, and every configuration's row.
 Targets: peak memory at K=T <= 1.25x that at K=1 (checkpointing on); step time <= 1.15x the
-floor.
+floor; DRTune: peak memory at the largest T <= 1.10x that at the smallest T, same K.
 """
 
 from __future__ import annotations
@@ -54,12 +69,18 @@ USES_PEER = False
 # The targets of the module docstring.
 TARGET_MEMORY = "<= 1.25"
 TARGET_FLOOR = "<= 1.15"
+TARGET_DRTUNE = "<= 1.10"
 # alignkit.testing's architecture, image sides, weight dtype, batch, timed steps, and the grid of (T, K, checkpointing).
 CPU_PLAN = dict(arch="small", resolutions=[32, 64], dtype="float32", batch=2, steps=5,
                 grid=[(8, 1, True), (8, 8, True), (8, 1, False), (8, 8, False), (4, 4, True)])
 GPU_PLAN = dict(arch="sd15", resolutions=[512], dtype="bfloat16", batch=1, steps=2,
                 grid=[(50, 1, True), (50, 50, True), (50, 1, False), (50, 8, False)])
 GUIDANCE = 7.5
+# --drtune: DRTune at a fixed K over growing T, checkpointing on (the issue's "memory grows with K,
+# not with T"); on CPU at the plan's first resolution with fewer timed steps (T = 50 is slow there).
+DRTUNE_GRID = [(10, 2, True, "drtune"), (20, 2, True, "drtune"), (50, 2, True, "drtune")]
+DRTUNE_CPU_STEPS = 3
+MODES = ("last", "drtune")
 # The flow families' plans (family -> CPU, GPU): the tests' tiny pipelines on CPU (a 4x4 latent at
 # their native 32 px is too small to time, so 64 and 128 px: 16 and 64 tokens); on a GPU the
 # issue's sizes, SD3.5-medium at 1024 px and FLUX.1-dev at 512 px, K=1 and K=T at T=28 (both
@@ -126,6 +147,7 @@ def worker(spec: dict) -> dict:
     from alignkit.aligner.lora import add_lora
     from alignkit.aligner.pipeline import prepare_pipeline
     from alignkit.aligner.sampler import DDIMSampler
+    from alignkit.aligner.truncation import parse_truncation
 
     torch.set_num_threads(spec.get("threads") or max(1, min(4, os.cpu_count() or 1)))
     device = torch.device(spec["device"])
@@ -154,10 +176,17 @@ def worker(spec: dict) -> dict:
     reward = lambda images: images.mean(dim=(1, 2, 3))  # noqa: E731  model-free: the floor counts it
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generator = torch.Generator().manual_seed(0)
+    # last:K or drtune:K; the cut of each step drawn the way the trainer's _draw_batch does.
+    policy = parse_truncation(spec.get("truncation") or f"last:{K}", T)
+    trained = []
 
     def train_step():
+        cut = policy.draw_cut(generator, T)
+        traj = sampler.draw(generator, B, cut.k)
+        traj.grad_steps, traj.stop_grad = cut.steps, cut.stop_grad
+        trained.append(list(traj.trained(T)))
         with autocast:
-            out = sampler.sample(unet, sampler.encode(prompts, device), sampler.draw(generator, B, K))
+            out = sampler.sample(unet, sampler.encode(prompts, device), traj)
             loss = -reward(out.images).mean()
         loss.backward()
         optimizer.step()
@@ -232,8 +261,9 @@ def worker(spec: dict) -> dict:
     t_unet, t_decode, t_encode = timed(unet_forward, 9), timed(decode_reward, 5), timed(encode, 5)
     t_unet_fb, t_decode_fb = timed(unet_forward_backward, 5), timed(decode_reward_backward, 5)
     optimizer.zero_grad(set_to_none=True)
-    # Forwards the step implies: T sampling forwards (the last K of them with autograd), the
-    # backward of those K (~2 forwards each), and one recompute each when checkpointing.
+    # Forwards the step implies: T sampling forwards (K of them with autograd: the last K, or
+    # DRTune's spread K), the backward of those K (~2 forwards each), and one recompute each when
+    # checkpointing. DRTune's linear path through the later updates (elementwise) is not counted.
     # With checkpointing the decode is checkpointed too (the trainer's default): one more decode.
     unet_forwards = T + (3 if spec["ckpt"] else 2) * K
     # Every step also encodes its prompts once (frozen text encoders, no graph): on the tiny
@@ -247,20 +277,38 @@ def worker(spec: dict) -> dict:
     return {**spec, **memory, "step_s": step, "floor_s": floor, "over_floor": step / floor,
             "floor_measured_s": measured, "over_measured_floor": step / measured,
             "unet_forward_s": t_unet, "unet_forward_backward_s": t_unet_fb, "decode_reward_s": t_decode,
-            "decode_reward_backward_s": t_decode_fb, "encode_s": t_encode, "unet_forwards": unet_forwards}
+            "decode_reward_backward_s": t_decode_fb, "encode_s": t_encode, "unet_forwards": unet_forwards,
+            "trained_steps": trained[1:]}
 
 
 # ---- the driver ------------------------------------------------------------------------------------
 
-def parse_grid(text: str) -> list[tuple[int, int, bool]]:
-    """"50,1,1;50,50,1" -> [(T, K, checkpointing), ...]: a subset, to fit a short device lease."""
-    try:
-        grid = [(int(t), int(k), c == "1") for t, k, c in (item.split(",") for item in text.split(";"))]
-    except ValueError:
-        raise BenchError(f"--grid {text!r}: expected T,K,CKPT items separated by ';', e.g. 50,1,1;50,50,1") from None
-    if any(not 1 <= k <= t for t, k, _ in grid):
+def parse_grid(text: str) -> list[tuple]:
+    """"50,1,1;50,50,1" -> [(T, K, checkpointing), ...]: a subset, to fit a short device lease.
+    A fourth field names the mode: "10,2,1,drtune" -> (10, 2, True, "drtune"); "last" (the
+    default) gives the three-element entry."""
+    grid = []
+    for item in text.split(";"):
+        fields = [f.strip() for f in item.split(",")]
+        mode = fields.pop() if len(fields) == 4 else "last"
+        try:
+            t, k, c = fields
+            entry = (int(t), int(k), c == "1")
+        except ValueError:
+            raise BenchError(f"--grid {text!r}: expected T,K,CKPT[,MODE] items separated by ';', "
+                             f"e.g. 50,1,1;50,50,1 or 50,2,1,drtune") from None
+        if mode not in MODES:
+            raise BenchError(f"--grid {text!r}: MODE {mode!r} is not one of {', '.join(MODES)}")
+        grid.append(entry if mode == "last" else (*entry, mode))
+    if any(not 1 <= k <= t for t, k, *_ in grid):
         raise BenchError(f"--grid {text!r}: every K must be between 1 and its T")
     return grid
+
+
+def grid_entry(entry) -> tuple[int, int, bool, str]:
+    """(T, K, ckpt) or (T, K, ckpt, mode) -> (T, K, ckpt, mode); JSON gives lists."""
+    T, K, ckpt, *rest = entry
+    return int(T), int(K), bool(ckpt), rest[0] if rest else "last"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "SD3.5-medium's at 1024 px, FLUX.1-dev's at 512 px)")
     p.add_argument("--family", choices=["sd", *FLOW_PLANS], default="sd",
                    help="sd: the DDIM sampler (default); sd3, flux: the flow-matching sampler")
-    p.add_argument("--grid", type=parse_grid, help="configurations to run, e.g. '50,1,1;50,50,1' (T,K,checkpointing)")
+    p.add_argument("--grid", type=parse_grid, help="configurations to run, e.g. '50,1,1;50,50,1' (T,K,checkpointing"
+                   "[,drtune])")
+    p.add_argument("--drtune", action="store_true", help="DRTune (drtune:2) at T = 10, 20, 50 with checkpointing: "
+                   "peak memory flat in T (result memory_scaling_drtune[_gpu].json)")
     p.add_argument("--threads", type=int, help="OMP/MKL and torch threads of each configuration's process")
     p.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
     p.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "alignkit-bench" / NAME)
@@ -284,13 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     family = "" if args.family == "sd" else f"_{args.family}"
-    args.name = args.name or f"{NAME}{family}{'_gpu' if args.gpu else ''}"
+    args.name = args.name or f"{NAME}{family}{'_drtune' if args.drtune else ''}{'_gpu' if args.gpu else ''}"
     return args
 
 
 def run_config(spec: dict, args) -> dict:
     """One configuration in a fresh process; its figures, or its error in one line."""
-    label = f"{spec['arch']}-{spec['resolution']}px-T{spec['T']}-K{spec['K']}-{'ckpt' if spec['ckpt'] else 'nockpt'}"
+    label = (f"{spec['arch']}-{spec['resolution']}px-T{spec['T']}-K{spec['K']}-{'ckpt' if spec['ckpt'] else 'nockpt'}"
+             f"{'-drtune' if spec.get('mode') == 'drtune' else ''}")
     child = harness.run_child([sys.executable, __file__, "--worker", json.dumps(spec)], args.logs / f"{label}.log",
                               harness.child_env(args.threads), args.timeout)
     lines = [line for line in child.log.read_text(errors="replace").splitlines() if line.startswith("{")]
@@ -305,19 +357,24 @@ def run(args) -> Result:
         plan = dict(GPU_PLAN if args.gpu else CPU_PLAN)
     else:
         plan = dict(FLOW_PLANS[args.family][1 if args.gpu else 0])
+    if args.drtune:
+        plan["grid"] = DRTUNE_GRID
+        if not args.gpu:
+            plan.update(resolutions=plan["resolutions"][:1], steps=DRTUNE_CPU_STEPS)
     if args.grid:
         plan["grid"] = args.grid
     device = "cuda" if args.gpu else "cpu"
     con = harness.console(stderr=True)
     rows = []
     for res in plan["resolutions"]:
-        for T, K, ckpt in plan["grid"]:
+        for T, K, ckpt, mode in map(grid_entry, plan["grid"]):
             spec = dict(device=device, arch=plan["arch"], dtype=plan["dtype"], resolution=res, T=T, K=K,
                         ckpt=ckpt, batch=plan["batch"], steps=plan["steps"], threads=args.threads,
-                        family=args.family, offload_t5=args.gpu and args.family != "sd")
+                        family=args.family, offload_t5=args.gpu and args.family != "sd", mode=mode,
+                        truncation=f"{mode}:{K}")
             started = time.perf_counter()
             rows.append(run_config(spec, args))
-            con.print(f"{res}px T={T} K={K} ckpt={ckpt}: {time.perf_counter() - started:.0f} s",
+            con.print(f"{res}px T={T} K={K} ckpt={ckpt} {mode}: {time.perf_counter() - started:.0f} s",
                       rows[-1].get("error", ""))
     checks = []
     for res, entry in summarize(rows).items():
@@ -327,6 +384,11 @@ def run(args) -> Result:
         if "worst_over_floor" in entry:
             checks.append(Check(f"{res} px: slowest step time / compute floor", entry["worst_over_floor"], "{:.2f}x",
                                 TARGET_FLOOR))
+        for K, dr in entry.get("drtune", {}).items():
+            lo, hi = dr["T"]
+            checks.append(Check(f"{res} px: drtune:{K} peak T={hi} / T={lo} (ckpt)", dr["memory_ratio"], "{:.2f}x",
+                                TARGET_DRTUNE))
+            checks.append(Check(f"{res} px: drtune:{K} s/step T={hi} / T={lo}", dr["step_ratio"], "{:.2f}x"))
     settings = {"mode": device, "family": args.family, "plan": plan, "timeout_s": args.timeout, "threads": args.threads,
                 "memory_measure": "device max allocated (torch.cuda)" if args.gpu else
                 "peak RSS above the RSS before the timed steps, sampled every 5 ms in the child"}
@@ -334,11 +396,12 @@ def run(args) -> Result:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """The two targets, per resolution: memory ratio K=T vs K=1 (checkpointed), worst step/floor."""
+    """The targets, per resolution: memory ratio K=T vs K=1 (checkpointed, last-K rows), worst
+    step/floor (every row), and per DRTune K the memory ratio of its largest T to its smallest."""
     out = {}
     for res in sorted({r["resolution"] for r in rows}):
         mine = [r for r in rows if r["resolution"] == res and "error" not in r]
-        ck = [r for r in mine if r["ckpt"]]
+        ck = [r for r in mine if r["ckpt"] and r.get("mode", "last") == "last"]
         k1 = next((r for r in ck if r["K"] == 1), None)
         kt = max((r for r in ck if r["K"] == r["T"]), key=lambda r: r["T"], default=None)
         entry = {}
@@ -347,6 +410,15 @@ def summarize(rows: list[dict]) -> dict:
             entry["memory_delta_K=T_over_K=1"] = kt["peak_delta_mb"] / max(k1["peak_delta_mb"], 1e-9)
         if mine:
             entry["worst_over_floor"] = max(r["over_floor"] for r in mine)
+        dr = [r for r in mine if r["ckpt"] and r.get("mode") == "drtune"]
+        for K in sorted({r["K"] for r in dr}):
+            lo = min((r for r in dr if r["K"] == K), key=lambda r: r["T"])
+            hi = max((r for r in dr if r["K"] == K), key=lambda r: r["T"])
+            if hi["T"] > lo["T"]:
+                entry.setdefault("drtune", {})[str(K)] = {
+                    "T": [lo["T"], hi["T"]], "memory_ratio": hi["peak_mb"] / lo["peak_mb"],
+                    "memory_delta_ratio": hi["peak_delta_mb"] / max(lo["peak_delta_mb"], 1e-9),
+                    "step_ratio": hi["step_s"] / lo["step_s"]}
         out[str(res)] = entry
     return out
 
@@ -360,7 +432,9 @@ def configs_table(rows: list[dict]):
                    "step/\nmeasured\nfloor"):
         table.add_column(column, justify="right")
     for r in rows:
-        head = [str(r["resolution"]), str(r["T"]), str(r["K"]), "yes" if r["ckpt"] else "no"]
+        # DRTune's K: "dr:K" (its K steps spread over T), so the table keeps its ten columns.
+        k = f"dr:{r['K']}" if r.get("mode") == "drtune" else str(r["K"])
+        head = [str(r["resolution"]), str(r["T"]), k, "yes" if r["ckpt"] else "no"]
         if "error" in r:
             table.add_row(*head, f"[red]{r['error'][:40]}[/]", "", "", "", "", "")
             continue

@@ -135,6 +135,8 @@ def targets(args) -> list[tuple[str, str, int]]:
 
 def resolve_pipeline(kind: str) -> tuple[str, int]:
     """A saved pipeline folder and the resolution it draws (trl reads it from the UNet config)."""
+    from alignkit.families import vae_factor_of
+
     if kind == "toy":
         from alignkit.models import resolve_model
 
@@ -144,7 +146,7 @@ def resolve_pipeline(kind: str) -> tuple[str, int]:
     if not config.is_file():
         raise BenchError(f"--pipeline {kind}: no diffusers pipeline there (no unet/config.json)")
     unet = json.loads(config.read_text())
-    vae_factor = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    vae_factor = vae_factor_of(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"])
     return str(folder), unet["sample_size"] * vae_factor
 
 

@@ -77,7 +77,7 @@ tiny_sd, tiny_sdxl, tiny_sd3, tiny_flux, tiny_flux_schnell = map(_tiny_pipeline,
 def fails(capsys):
     """`fails(argv, *fragments)`: `alignkit ARGV`, run in this process, exits non-zero with one
     line on stderr, `error: ...` and no traceback, holding every fragment. Returns that line."""
-    from alignkit.testing import run_cli
+    from cli_runner import run_cli
 
     def check(argv: list, *fragments: str) -> str:
         capsys.readouterr()  # only this command's output counts

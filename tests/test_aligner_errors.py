@@ -2,7 +2,7 @@
 
 import pytest
 
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 BASE = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--guidance-scale", "1",
         "--train-batch-size", "1", "--max-train-steps", "1", "--report-to", "none", "--truncation", "last:1"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from alignkit.hub import load_state_dict
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 ENTRY = Path(__file__).with_name("aligner_entry.py")
 ARGS = ["--reward", "brightness", "--prompts", "simple_animals", "--num-inference-steps", "2",

@@ -19,7 +19,8 @@ from alignkit.runfolder.lock import LOCK_FILE
 from alignkit.hub import load_state_dict
 from alignkit.rewards.registry import REGISTRY, register
 from tiny_models import write_code_pickle
-from alignkit.testing import Brightness, run_cli
+from alignkit.testing import Brightness
+from cli_runner import run_cli
 
 BASE = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--guidance-scale", "1",
         "--train-batch-size", "1", "--report-to", "none", "--truncation", "last:1", "--seed", "0"]

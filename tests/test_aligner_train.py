@@ -9,7 +9,7 @@ import yaml
 from alignkit.aligner import load_config, train
 from alignkit.runfolder import LORA_FILE
 from alignkit.hub import load_state_dict
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 FAST = ["--reward", "brightness", "--prompt", "two red circles", "--num-inference-steps", "2",
         "--guidance-scale", "1", "--train-batch-size", "2", "--report-to", "none", "--seed", "0"]

@@ -22,7 +22,7 @@ import torch
 
 from alignkit.runfolder import LORA_FILE
 from alignkit.hub import load_state_dict
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 TRAIN = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--guidance-scale", "1",
          "--train-batch-size", "1", "--max-train-steps", "1", "--report-to", "none", "--truncation", "last:1"]
@@ -56,15 +56,20 @@ def ws(tiny_sd, test_rewards, tmp_path_factory):
                        "targets.yaml": "lora_target_modules: []\n", "unknown.yaml": "learning_rat: 0.1\n",
                        "type.yaml": "learning_rate: fast\n", "nonfinite.yaml": "max_nonfinite_steps: 0\n",
                        "decay.yaml": "adam_weight_decay: -1\n", "samples.yaml": "num_samples: 0\n",
-                       "notmapping.yaml": "- a\n- b\n", "broken.yaml": "rank: [1,\n"}.items():
+                       "notmapping.yaml": "- a\n- b\n", "broken.yaml": "rank: [1,\n",
+                       "ropts.yaml": "reward_options:\n  count: 5\n"}.items():
         (root / name).write_text(text)
+    # A model folder whose model_index.json is cut short (not valid JSON).
+    (root / "badindex").mkdir()
+    (root / "badindex" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline",\n')
     # A finished run with a checkpoint at each of its 2 steps, and damaged copies of it.
     assert run_cli(["train", "--model", tiny_sd, *TRAIN, "--max-train-steps", "2", "--checkpointing-steps", "1",
                     "--output-dir", root / "run"]) == 0
     for name, damage in {"run_no_optimizer": lambda r: (r / "checkpoint-2" / "optimizer.bin").unlink(),
                          "run_bad_rng": lambda r: (r / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"\0" * 40),
                          "run_bad_metrics": lambda r: (r / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n'),
-                         "run_nan": _nan_lora, "run_bad_config": lambda r: (r / "config.yaml").write_bytes(b"\xff\xfe")}.items():
+                         "run_nan": _nan_lora, "run_bad_config": lambda r: (r / "config.yaml").write_bytes(b"\xff\xfe"),
+                         "run_bad_reward_options": _number_for_reward_options}.items():
         shutil.copytree(root / "run", root / name)
         damage(root / name)
     # A folder another (live) process holds the lock of.
@@ -89,6 +94,14 @@ def _nan_lora(run: Path) -> None:
     key = next(iter(state))
     state[key] = torch.full_like(state[key], float("inf"))
     save_file(state, str(run / LORA_FILE))
+
+
+def _number_for_reward_options(run: Path) -> None:
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["reward_options"] = {"brightness": 5}
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _network_down(monkeypatch) -> None:
@@ -186,6 +199,8 @@ CASES = [
     Case("config-samples", train("--config", "{samples.yaml}"), "num_samples must be at least 1"),
     Case("config-not-mapping", train("--config", "{notmapping.yaml}"), "must hold a mapping"),
     Case("config-broken", train("--config", "{broken.yaml}"), "does not parse"),
+    Case("config-reward-options-number", train("--config", "{ropts.yaml}"),
+         "config: reward_options.count must map option names to values"),
     # ---- train: prompts, rewards, models
     Case("prompts-nonutf8", train("--prompts", "{nonutf8}", drop=("--prompt",)), "is not UTF-8 text"),
     Case("prompts-missing", train("--prompts", "{nowhere.txt}", drop=("--prompt",)), "neither a built-in set"),
@@ -201,6 +216,7 @@ CASES = [
                                             w.root / "out"], "no folder at"),
     Case("model-not-cached-offline", lambda w: ["train", "--model", "org/uncached", *TRAIN, "--output-dir",
                                                 w.root / "out"], "HF_HUB_OFFLINE is set"),
+    Case("model-index-not-json", train("--model", "{badindex}"), "badindex/model_index.json is not valid JSON"),
     Case("model-network-down", lambda w: ["train", "--model", "org/uncached", *TRAIN, "--output-dir",
                                           w.root / "out"], "cannot be reached", setup=_network_down),
     # ---- train: the output folder
@@ -247,6 +263,10 @@ CASES = [
          "count: no object class of the detector"),
     Case("eval-reward-unknown", evaluate("--reward", "nope"), "unknown reward 'nope'"),
     Case("eval-heldout-weight-zero", evaluate("--rewards", "brightness:0"), "has weight 0"),
+    Case("eval-model-index-not-json", evaluate("--model", "{badindex}"), "badindex/model_index.json is not valid JSON"),
+    Case("eval-run-reward-options-number", evaluate(run="run_bad_reward_options"),
+         "reward_options.brightness must map option names to values"),
+    Case("eval-output-locked", evaluate("--output-dir", "{locked}"), "is in use by another alignkit train (pid"),
     # ---- score
     Case("score-device-cuda", score("--reward", "brightness", "--device", "cuda"), "no CUDA GPU is visible here",
          skip=None if NO_GPU else "this machine has a GPU"),

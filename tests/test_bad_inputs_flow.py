@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 from test_bad_inputs import Case, Workspace, _argv, _snapshot
 
 TRAIN = ["--reward", "brightness", "--prompt", "a cat", "--num-inference-steps", "2", "--train-batch-size", "1",

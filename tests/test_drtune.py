@@ -12,7 +12,8 @@ from alignkit.aligner.sampler import DDIMSampler
 from alignkit.aligner.truncation import TruncationError, parse_truncation
 from alignkit.hub import load_state_dict
 from alignkit.runfolder import LORA_FILE
-from alignkit.testing import RESOLUTION, run_cli
+from alignkit.testing import RESOLUTION
+from cli_runner import run_cli
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 PROMPTS = ["two cats", "a red circle"]

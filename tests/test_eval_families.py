@@ -9,7 +9,7 @@ import pytest
 
 from alignkit.families import FAMILIES, family_guidance, resolution_error, size_multiple
 from alignkit.runfolder import LORA_FILE
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 TRAIN = ["--reward", "brightness", "--prompt", "two red circles", "--num-inference-steps", "2",
          "--train-batch-size", "1", "--report-to", "none", "--seed", "0", "--truncation", "last:1",

@@ -11,7 +11,8 @@ import yaml
 from alignkit.families import FLUX_TARGETS, SD3_TARGETS
 from alignkit.hub import load_state_dict
 from alignkit.runfolder import LORA_FILE
-from alignkit.testing import RESOLUTION, run_cli
+from alignkit.testing import RESOLUTION
+from cli_runner import run_cli
 
 FAST = ["--reward", "brightness", "--prompt", "two red circles", "--num-inference-steps", "2",
         "--train-batch-size", "2", "--report-to", "none", "--seed", "0"]

@@ -14,7 +14,7 @@ from alignkit.errors import AlignkitError
 from alignkit.rewards import load_reward
 from alignkit.rewards import registry
 from fit_data import save_images, tiny_backbone, write_rows
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 PLUGIN = '''
 import torch

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from alignkit.toy import models
-from alignkit.toy.train import main
-from alignkit.toy.train_flow import T5_ZERO_TOKENS, RepeatedTokenAttention
+from toy_build import models
+from toy_build.train import main
+from toy_build.train_flow import T5_ZERO_TOKENS, RepeatedTokenAttention
 
 
 def test_one_token_with_its_bias_equals_the_pipelines_zero_tokens():
@@ -95,7 +95,7 @@ def test_bundled_toy_flow_trains_with_its_defaults_and_its_lora_loads_in_plain_d
     from diffusers import StableDiffusion3Pipeline
 
     from alignkit.models import get_model
-    from alignkit.testing import run_cli
+    from cli_runner import run_cli
     from alignkit.toy import flow_pipeline_path
 
     run = tmp_path / "run"

@@ -26,7 +26,7 @@ AGREEMENT_FLOOR = 0.85
 
 @pytest.fixture(scope="module")
 def net():
-    from alignkit.toy.detector import load_detector
+    from toy_build.detector import load_detector
 
     return load_detector()
 
@@ -45,7 +45,7 @@ def test_detector_contract_files(net):
 
 
 def test_detector_counts_fresh_scenes(net):
-    from alignkit.toy.detector import count_accuracy
+    from toy_build.detector import count_accuracy
 
     quality = count_accuracy(net, n=128, seed=12345)
     assert quality["count_accuracy_nms"] >= 0.95
@@ -57,7 +57,7 @@ def test_our_detect_matches_ultralytics_predict(net):
     NMS), find the same objects as `detect()` on the reloaded DetectionModel."""
     import ultralytics
 
-    from alignkit.toy.detector import detect
+    from toy_build.detector import detect
 
     yolo = ultralytics.YOLO(str(detector_path() / "model.yaml"), task="detect")
     yolo.model.load_state_dict(net.state_dict())
@@ -73,7 +73,7 @@ def test_our_detect_matches_ultralytics_predict(net):
 
 def test_toy_clip_reward_retrieves_and_differentiates():
     from alignkit.rewards import load_reward
-    from alignkit.toy.quality import clip_retrieval
+    from toy_build.quality import clip_retrieval
 
     reward = load_reward("toy_clip")
     assert reward.name == "toy_clip" and not any(p.requires_grad for p in reward.parameters())
@@ -100,7 +100,7 @@ def test_pipeline_loads_like_a_hub_model_and_draws_the_prompt(net):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from alignkit.toy.quality import balanced_prompts, sample, scene_metrics
+    from toy_build.quality import balanced_prompts, sample, scene_metrics
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -124,8 +124,8 @@ def test_detector_agrees_with_the_world_rules_on_the_pipelines_own_samples(net):
     where the counter is sure (TRAINING.md: the figure on 512 samples at each sampler)."""
     from diffusers import StableDiffusionPipeline
 
-    from alignkit.toy.detector import counter_agreement
-    from alignkit.toy.quality import balanced_prompts, sample
+    from toy_build.detector import counter_agreement
+    from toy_build.quality import balanced_prompts, sample
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_path(), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -143,7 +143,7 @@ def test_missing_bundle_is_one_clear_line(monkeypatch, tmp_path):
     for getter in (toy.pipeline_path, toy.detector_path, toy.clip_path):
         with pytest.raises(MissingWeightsError) as info:
             getter()
-        assert "\n" not in str(info.value) and "python -m alignkit.toy.train" in str(info.value)
+        assert "\n" not in str(info.value) and "python -m toy_build.train" in str(info.value)
     assert clip_path  # the real paths are exercised above
 
 

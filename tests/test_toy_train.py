@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from alignkit.toy.train import Budget, main
+from toy_build.train import Budget, main
 
 
 def test_vae_and_clip_train_save_and_log(tmp_path):

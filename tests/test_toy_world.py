@@ -10,7 +10,7 @@ from alignkit.prompts import load_prompt_set
 from alignkit.toy import world
 from alignkit.toy.prompts import EVAL_COMBINATIONS
 from alignkit.toy.counter import read_image
-from alignkit.toy.tokenizer import _bpe, build_vocab_and_merges, world_words
+from toy_build.tokenizer import _bpe, build_vocab_and_merges, world_words
 
 
 def test_generator_is_deterministic_for_a_seed():
@@ -94,7 +94,7 @@ def test_every_world_word_is_one_token(tmp_path):
     # transformers 5 accepts the tables (every merge result is in the vocabulary).
     from transformers import CLIPTokenizer
 
-    from alignkit.toy.tokenizer import build_tokenizer
+    from toy_build.tokenizer import build_tokenizer
 
     tok = build_tokenizer(tmp_path)
     assert isinstance(tok, CLIPTokenizer)

@@ -8,7 +8,7 @@ import typer
 import alignkit.aligner
 from alignkit.aligner.config import FLAGS, TrainConfig, train_flags
 from alignkit.cli import app
-from alignkit.testing import run_cli
+from cli_runner import run_cli
 
 
 def train_options() -> dict[str, list[str]]:

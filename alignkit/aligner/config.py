@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from alignkit.errors import AlignkitError, read_text
+from alignkit.rewards.spec import check_reward_options
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
             if layer is overrides and value is None:
                 continue
             if name == "reward_options" and isinstance(value, dict):
-                value = _merge_options(values.get(name, {}), value)
+                value = _merge_options(values.get(name, {}), check_reward_options(value, "config"))
             values[name] = _coerce(name, value)
     model = values.get("pretrained_model_name_or_path", TrainConfig.pretrained_model_name_or_path)
     # Settings a named model recommends for itself (the toy's train_defaults.yaml: TrainConfig's

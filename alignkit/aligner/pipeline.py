@@ -1,4 +1,4 @@
-"""Loading a diffusers text-to-image pipeline for training, with one-line errors.
+"""A diffusers text-to-image pipeline prepared for training (loaded by `alignkit.pipelines`).
 
 Supported: the families of `alignkit/families.py` — `StableDiffusionPipeline` (SD 1.x/2.x),
 `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline` (SD3, SD3.5) and `FluxPipeline`
@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from alignkit.families import Family, family_of, flux_guidance_embeds, resolution_error, size_multiple, supported, vae_factor
-from alignkit.errors import AlignkitError, MissingWeightsError, first_line
-from alignkit import models
-from alignkit.hub import dropped_components, hub_reachable, quiet_loading
+from alignkit.families import Family, family_of, size_multiple, supported, vae_factor
+from alignkit.pipelines import ModelInfo, PipelineError, check_resolution as _check_side, inspect_model
+from alignkit.pipelines import load_pipeline as _load
+
+# Re-exported: the aligner's callers read a model and its errors from here.
+__all__ = ["LoadedPipeline", "ModelInfo", "PipelineError", "check_resolution", "inspect_model", "load_pipeline",
+           "prepare_pipeline"]
 
 logger = logging.getLogger(__name__)
-
-
-class PipelineError(AlignkitError):
-    """A model that cannot be loaded or does not fit the sampler."""
 
 
 @dataclass
@@ -65,86 +63,13 @@ class LoadedPipeline:
                 module.to("cpu" if keep_t5_on_cpu and module is self.t5 else device)
 
 
-@dataclass
-class ModelInfo:
-    """What model_index.json (and the denoiser's config) say, read without loading weights."""
-
-    source: str
-    family: Family
-    # FLUX.1-dev embeds the guidance scale; FLUX.1-schnell does not (it ignores one).
-    guidance_embeds: bool = True
-    # A hub id read from the HF cache alone (the hub cannot be reached).
-    local_only: bool = False
-    # Components model_index.json leaves out ([null, null]), passed as None to from_pretrained.
-    dropped: tuple[str, ...] = ()
-
-
-def _resolve_model_flag(name_or_path: str) -> str:
-    """alignkit.models.resolve_model for `--model`: its error names the flag, as a PipelineError."""
-    try:
-        return models.resolve_model(name_or_path)
-    except MissingWeightsError as exc:
-        raise PipelineError(f"{exc} (--model)") from None
-
-
-def inspect_model(name_or_path: str, revision: str | None = None) -> ModelInfo:
-    """The model's family from its model_index.json, and its components checked: one line for an
-    unsupported pipeline or a component (such as T5) that the folder lacks."""
-    from diffusers import DiffusionPipeline
-
-    source = _resolve_model_flag(name_or_path)
-    # A hub id whose files are cached loads from the cache alone when the hub cannot be reached,
-    # instead of retrying it for every file.
-    local_only = not Path(source).exists() and not hub_reachable()
-    index = DiffusionPipeline.load_config(source, revision=revision, local_files_only=local_only)
-    class_name = index.get("_class_name", "?")
-    family = family_of(class_name)
-    if family is None:
-        raise PipelineError(f"model '{name_or_path}' is a {class_name}; the aligner supports {supported()}")
-    t5 = family.t5
-    if t5 is not None:
-        entry = index.get(t5)
-        # SD3 may drop T5 on purpose (model_index lists it as null: diffusers then uses zeros);
-        # FLUX's only prompt sequence comes from T5.
-        dropped = not entry or entry[0] is None
-        if dropped and family.name == "flux":
-            raise PipelineError(f"model '{name_or_path}': FLUX needs its T5 text encoder ({t5}), which its "
-                                "model_index.json leaves out")
-        if not dropped and Path(source).is_dir() and not (Path(source) / t5).is_dir():
-            raise PipelineError(f"model '{name_or_path}': its T5 text encoder folder {Path(source) / t5} is missing; "
-                                "copy it from the original model (or download the model again)")
-        if not dropped and local_only and not _cached(source, f"{t5}/config.json", revision):
-            raise PipelineError(f"model '{name_or_path}': its T5 text encoder ({t5}/) is not in the Hugging Face "
-                                f"cache and the hub cannot be reached; download the whole model (hf download {source})")
-    guidance_embeds = True
-    if family.name == "flux":
-        guidance_embeds = flux_guidance_embeds(source, revision=revision, local_files_only=local_only)
-    return ModelInfo(source, family, guidance_embeds, local_only, tuple(dropped_components(index)))
-
-
-def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
-
-
 def load_pipeline(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
                   info: ModelInfo | None = None) -> LoadedPipeline:
-    """Load a supported pipeline in `dtype` and prepare it for the sampler (`prepare_pipeline`).
-    `info`: `inspect_model`'s reading of the same model, if the caller already has it."""
-    from diffusers import DiffusionPipeline
-
+    """Load a supported pipeline in `dtype` (`alignkit.pipelines`, the loader evaluation uses
+    too) and prepare it for the sampler (`prepare_pipeline`). `info`: `inspect_model`'s reading
+    of the same model, if the caller already has it."""
     info = info or inspect_model(name_or_path, revision)
-    # The safety checker is a non-differentiable post-filter of the pipeline's __call__, unused here.
-    extra = {"safety_checker": None, "requires_safety_checker": False} if info.family.name == "sd" else {}
-    extra.update({name: None for name in info.dropped})
-    try:
-        with quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(info.source, revision=revision, dtype=dtype,
-                                                     local_files_only=info.local_only, **extra)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise PipelineError(f"model '{name_or_path}' could not be loaded: {first_line(exc)}") from None
-    return prepare_pipeline(pipe, name_or_path)
+    return prepare_pipeline(_load(info, dtype, name_or_path), name_or_path)
 
 
 def prepare_pipeline(pipe, name: str = "model") -> LoadedPipeline:
@@ -196,6 +121,4 @@ def _flow_scheduler(pipe, name: str) -> None:
 
 def check_resolution(resolution: int, loaded: LoadedPipeline) -> None:
     """The image side must be a multiple of the model's size step (VAE factor, patches, packing)."""
-    message = resolution_error(resolution, loaded.size_multiple, loaded.size_reason)
-    if message:
-        raise PipelineError(message)
+    _check_side(resolution, multiple=loaded.size_multiple, reason=loaded.size_reason)

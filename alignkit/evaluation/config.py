@@ -182,18 +182,6 @@ def bare_lora_guidance(model: str) -> float:
     return DIFFUSERS_GUIDANCE if guidance is None else guidance
 
 
-def check_resolution(resolution: int | None, pipe) -> None:
-    """A side the loaded pipeline can generate: a multiple of its VAE factor, times SD3's patch
-    size or FLUX's 2x2 packing (`families.size_multiple`, as `alignkit train` checks)."""
-    if resolution is None:
-        return
-    from alignkit.families import resolution_error, size_multiple
-
-    message = resolution_error(resolution, *size_multiple(pipe))
-    if message:
-        raise AlignkitError(message)
-
-
 def resolve_prompts(config: EvalConfig, source: EvalSource) -> list[str]:
     """The held-out `eval` split of the run's prompt set, falling back to the run's prompt."""
     from alignkit.prompts import load_prompt_set, single_prompt

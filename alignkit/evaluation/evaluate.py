@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from alignkit.runfolder.lock import RunLock
 from alignkit.errors import AlignkitError
 from alignkit.evaluation import metrics as M
 from alignkit.evaluation.config import (Condition, EvalConfig, Settings, plan_conditions, resolve_prompts,
@@ -82,8 +84,11 @@ class EvalResult:
     judges: list[str] = field(default_factory=list)
 
 
-def evaluate(config: EvalConfig, log=print) -> EvalResult:
-    """Run the whole evaluation; `log` receives one-line progress notes."""
+def evaluate(config: EvalConfig, log=print, write: Callable[[EvalResult], None] | None = None) -> EvalResult:
+    """Run the whole evaluation; `log` receives one-line progress notes. The output folder is
+    written under its lock (`RunLock`, as `alignkit train` holds its run folder), so two
+    evaluations never write into one folder; `write(result)` runs before the lock is released
+    (the report files of `alignkit.evaluation.run`)."""
     config.validate()
     source = open_source(config.path, config.model)
     from alignkit.devices import resolve_device
@@ -103,9 +108,26 @@ def evaluate(config: EvalConfig, log=print) -> EvalResult:
     named = find_model(source.model)
     heldout, notes = heldout_scorers(config.heldout, trained.names, _substitutes(named), options, device)
     judges = _judges(config, trained, named, device)
-    # Only now, with every input checked, does anything get written.
-    store = Store(Path(config.output_dir) if config.output_dir else source.root / "eval")
+    # Only now, with every input checked, does anything get written: under the folder's lock.
+    out = Path(config.output_dir) if config.output_dir else source.root / "eval"
+    Store.check_writable(out)
+    lock = RunLock(out, command="alignkit eval").acquire()
+    try:
+        result = _evaluate_into(Store(out), config, source, device, settings, prompts, seeds, spec, trained,
+                                heldout, notes, judges, log)
+        if write is not None:
+            write(result)
+    except BaseException:
+        lock.discard()  # the lock file, and the folders made for it while still empty
+        raise
+    lock.release()
+    return result
 
+
+def _evaluate_into(store: Store, config: EvalConfig, source: EvalSource, device: str, settings: Settings,
+                   prompts: list[str], seeds: list[int], spec, trained: Scorer, heldout: list[Scorer],
+                   notes: list[str], judges: list[JudgeScorer], log) -> EvalResult:
+    """Generate, score and analyse every condition, the images and scores cached in `store`."""
     if len(seeds) < 2:
         notes.append("one seed per prompt: diversity needs at least 2 (--seeds 2 or more)")
     conditions = plan_conditions(source, config.scales)
@@ -180,14 +202,9 @@ def _gains(records: list[ImageRecord], conditions: list[Condition], metrics: lis
 
 def _reward_options(config: EvalConfig, source: EvalSource, spec: str) -> dict:
     """Per-reward options: the run's `reward_options`, then --reward-option on top."""
-    from alignkit.rewards import parse_reward_options, parse_spec
+    from alignkit.rewards import check_reward_options, parse_reward_options, parse_spec
 
-    merged: dict[str, dict] = {}
-    run_options = source.config.get("reward_options") or {}
-    if not isinstance(run_options, dict):
-        raise AlignkitError(f"{source.root}/config.yaml: reward_options must map reward names to options")
-    for name, values in run_options.items():
-        merged[name] = dict(values or {})
+    merged = check_reward_options(source.config.get("reward_options") or {}, f"{source.root}/config.yaml")
     names = [n for n, _ in parse_spec(spec)]
     items = list(config.reward_options)
     if len(names) == 1:

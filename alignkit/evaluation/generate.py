@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import AlignkitError, CheckpointError, first_line
-from alignkit.evaluation.config import Condition, Settings, check_resolution
+from alignkit.evaluation.config import Condition, Settings
 from alignkit.evaluation.source import LoraCheckpoint
-from alignkit.families import model_index, takes_eta
-from alignkit.hub import dropped_components, quiet_loading
-from alignkit.models import resolve_model
+from alignkit.families import takes_eta
+from alignkit.hub import quiet_loading
+from alignkit.pipelines import check_resolution, inspect_model, load_pipeline, sampling_dtype
 
 
 class PipelineGenerator:
@@ -28,8 +28,6 @@ class PipelineGenerator:
     def __init__(self, model: str, device: str, batch_size: int = 8):
         self.model = model
         self.device = torch.device(device)
-        # Half precision on accelerators (as users sample), full precision on CPU.
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.batch_size = batch_size
         self._pipe = None
         self._loaded: set[str] = set()
@@ -43,20 +41,9 @@ class PipelineGenerator:
         return self._pipe
 
     def _load_pipeline(self):
-        from diffusers import DiffusionPipeline
-
-        source = resolve_model(self.model, what="base model")
-        index = model_index(source)
-        dtype = self.dtype
-        if dtype == torch.float16 and index.get("_class_name") == "FluxPipeline":
-            dtype = torch.bfloat16  # FLUX's activations overflow fp16 (black images); it is used in bf16
-        try:
-            with quiet_loading():
-                # Evaluation needs the raw images: no safety checker (it blacks out images).
-                pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype,
-                                                         **{**dropped_components(index), "safety_checker": None})
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise AlignkitError(f"cannot load base model '{self.model}' as a diffusers pipeline ({first_line(exc)})") from None
+        # The aligner's loader; any pipeline class that takes LoRA adapters is evaluated.
+        info = inspect_model(self.model, what="base model", flag=None, require_family=False)
+        pipe = load_pipeline(info, sampling_dtype(self.device, info.family), self.model, what="base model")
         if not hasattr(pipe, "load_lora_weights"):
             raise AlignkitError(f"base model '{self.model}' ({type(pipe).__name__}) does not support LoRA adapters")
         pipe.set_progress_bar_config(disable=True)

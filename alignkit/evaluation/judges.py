@@ -15,8 +15,9 @@ while its judge does not is flagged, and that candidate is never kept).
 |            |                        |                                                           | detector than the      |
 |            |                        |                                                           | reward's               |
 
-A judge is registered with `register_judge(name, factory)`; the factory takes the judge's
-options and the device and returns a `Judge`. The toy world registers `toy_rules` itself
+A judge is registered with `register_judge(name, factory)` (the registry is `alignkit.judges`,
+below the rewards and evaluation, re-exported here); the factory takes the judge's options and
+the device and returns a `Judge`. The toy world registers `toy_rules` itself
 (`alignkit.toy.judge`) as a plugin (see alignkit.plugins), and names it as the default judge of
 its model (`alignkit.models.NamedModel.judges`).
 """
@@ -31,36 +32,10 @@ import torch
 from torch import Tensor
 
 from alignkit.errors import AlignkitError
-from alignkit.plugins import load_plugins
+from alignkit.judges import Judge, judge_factory, judge_names, register_judge
 from alignkit.rewards.base import state_digest
 
-
-@dataclass
-class Judge:
-    name: str
-    # (images (B,3,H,W) float in [0,1], prompts) -> {column: (B,) tensor}.
-    read: Callable[[Tensor, list[str]], dict[str, Tensor]]
-    # Which way is better for each column that can vouch for a gain (+1: higher).
-    directions: dict[str, int]
-    # The columns that tell the truth about a trained reward: when one of those rewards
-    # rises, the column must rise too (column -> reward names).
-    confirms: dict[str, tuple[str, ...]]
-    # What the judge reads with, for the report.
-    description: str = ""
-    # A fingerprint of the weights it reads with (None: none), to refuse a judge that is the reward.
-    weights_digest: str | None = None
-
-
-_JUDGES: dict[str, Callable[..., Judge]] = {}
-
-
-def register_judge(name: str, factory: Callable[..., Judge]) -> None:
-    _JUDGES[name] = factory
-
-
-def judge_names() -> list[str]:
-    load_plugins()
-    return sorted(_JUDGES)
+__all__ = ["Judge", "JudgeScorer", "check_independent", "default_judges", "judge_names", "register_judge"]
 
 
 def _count_judge(options: dict, device: str) -> Judge:
@@ -100,10 +75,10 @@ class JudgeScorer:
     @property
     def judge(self) -> Judge:
         if self._judge is None:
-            load_plugins()
-            if self.spec not in _JUDGES:
+            factory = judge_factory(self.spec)
+            if factory is None:
                 raise AlignkitError(f"--judge: unknown judge '{self.spec}'; known: {', '.join(judge_names())}")
-            self._judge = _JUDGES[self.spec](dict(self.options), self.device)
+            self._judge = factory(dict(self.options), self.device)
         return self._judge
 
     @torch.no_grad()
@@ -120,8 +95,7 @@ class JudgeScorer:
 def default_judges(model_judges: tuple[str, ...] = ()) -> list[str]:
     """The judges evaluation uses unless told otherwise: those the model names for itself
     (the toy world's rules on the toy model), where registered."""
-    load_plugins()
-    return [name for name in model_judges if name in _JUDGES]
+    return [name for name in model_judges if judge_factory(name) is not None]
 
 
 def check_independent(judge: JudgeScorer, trained_reward: Callable[[], torch.nn.Module]) -> None:

@@ -26,19 +26,22 @@ EMBEDDINGS_FILE = "cache/embeddings.safetensors"
 class Store:
     def __init__(self, root: Path):
         self.root = root
-        if root.exists() and not root.is_dir():
-            raise AlignkitError(f"output folder {root} is a file; pass --output-dir FOLDER")
-        # Nothing is created until the first image is written, so a run that fails on its
-        # inputs (a LoRA that does not fit) leaves no empty folders behind; but an output
-        # folder that could never be written is refused now, not after minutes of sampling.
-        parent = next(p for p in (root, *root.parents) if p.exists())
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise AlignkitError(f"cannot create output folder {root}: {parent} is not a writable folder; pass another --output-dir")
+        self.check_writable(root)
         self.index: dict[str, dict] = self._read_index()
         # Facts about rewards learnt once, e.g. which carry no image encoder (never an image key: those are hex).
         self.meta: dict = self.index.setdefault("__meta__", {"no_embedder": []})
         self.embeddings: dict[str, Tensor] = self._read_embeddings()
         self._dirty = False
+
+    @staticmethod
+    def check_writable(root: Path) -> None:
+        """Refuse an output folder that could never be written, now, not after minutes of sampling.
+        (Nothing is created here: a run that fails on its inputs leaves no empty folders behind.)"""
+        if root.exists() and not root.is_dir():
+            raise AlignkitError(f"output folder {root} is a file; pass --output-dir FOLDER")
+        parent = next(p for p in (root, *root.parents) if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise AlignkitError(f"cannot create output folder {root}: {parent} is not a writable folder; pass another --output-dir")
 
     # -- images ---------------------------------------------------------------------------
 

@@ -7,9 +7,10 @@
 
 from alignkit.rewards.base import CLIP_MEAN, CLIP_STD, InputError, Reward
 from alignkit.rewards.registry import REGISTRY, RewardEntry, get_entry, list_entries, register
-from alignkit.rewards.spec import CombinedReward, SpecError, load_reward, parse_reward_options, parse_spec
+from alignkit.rewards.spec import (CombinedReward, SpecError, check_reward_options, load_reward, parse_reward_options,
+                                   parse_spec)
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CombinedReward", "InputError", "REGISTRY", "Reward", "RewardEntry",
-    "SpecError", "get_entry", "list_entries", "load_reward", "parse_reward_options", "parse_spec", "register",
+    "SpecError", "check_reward_options", "get_entry", "list_entries", "load_reward", "parse_reward_options", "parse_spec", "register",
 ]

@@ -43,7 +43,6 @@ is built.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -52,9 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignkit.detectors import WEIGHTS_FILE, YAML_FILE, import_ultralytics, letterbox, load_detector
+from alignkit.detectors import WEIGHTS_FILE, YAML_FILE, default_detector, import_ultralytics, letterbox, load_detector
 from alignkit.errors import AlignkitError, MissingWeightsError
-from alignkit.plugins import load_plugins
 from alignkit.prompts import plural
 from alignkit.rewards.base import Reward
 from alignkit.rewards.registry import register
@@ -353,26 +351,18 @@ OBJECTIVES: dict[str, Callable[[Tensor, Tensor, Tensor, SoftCountConfig], Tensor
 }
 
 
-# Where `detector` points when it is not given: set by a plugin that bundles a detector (the
-# toy world sets its own, the default of the toy prompts).
-_DEFAULT_DETECTOR: list[Callable[[], str | os.PathLike]] = []
-
-
-def set_default_detector(locate: Callable[[], str | os.PathLike]) -> None:
-    """Make `locate()` (a folder or hub id, looked up when needed) the default detector."""
-    _DEFAULT_DETECTOR[:] = [locate]
-
-
 def _default_detector() -> str:
-    load_plugins()
-    if not _DEFAULT_DETECTOR:
-        raise MissingWeightsError(f"count: no default detector is installed; pass detector=DIR (a folder or hub "
-                                  f"repo with {YAML_FILE} and {WEIGHTS_FILE})")
+    """Where `detector` points when it is not given: the default of the detector registry
+    (`alignkit.detectors.register_detector`; the toy world registers its own)."""
     try:
-        return str(_DEFAULT_DETECTOR[0]())
+        found = default_detector()
     except MissingWeightsError as exc:
         raise MissingWeightsError(f"count: {exc}; or pass detector=DIR (a folder or hub repo with "
                                   f"{YAML_FILE} and {WEIGHTS_FILE})") from None
+    if found is None:
+        raise MissingWeightsError(f"count: no default detector is installed; pass detector=DIR (a folder or hub "
+                                  f"repo with {YAML_FILE} and {WEIGHTS_FILE})")
+    return found
 
 
 @register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt "

@@ -105,10 +105,10 @@ def register(name: str, summary: str, **meta) -> Callable:
 def get_entry(name: str) -> RewardEntry:
     """The entry of a registered name, of a name with inline options (`fitted:path=DIR`), or
     of a module reference (`my_pkg.rewards:factory`, imported now: a failure is one line)."""
-    _load_families()
+    _load_core()
     if ":" in name and name not in REGISTRY:
         head, _, rest = name.partition(":")
-        if is_reference(head, rest, REGISTRY):
+        if is_reference(head, rest, KNOWN):
             return RewardEntry(name=name, **reference_fields(name))
         bound = tuple(field.partition("=")[::2] for field in rest.split(":"))
         base = get_entry(head)
@@ -117,7 +117,7 @@ def get_entry(name: str) -> RewardEntry:
             raise AlignkitError(f"reward '{head}' has no option {', '.join(unknown)} "
                                 f"(options: {', '.join(base.options) or 'none'})")
         return replace(base, name=name, bound=bound)
-    if name not in REGISTRY:
+    if name not in KNOWN:
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise AlignkitError(f"unknown reward '{name}'{hint} (known: {', '.join(sorted(REGISTRY))})")
@@ -125,13 +125,30 @@ def get_entry(name: str) -> RewardEntry:
 
 
 def registered_names() -> set[str]:
-    _load_families()
+    """Every registered name, the plugins' among them."""
+    _load_core()
+    load_plugins()
     return set(REGISTRY)
 
 
 def list_entries() -> list[RewardEntry]:
-    _load_families()
-    return [REGISTRY[name] for name in sorted(REGISTRY)]
+    """Every registered reward, the plugins' among them (`alignkit rewards`)."""
+    return [REGISTRY[name] for name in sorted(registered_names())]
+
+
+class _Known:
+    """The registered names as a container that loads no more than it must: the core's own
+    rewards first, and the plugins (the toy world's) only for a name the core lacks, so that
+    building `compress` imports neither the toy nor evaluation."""
+
+    def __contains__(self, name: object) -> bool:
+        _load_core()
+        if name not in REGISTRY:
+            load_plugins()
+        return name in REGISTRY
+
+
+KNOWN = _Known()
 
 
 def build(name: str, device=None, dtype=None, **options):
@@ -148,10 +165,9 @@ def build(name: str, device=None, dtype=None, **options):
     return reward.freeze()
 
 
-def _load_families() -> None:
+def _load_core() -> None:
     # Importing the family modules registers them; their heavy imports live in the factories.
     importlib.import_module("alignkit.rewards.families")
-    load_plugins()
     # Rewards that installed packages declare as entry points (read once).
     global _entry_points_read
     if not _entry_points_read:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from alignkit.errors import AlignkitError
 from alignkit.rewards.base import Reward, check_inputs
 from alignkit.rewards.plugin import is_reference
-from alignkit.rewards.registry import build, get_entry, registered_names
+from alignkit.rewards.registry import KNOWN, build, get_entry
 
 _GRAMMAR = "expected name[:weight](+name[:weight])*, e.g. 'hps+aesthetic:0.5'"
 _NAME = re.compile(r"[a-z][a-z0-9_\-.]*\Z")
@@ -67,7 +67,7 @@ def _split_term(spec: str, term: str) -> tuple[str, str | None]:
 
     A registered name is lowercased; option values and module references keep their case."""
     head, *fields = [field.strip() for field in term.split(":")]
-    reference = len(fields) >= 1 and is_reference(head, fields[0], registered_names())
+    reference = len(fields) >= 1 and is_reference(head, fields[0], KNOWN)
     # The last field is the weight unless it is an option or the factory of a module reference.
     weight = None
     if fields and "=" not in fields[-1] and not (reference and len(fields) == 1):
@@ -162,6 +162,21 @@ def load_reward(spec: str, device=None, dtype=None, **overrides) -> Reward:
         parts = [(name, build(name, device=device, dtype=dtype, **per_reward.get(name, {})), weight)
                  for name, weight in terms]
     return CombinedReward(parts, spec).freeze()
+
+
+def check_reward_options(options, where: str) -> dict[str, dict]:
+    """`reward_options` read from a file (a config, a run's config.yaml): a mapping of reward
+    name to a mapping of its options, copied (an empty entry becomes {}). Anything else, such
+    as `{count: 5}`, is one line naming `where` and the shape it needs."""
+    example = "e.g. reward_options: {count: {detector: DIR}}"
+    if not isinstance(options, dict):
+        raise AlignkitError(f"{where}: reward_options must map reward names to their options ({example}), "
+                            f"got {options!r}")
+    for name, values in options.items():
+        if values is not None and not isinstance(values, dict):
+            raise AlignkitError(f"{where}: reward_options.{name} must map option names to values ({example}), "
+                                f"got {values!r}")
+    return {str(name): dict(values or {}) for name, values in options.items()}
 
 
 def parse_reward_options(options: list[str], spec: str) -> dict:

@@ -1,9 +1,10 @@
-"""One writer per run folder: an exclusive lock held for the whole of `alignkit train`.
+"""One writer per run folder: an exclusive lock held for the whole of `alignkit train` (and of
+`alignkit eval`, on its output folder).
 
 The lock is `fcntl.flock` on `OUTPUT_DIR/.alignkit.lock`. The kernel releases a flock when
 the process that holds it exits, however it exits, so a crashed or killed run never leaves a
-stale lock behind: the next run simply takes it. The file holds the owner's pid and host, for
-the message the second run prints. Only the main process of an `accelerate launch` takes it
+stale lock behind: the next run simply takes it. The file holds the owner's command, pid and
+host, for the message the second run prints. Only the main process of an `accelerate launch` takes it
 (one lock per run, not per process).
 
 Where flock is unavailable (Windows, some network file systems) the run goes on with one
@@ -41,8 +42,10 @@ class RunLock:
     must leave the disk as it was.
     """
 
-    def __init__(self, output_dir: str | os.PathLike):
+    def __init__(self, output_dir: str | os.PathLike, command: str = "alignkit train"):
         self.output_dir = Path(output_dir)
+        # The command that takes the lock, for the message a second one prints.
+        self.command = command
         self.path = self.output_dir / LOCK_FILE
         self.fd: int | None = None
         self.created: list[Path] = []
@@ -63,10 +66,10 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = _read_owner(fd)
+                holder, owner = _read_owner(fd)
                 os.close(fd)
                 self.discard()
-                raise RunLockedError(f"--output-dir {self.output_dir} is in use by another alignkit train{owner}; "
+                raise RunLockedError(f"--output-dir {self.output_dir} is in use by another {holder or self.command}{owner}; "
                                      "wait for it to finish or pass another --output-dir") from None
             except OSError as exc:  # e.g. ENOLCK on a network file system without locks
                 logger.warning("cannot lock %s (%s): make sure no other run writes to %s",
@@ -78,7 +81,7 @@ class RunLock:
             os.close(fd)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.write(fd, f"{self.command}, pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self.fd = fd
         return self
 
@@ -127,12 +130,17 @@ class RunLock:
         self.release()
 
 
-def _read_owner(fd: int) -> str:
+def _read_owner(fd: int) -> tuple[str, str]:
+    """(the holder's command, " (pid P on HOST)") from the lock file; ("", ...) for a file that
+    names no command (written by an older alignkit)."""
     try:
         text = os.pread(fd, 200, 0).decode(errors="replace").strip()
     except OSError:
-        return ""
-    return f" ({text})" if text else ""
+        return "", ""
+    command, sep, rest = text.partition(", ")
+    if not sep or not rest.startswith("pid "):
+        command, rest = "", text
+    return command, f" ({rest})" if rest else ""
 
 
 def _same_file(fd: int, path: Path) -> bool:

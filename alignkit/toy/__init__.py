@@ -32,7 +32,7 @@ def _bundled(part: str) -> Path:
     if not (path / probe).is_file():
         raise MissingWeightsError(
             f"toy {part}: {path / probe} is missing from this install; reinstall alignkit or "
-            f"rebuild it with `python -m alignkit.toy.train {trainer}`"
+            f"rebuild it from a source checkout with `python -m toy_build.train {trainer}`"
         )
     return path
 

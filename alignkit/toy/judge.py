@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alignkit.evaluation.judges import Judge, register_judge
+from alignkit.judges import Judge, register_judge
 
 
 def _read(images: Tensor, prompts: list[str]) -> dict[str, Tensor]:

@@ -6,8 +6,8 @@ plugin); the core never imports the toy itself. It registers:
 - the model `toy` (the embedded pipeline), with its training defaults (train_defaults.yaml),
   `toy_clip` standing in for `clip` on its images, and `toy_rules` as its default judge;
 - the model `toy-flow` (the flow-matching toy, SD3 format), the same way (train_defaults_flow.yaml);
-- the reward `toy_clip` (alignkit.toy.rewards) and the bundled detector as the `count`
-  reward's default;
+- the reward `toy_clip` (alignkit.toy.rewards) and the bundled detector `toy`
+  (alignkit.detectors), the `count` reward's default;
 - the judge `toy_rules` (alignkit.toy.judge) and the prompt set `toy_counting`
   (alignkit.toy.prompts).
 """
@@ -21,7 +21,7 @@ import alignkit.toy.prompts  # noqa: F401  (registers toy_counting)
 import alignkit.toy.rewards  # noqa: F401  (registers toy_clip)
 from alignkit import toy
 from alignkit.models import NamedModel, register_model
-from alignkit.rewards.count import set_default_detector
+from alignkit.detectors import register_detector
 
 
 def _defaults(file: str):
@@ -40,4 +40,4 @@ register_model(NamedModel("toy", path=lambda: toy.pipeline_path(), train_default
 register_model(NamedModel("toy-flow", path=lambda: toy.flow_pipeline_path(),
                           train_defaults=_defaults("train_defaults_flow.yaml"),
                           reward_substitutes={"clip": "toy_clip"}, judges=("toy_rules",)))
-set_default_detector(lambda: toy.detector_path())
+register_detector("toy", lambda: toy.detector_path(), default=True)

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.errors import MissingWeightsError
-from alignkit.toy import models
-from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
-                                   declare_float32, measure_pipeline, to_model_range, warmup_lr)
 from alignkit.toy import world
+from toy_build import models
+from toy_build.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
+                                declare_float32, measure_pipeline, to_model_range, warmup_lr)
 
 # Zero tokens the SD3 pipeline puts in T5's place (its default max_sequence_length).
 T5_ZERO_TOKENS = 256
@@ -134,7 +134,7 @@ def train_flow(cfg: RunConfig) -> dict:
     for needed, part in ((vae_dir / "config.json", "vae"), (clip_dir / "config.json", "clip")):
         if not needed.is_file():
             raise MissingWeightsError(f"flow training needs the {part} first: no {needed}; run "
-                                      f"`python -m alignkit.toy.train {part} --output-dir {cfg.output_dir}`")
+                                      f"`python -m toy_build.train {part} --output-dir {cfg.output_dir}`")
     scenes = torch.from_numpy(world.generate(512, seed=cfg.seed + 1000).images).permute(0, 3, 1, 2)
     vae = flow_vae(AutoencoderKL.from_pretrained(vae_dir, dtype=torch.float32).to(device).eval(), scenes)
     vae.requires_grad_(False)

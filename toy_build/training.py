@@ -200,8 +200,8 @@ def measure_pipeline(folder: Path, detector_dir: Path, device, n: int, seed: int
 
     from alignkit.families import model_index
     from alignkit.hub import dropped_components
-    from alignkit.toy import detector
-    from alignkit.toy.quality import pipeline_quality
+    from toy_build import detector
+    from toy_build.quality import pipeline_quality
 
     # The flow toy has no T5: from_pretrained must be told so, as users load it.
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32,

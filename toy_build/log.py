@@ -26,7 +26,8 @@ def render(log: dict) -> str:
     lines = [
         "# Training record of the toy world's weights",
         "",
-        "Written by `python -m alignkit.toy.train`; the JSON twin `training_log.json` holds the",
+        "Written by `python -m toy_build.train` (from a source checkout: the trainers are not",
+        "installed with alignkit); the JSON twin `training_log.json` holds the",
         "same figures. Quality is measured on fresh scenes that training never saw (other seeds).",
         "A run is defined by `--steps`; `--minutes` caps it by wall-clock time (alone, it is the",
         "budget), so a capped run stops at whatever step the machine reached, which is logged.",

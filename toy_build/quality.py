@@ -89,7 +89,7 @@ def scene_metrics(images: Tensor, prompts: list[str], net=None, conf: float = 0.
         "images": len(prompts),
     }
     if net is not None:
-        from alignkit.toy import detector
+        from toy_build import detector
 
         detections = detector.detect(net, images, conf=conf, iou=0.7)
         out["detector_count_accuracy"] = round(float(np.mean(
@@ -143,7 +143,7 @@ def pipeline_quality(pipe, n: int = 256, seed: int = 0, steps: int = 20, guidanc
         seconds = time.monotonic() - start
         metrics = scene_metrics(images, prompts, net=net)
         if net is not None:
-            from alignkit.toy.detector import counter_agreement
+            from toy_build.detector import counter_agreement
 
             metrics["detector_counter_agreement"] = counter_agreement(net, images, prompts)["agreement_where_unambiguous"]
         metrics["sampling_seconds_per_64"] = round(seconds * 64 / n, 2)
@@ -156,7 +156,8 @@ def measure_bundled(n: int = 512, seed: int = 4242, device: str = "cpu") -> dict
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPTokenizer
 
-    from alignkit.toy import clip_path, detector, pipeline_path
+    from alignkit.toy import clip_path, pipeline_path
+    from toy_build import detector
 
     net = detector.load_detector(device=device)
     clip = CLIPModel.from_pretrained(clip_path(), dtype=torch.float32).to(device).eval()
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m alignkit.toy.quality",
+    parser = argparse.ArgumentParser(prog="python -m toy_build.quality",
                                      description="Measure the bundled toy models on fresh scenes.")
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--seed", type=int, default=4242)

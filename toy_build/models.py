@@ -8,8 +8,8 @@ aligner uses on a real model runs unchanged on this one.
 
 from __future__ import annotations
 
-from alignkit.toy.tokenizer import MAX_LENGTH
 from alignkit.toy.world import IMAGE_SIZE
+from toy_build.tokenizer import MAX_LENGTH
 
 LATENT_CHANNELS = 4
 # Three encoder blocks halve the resolution twice: 64×64 pixels → 16×16 latents.

@@ -1,21 +1,21 @@
-"""Train the toy world's models from their seeds: `python -m alignkit.toy.train PART`.
+"""Train the toy world's models from their seeds: `python -m toy_build.train PART`.
 
-    python -m alignkit.toy.train vae --minutes 6              # CPU budgets of a 2-core machine
-    python -m alignkit.toy.train clip --minutes 5
-    python -m alignkit.toy.train unet --minutes 28            # needs vae and clip
-    python -m alignkit.toy.train detector --minutes 10        # ultralytics; needs the pipeline
-    python -m alignkit.toy.train flow --minutes 40            # the SD3-format toy; needs vae and clip
-    python -m alignkit.toy.train all
+    python -m toy_build.train vae --minutes 6              # CPU budgets of a 2-core machine
+    python -m toy_build.train clip --minutes 5
+    python -m toy_build.train unet --minutes 28            # needs vae and clip
+    python -m toy_build.train detector --minutes 10        # ultralytics; needs the pipeline
+    python -m toy_build.train flow --minutes 40            # the SD3-format toy; needs vae and clip
+    python -m toy_build.train all
 
     # what made the shipped weights (TRAINING.md): the detector on CPU, the rest on a GPU
-    python -m alignkit.toy.train vae --seed 0 --steps 3000 --minutes 0.8 --device cuda --workers 12 --batch-size 64
-    python -m alignkit.toy.train clip --seed 1 --steps 3000 --minutes 0.8 --device cuda --workers 12
-    python -m alignkit.toy.train unet --seed 2 --steps 2012 --device cuda --workers 12
-    python -m alignkit.toy.train detector --seed 3 --minutes 15 --loras LORA_DIR
+    python -m toy_build.train vae --seed 0 --steps 3000 --minutes 0.8 --device cuda --workers 12 --batch-size 64
+    python -m toy_build.train clip --seed 1 --steps 3000 --minutes 0.8 --device cuda --workers 12
+    python -m toy_build.train unet --seed 2 --steps 2012 --device cuda --workers 12
+    python -m toy_build.train detector --seed 3 --minutes 15 --loras LORA_DIR
 
 Each part trains on fresh scenes from `alignkit.toy.world` for a number of steps and/or a
 wall-clock budget, measures its quality on fresh scenes, saves fp16 safetensors under
-`--output-dir` (default: the package's `weights/`), and records command, steps, time, losses
+`--output-dir` (default: alignkit/toy/weights/, the shipped ones), and records command, steps, time, losses
 and quality in `training_log.json` and `TRAINING.md` there. Quality is read by the world's
 own rules (`alignkit.toy.counter`), never by a trained model. The detector comes last: it
 learns from the pipeline's own samples (labelled by those rules) as well as from scenes, so
@@ -40,13 +40,14 @@ import torch.nn.functional as F
 
 from alignkit.errors import AlignkitError, MissingWeightsError, debug_enabled
 from alignkit.toy import WEIGHTS_DIR
-from alignkit.toy import log as train_log
-from alignkit.toy import models, world
-from alignkit.toy.tokenizer import build_tokenizer
-from alignkit.toy.train_flow import train_flow
-from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
-                                   cosine_lr, declare_float32, measure_pipeline, to_model_range,
-                                   warmup_lr)
+from alignkit.toy import world
+from toy_build import log as train_log
+from toy_build import models
+from toy_build.tokenizer import build_tokenizer
+from toy_build.train_flow import train_flow
+from toy_build.training import (EMA, Budget, CaptionedLatents, RunConfig, record_step, loss_curve, optimizer_step,
+                                cosine_lr, declare_float32, measure_pipeline, to_model_range,
+                                warmup_lr)
 
 
 # ---------------------------------------------------------------------------------- VAE
@@ -54,7 +55,7 @@ from alignkit.toy.training import (EMA, Budget, CaptionedLatents, RunConfig, rec
 
 def train_vae(cfg: RunConfig) -> dict:
     """A KL autoencoder: MSE reconstruction plus a tiny KL term, as in latent diffusion."""
-    from alignkit.toy.quality import vae_reconstruction
+    from toy_build.quality import vae_reconstruction
 
     torch.manual_seed(cfg.seed)
     vae = models.build_vae().to(cfg.device)
@@ -94,7 +95,7 @@ def train_clip(cfg: RunConfig) -> dict:
     from transformers import CLIPImageProcessor
 
     from alignkit.rewards.base import clip_pixels
-    from alignkit.toy.quality import clip_retrieval
+    from toy_build.quality import clip_retrieval
 
     torch.manual_seed(cfg.seed)
     folder = cfg.output_dir / "clip"
@@ -164,7 +165,7 @@ def train_unet(cfg: RunConfig) -> dict:
     for needed, part in ((pipe_dir / "vae" / "config.json", "vae"), (clip_dir / "config.json", "clip")):
         if not needed.is_file():
             raise MissingWeightsError(f"unet training needs the {part} first: no {needed}; run "
-                                      f"`python -m alignkit.toy.train {part} --output-dir {cfg.output_dir}`")
+                                      f"`python -m toy_build.train {part} --output-dir {cfg.output_dir}`")
     vae = AutoencoderKL.from_pretrained(pipe_dir / "vae", dtype=torch.float32).to(device).eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
     # Start from the contrastively trained text tower: it already separates the world's words.
@@ -240,8 +241,8 @@ DETECTOR_LORA_SAMPLES = 384
 
 
 def _detector_samples(pipe, cfg: RunConfig, specs: list, seed: int, log: dict) -> list:
-    from alignkit.toy import detector
-    from alignkit.toy.quality import balanced_prompts, sample
+    from toy_build import detector
+    from toy_build.quality import balanced_prompts, sample
 
     out = []
     runs = [(name, None, eta, scale, n) for name, eta, scale, n in DETECTOR_SAMPLERS]
@@ -266,14 +267,14 @@ def train_detector(cfg: RunConfig) -> dict:
     `detector/model.yaml` + `detector/model.safetensors` (fp16). Needs the pipeline."""
     from diffusers import StableDiffusionPipeline
 
-    from alignkit.toy import detector
+    from toy_build import detector
     from alignkit.toy.prompts import EVAL_COMBINATIONS
-    from alignkit.toy.quality import balanced_prompts, sample
+    from toy_build.quality import balanced_prompts, sample
 
     pipe_dir = cfg.output_dir / "pipeline"
     if not (pipe_dir / "model_index.json").is_file():
         raise MissingWeightsError(f"the detector learns from the pipeline's samples: train it first "
-                                  f"(python -m alignkit.toy.train unet --output-dir {cfg.output_dir})")
+                                  f"(python -m toy_build.train unet --output-dir {cfg.output_dir})")
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32).to(cfg.device)
     pipe.set_progress_bar_config(disable=True)
     # Alignment's held-out prompts stay out of the detector's data too.
@@ -328,7 +329,7 @@ def replay_command(part: str, cfg: RunConfig) -> str:
     """The command line that repeats a run (for the training log): device and workers always,
     the other options where they are set or differ from RunConfig's defaults."""
     default = {f.name: f.default for f in fields(RunConfig)}
-    words = [f"python -m alignkit.toy.train {part} --seed {cfg.seed}"]
+    words = [f"python -m toy_build.train {part} --seed {cfg.seed}"]
     if cfg.steps:
         words.append(f"--steps {cfg.steps}")
     if cfg.minutes:
@@ -351,7 +352,7 @@ def _machine(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m alignkit.toy.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m toy_build.train", description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=[*TRAINERS, "all"])
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default per part)")
     parser.add_argument("--steps", type=int, default=None, help="exact steps (detector: epochs); --minutes then only caps the run")
