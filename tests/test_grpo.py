@@ -16,7 +16,8 @@ from alignkit.errors import AlignkitError
 from alignkit.hub import load_state_dict
 from alignkit.rewards.base import Reward
 from alignkit.runfolder import LORA_FILE
-from alignkit.testing import RESOLUTION, run_cli
+from alignkit.testing import RESOLUTION
+from cli_runner import run_cli
 
 # Two prompts' groups of 2 per step, the first 2 of 3 steps trained, guidance on (CFG in both passes).
 GRPO = ["--algorithm", "grpo", "--reward", "nondiff", "--prompts", "simple_animals", "--num-inference-steps", "3",
