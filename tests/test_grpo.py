@@ -375,3 +375,14 @@ def test_the_flow_sde_also_serves_reward_backprop(tiny_sd3, test_rewards, tmp_pa
                     "--num-inference-steps", "2", "--truncation", "last:1", "--noise-level", "0.5", "--max-train-steps", "1",
                     "--checkpointing-steps", "0", "--report-to", "none", "--output-dir", run]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["noise_level"] == 0.5
+
+
+def test_alignkit_eval_reads_a_grpo_run(tiny_sd3, test_rewards, tmp_path):
+    """The run folder is AlignProp's: eval generates with the plain pipeline (the ODE for SD3,
+    whatever noise level trained) and scores base against tuned."""
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", tiny_sd3, *GRPO, "--max-train-steps", "1", "--checkpointing-steps", "0",
+                    "--output-dir", run]) == 0
+    assert run_cli(["eval", run, "--seeds", "2", "--num-prompts", "1", "--scales", "0,1", "--rewards", "brightness",
+                    "--device", "cpu", "--output-dir", tmp_path / "eval"]) == 0
+    assert (tmp_path / "eval" / "summary.json").is_file()
