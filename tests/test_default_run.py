@@ -6,9 +6,18 @@ from alignkit.aligner.config import load_config
 def test_default_run_is_the_toy_count_recipe():
     config = load_config()
     assert config.pretrained_model_name_or_path == "toy"
-    assert (config.reward, config.prompts) == ("count", "toy_counting")
-    assert (config.num_inference_steps, config.truncation, config.train_batch_size) == (20, "last:5", 8)
-    assert (config.learning_rate, config.max_train_steps, config.checkpointing_steps) == (2e-3, 100, 25)
+    # GRPO on the detector's exact count: 4 prompts x groups of 8, the early quarter of 20 steps.
+    assert (config.algorithm, config.reward, config.prompts) == ("grpo", "count", "toy_counting")
+    assert config.reward_options == {"count": {"objective": "exact"}}
+    assert (config.num_inference_steps, config.train_batch_size, config.group_size) == (20, 32, 8)
+    assert (config.grpo_steps, config.inner_epochs, config.kl_beta) == ("first:0.25", 2, 0.04)
+    assert (config.learning_rate, config.max_train_steps, config.checkpointing_steps) == (5e-4, 60, 20)
+
+
+def test_the_previous_alignprop_recipe_is_one_flag_away():
+    config = load_config(None, {"algorithm": "alignprop"}, ["count.objective=error"])
+    assert (config.algorithm, config.truncation, config.reward_options) == (
+        "alignprop", "last:5", {"count": {"objective": "error"}})
 
 
 def test_the_toy_model_brings_its_own_defaults():
