@@ -36,3 +36,19 @@ def test_a_real_model_keeps_alignprop_defaults():
     assert (config.reward, config.prompts) == ("aesthetic", "simple_animals")
     # Flags and config files win over the toy's own settings.
     assert load_config(None, {"max_train_steps": 3}).max_train_steps == 3
+
+
+def test_the_toy_recipe_options_follow_the_reward():
+    """The toy's count options are for its own recipe: another reward spec drops them."""
+    assert load_config(None, {"reward": "jpeg", "algorithm": "grpo"}).reward_options == {}
+    assert load_config(None, {"reward": "count+jpeg:0.5"}).reward_options == {"count": {"objective": "exact"}}
+
+
+def test_alignprop_on_the_toy_names_the_option_that_removed_the_gradient(tmp_path, capsys):
+    from cli_runner import run_cli
+
+    run = tmp_path / "run"
+    assert run_cli(["train", "--algorithm", "alignprop", "--output-dir", run]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "count.objective=exact" in err and "--algorithm grpo" in err, err
+    assert not run.exists()

@@ -380,8 +380,16 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
     model = values.get("pretrained_model_name_or_path", TrainConfig.pretrained_model_name_or_path)
     # Settings a named model recommends for itself (the toy's train_defaults.yaml: TrainConfig's
     # defaults are AlignProp's for SD 1.5, far too slow for a CPU), applied over the dataclass's.
-    for name, value in model_defaults(model).items():
+    recommended = model_defaults(model)
+    for name, value in recommended.items():
         values.setdefault(name, _coerce(name, value))
+    if values.get("reward_options") is not None and values["reward_options"] == recommended.get("reward_options"):
+        # The model's options are for the rewards of its own recipe: with another reward spec
+        # (`--reward jpeg` on the toy), those of rewards it does not name are dropped.
+        from alignkit.rewards import parse_spec
+
+        named = {name for name, _ in parse_spec(values.get("reward", TrainConfig.reward))}
+        values["reward_options"] = {k: v for k, v in values["reward_options"].items() if k in named}
     if reward_options:
         from alignkit.rewards import parse_reward_options
 

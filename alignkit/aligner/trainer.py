@@ -149,8 +149,9 @@ def plan_inputs(config: TrainConfig) -> Plan:
         require("wandb", extra="wandb", purpose="--report-to wandb")
     policy = parse_truncation(config.truncation, config.num_inference_steps) if algorithm.needs_gradient else None
     for name, _ in parse_spec(config.reward):
-        if algorithm.needs_gradient and not get_entry(name).has_gradient(config.reward_options.get(name, {})):
-            raise AlignkitError(not_differentiable(name))
+        options = config.reward_options.get(name, {})
+        if algorithm.needs_gradient and not get_entry(name).has_gradient(options):
+            raise AlignkitError(not_differentiable(name, options if get_entry(name).has_gradient({}) else None))
     prompts = (single_prompt(config.prompt) if config.prompt is not None else load_prompt_set(config.prompts)).train
     if not prompts:
         raise AlignkitError(f"prompts: '{config.prompts}' has no training prompts")
@@ -159,10 +160,15 @@ def plan_inputs(config: TrainConfig) -> Plan:
     return Plan(config, policy, prompts, model, extra=algorithm.check(config, model))
 
 
-def not_differentiable(reward: str) -> str:
-    return (f"reward '{reward}' is not differentiable, so it cannot be backpropagated through (--algorithm "
-            "alignprop); train on it with --algorithm grpo (a policy gradient: any reward), or pick a differentiable "
-            "reward (see `alignkit rewards`)")
+def not_differentiable(reward: str, options: dict | None = None) -> str:
+    """The refusal of a reward without gradient; `options`: the reward options that removed a
+    gradient its defaults have (the toy's default `count.objective=exact`), named in the line."""
+    which = f"reward '{reward}'" if not options else \
+        f"reward '{reward}' with {', '.join(f'{reward}.{k}={v}' for k, v in options.items())}"
+    undo = "" if not options else f", set them back to {reward}'s defaults with --reward-option (they have one)"
+    return (f"{which} is not differentiable, so it cannot be backpropagated through (--algorithm "
+            f"alignprop); train on it with --algorithm grpo (a policy gradient: any reward){undo}, or pick a "
+            "differentiable reward (see `alignkit rewards`)")
 
 
 def plan_output(plan: Plan, run: RunFolder, process_index: int, with_scaler: bool) -> None:
