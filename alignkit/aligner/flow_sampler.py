@@ -216,15 +216,15 @@ class FlowMatchSampler(ChainSampler):
 
     # ---- the whole chain --------------------------------------------------------------------
     def sample(self, unet, cond: Conditioning, traj: Trajectory, nograd_unet=None) -> SampleOutput:
-        """Run the T Euler steps; only the last `traj.k` carry gradients (none before DRaFT-LV's
-        step). `unet` is the denoiser (here the transformer); `nograd_unet` runs the steps before the cut."""
+        """Run the T Euler steps; only the trajectory's trained steps carry gradients (none before
+        DRaFT-LV's step). `unet` is the denoiser (here the transformer); `nograd_unet` runs the
+        denoiser calls without gradients."""
         device = cond.embeds.device
         latents = self.initial_latents(traj, device)
         draft = traj.renoise is not None
-        first_grad = self.num_steps if draft else self.num_steps - traj.k
-        latents = self.run_chain(unet, latents, cond, first_grad, lambda i: self.noise_at(traj, i, device),
-                                 nograd_model=nograd_unet, grad_steps=None if draft else traj.grad_steps,
-                                 stop_grad=traj.stop_grad)
+        trained = () if draft else traj.trained(self.num_steps)
+        latents = self.run_chain(unet, latents, cond, trained, lambda i: self.noise_at(traj, i, device),
+                                 nograd_model=nograd_unet, stop_grad=traj.stop_grad)
         if draft:
             return self._draft_lv(unet, cond, latents.detach(), traj)
         latents = self.unpack(latents)

@@ -142,18 +142,18 @@ class ChainSampler:
             return checkpoint(fn, model, latents, i, cond, noise, use_reentrant=False)
         return fn(model, latents, i, cond, noise)
 
-    def run_chain(self, model, latents: Tensor, cond: Conditioning, first_grad: int, noise=lambda i: None,
-                  nograd_model=None, grad_steps: tuple[int, ...] | None = None, stop_grad: bool = False) -> Tensor:
-        """Steps 0..T-1 from `latents`; those from `first_grad` on carry gradients, or those in
-        `grad_steps` when given. `nograd_model` (the same weights, e.g. compiled) runs the
-        denoiser calls that carry no gradients, if given.
+    def run_chain(self, model, latents: Tensor, cond: Conditioning, trained: tuple[int, ...], noise=lambda i: None,
+                  nograd_model=None, stop_grad: bool = False) -> Tensor:
+        """Steps 0..T-1 from `latents`; those in `trained` (`Trajectory.trained`) carry gradients.
+        `nograd_model` (the same weights, e.g. compiled) runs the denoiser calls that carry no
+        gradients, if given.
 
         With `stop_grad` (DRTune) the denoiser never sees a latent that requires grad: a trained
         step's output reaches the reward through the later updates' linear path alone, and an
         untrained step after the first trained one keeps that path with its denoiser call under
         `no_grad`, so memory grows with the number of trained steps, not with T."""
         fast = model if nograd_model is None else nograd_model  # (a compiled module has no truth value)
-        trained = set(range(first_grad, self.num_steps) if grad_steps is None else grad_steps)
+        trained = set(trained)
         for i in range(self.num_steps):
             if i in trained:
                 latents = self._grad_step(model, latents, i, cond, noise(i), stop_grad)
@@ -300,15 +300,15 @@ class DDIMSampler(ChainSampler):
 
     # ---- the whole chain --------------------------------------------------------------------
     def sample(self, unet, cond: Conditioning, traj: Trajectory, nograd_unet=None) -> SampleOutput:
-        """Run the T steps; only the last `traj.k` carry gradients (none before DRaFT-LV's step).
-        `nograd_unet` (the same weights, e.g. compiled) runs the steps before the cut, if given."""
+        """Run the T steps; only the trajectory's trained steps carry gradients (none before
+        DRaFT-LV's step). `nograd_unet` (the same weights, e.g. compiled) runs the denoiser calls
+        without gradients, if given."""
         device = cond.embeds.device
-        latents = traj.latents.to(device)
-        noise = lambda i: None if traj.step_noise is None else traj.step_noise[i].to(device)  # noqa: E731
+        latents = self.initial_latents(traj, device)
+        noise = lambda i: self.noise_at(traj, i, device)  # noqa: E731
         draft = traj.renoise is not None
-        first_grad = self.num_steps if draft else self.num_steps - traj.k
-        latents = self.run_chain(unet, latents, cond, first_grad, noise, nograd_unet,
-                                 None if draft else traj.grad_steps, traj.stop_grad)
+        trained = () if draft else traj.trained(self.num_steps)
+        latents = self.run_chain(unet, latents, cond, trained, noise, nograd_unet, traj.stop_grad)
         if not draft:
             return SampleOutput(self.decode(latents), 1, latents)
         return self._draft_lv(unet, cond, latents.detach(), traj, noise(self.num_steps - 1))
