@@ -380,10 +380,10 @@ def load_config(config_file: str | Path | None = None, overrides: dict | None = 
     model = values.get("pretrained_model_name_or_path", TrainConfig.pretrained_model_name_or_path)
     # Settings a named model recommends for itself (the toy's train_defaults.yaml: TrainConfig's
     # defaults are AlignProp's for SD 1.5, far too slow for a CPU), applied over the dataclass's.
-    recommended = model_defaults(model)
-    for name, value in recommended.items():
+    options_from_model = "reward_options" not in values
+    for name, value in model_defaults(model).items():
         values.setdefault(name, _coerce(name, value))
-    if values.get("reward_options") is not None and values["reward_options"] == recommended.get("reward_options"):
+    if options_from_model and values.get("reward_options"):
         # The model's options are for the rewards of its own recipe: with another reward spec
         # (`--reward jpeg` on the toy), those of rewards it does not name are dropped.
         from alignkit.rewards import parse_spec
