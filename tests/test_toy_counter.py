@@ -93,3 +93,26 @@ def test_vae_round_trips_are_read_as_the_scene():
     # Where the reader is sure, it is right.
     sure = [r.count == s.count for r, s in zip(readings, batch.specs) if not r.ambiguous]
     assert np.mean(sure) >= 0.98
+
+
+def test_detector_labels_are_the_rules_reading_touching_objects_one_box():
+    """The count reward's detector learns from samples labelled as the rules read them
+    (toy_build.detector.counter_labelled): objects run together are one box of the prompted
+    shape, apart ones a box each with the shape read, specks none; every sample is kept."""
+    from toy_build.detector import counter_labelled
+
+    merged = world.draw([world.SceneSpec(2, "square", "red", "white")], [np.array([[20.0, 30.0], [36.0, 30.0]])],
+                        [np.array([8.0, 8.0])]).images[0]
+    apart = world.draw([world.SceneSpec(2, "circle", "blue", "white")], [np.array([[14.0, 14.0], [44.0, 44.0]])],
+                       [np.array([8.0, 8.0])]).images[0].copy()
+    apart[55:59, 5:9] = world.COLOURS["blue"]  # a 16 px speck: a doubt, never a box
+    images = torch.from_numpy(np.stack([merged, apart])).permute(0, 3, 1, 2).float().div(255)
+    # The first prompt asks for triangles: a merged region takes the prompted class, since its
+    # outline tells nothing; the second asks for squares: apart objects keep the shape read.
+    examples, stats = counter_labelled(images, ["two red triangles on a white background",
+                                                "two blue squares on a white background"], "test")
+    assert len(examples) == 2 and stats == {"samples": 2, "ambiguous": 2, "merged_regions": 1}
+    assert examples.boxes[0].shape == (1, 4) and examples.classes[0].tolist() == [world.SHAPES.index("triangle")]
+    assert examples.classes[1].tolist() == [world.SHAPES.index("circle")] * 2
+    x1, y1, x2, y2 = examples.boxes[0][0]
+    assert x1 <= 12 and x2 >= 44 and y1 <= 22 and y2 >= 38  # the box spans both squares

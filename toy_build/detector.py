@@ -101,22 +101,27 @@ def round_trip_examples(vae, n: int, rng: np.random.Generator, batch_size: int =
 
 
 def counter_labelled(images: Tensor, prompts: list[str], source: str) -> tuple[Examples, dict]:
-    """Samples labelled by the world-rules counter, where its reading is unambiguous and its
-    objects have the prompted shape (the world's rule); every object gets the prompted class.
-    Wrong counts are kept: they are what the detector must learn to see."""
+    """Samples labelled as the world-rules counter reads them, every sample kept: one box per
+    region it counts, so that objects drawn touching or run together are *one* object (the
+    rules say objects never touch: such a drawing did not draw the prompted objects apart), and
+    specks it ignores get no box. A region's class is the shape it reads, a merged region's the
+    prompted shape (its outline says nothing). Wrong counts are kept: they are what the
+    detector must learn to see. (The previous detector learnt only from unambiguous readings
+    of the prompted shape, and so counted touching objects apart where the rules do not.)"""
     from alignkit.toy.counter import read_images
 
     pixels = images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    keep, boxes, classes = [], [], []
-    for i, (reading, prompt) in enumerate(zip(read_images(pixels), prompts)):
+    boxes, classes = [], []
+    ambiguous = merged = 0
+    for reading, prompt in zip(read_images(pixels), prompts):
         spec = world.parse_prompt(prompt)
-        if reading.ambiguous or reading.count == 0 or reading.shape != spec.shape:
-            continue
-        keep.append(i)
-        boxes.append(np.array([r.box for r in reading.regions], dtype=np.float32))
-        classes.append(np.full(reading.count, spec.shape_id, dtype=np.int64))
-    stats = {"samples": len(prompts), "kept": len(keep)}
-    return Examples(pixels[keep], boxes, classes, source), stats
+        ambiguous += reading.ambiguous
+        merged += sum(r.merged for r in reading.regions)
+        boxes.append(np.array([r.box for r in reading.regions], dtype=np.float32).reshape(-1, 4))
+        classes.append(np.array([spec.shape_id if r.merged else world.SHAPES.index(r.shape) for r in reading.regions],
+                                dtype=np.int64))
+    stats = {"samples": len(prompts), "ambiguous": ambiguous, "merged_regions": merged}
+    return Examples(pixels, boxes, classes, source), stats
 
 
 def write_yolo_dataset(folder: Path, train: list[Examples], val: list[Examples]) -> Path:
@@ -215,16 +220,21 @@ def count_accuracy(net: torch.nn.Module, n: int = 512, seed: int = 0, conf: floa
 def counter_agreement(net: torch.nn.Module, images: Tensor, prompts: list[str], conf: float = 0.25,
                       iou: float = 0.7) -> dict:
     """How often the detector's NMS count of the prompted class (the `count` reward's
-    `targets()` settings) equals the world-rules counter's count, where the counter is sure."""
+    `targets()` settings) equals the world-rules counter's count: on every sample, and where
+    the counter is sure; and how often the two agree on whether the prompted number is drawn
+    (what `count objective=exact` rewards and the judge scores)."""
     from alignkit.toy.counter import read_images
 
     readings = read_images(images)
     detections = detect(net, images, conf=conf, iou=iou)
-    agree, sure = [], []
+    agree, sure, verdict = [], [], []
     for reading, det, prompt in zip(readings, detections, prompts):
+        spec = world.parse_prompt(prompt)
+        n = int((det["classes"] == spec.shape_id).sum())
+        agree.append(n == reading.count)
         sure.append(not reading.ambiguous)
-        if not reading.ambiguous:
-            n = int((det["classes"] == world.parse_prompt(prompt).shape_id).sum())
-            agree.append(n == reading.count)
-    return {"agreement_where_unambiguous": round(float(np.mean(agree)), 4) if agree else None,
-            "unambiguous": int(np.sum(sure)), "images": len(prompts), "conf": conf, "iou": iou}
+        verdict.append((n == spec.count) == (reading.count == spec.count))
+    agree, sure = np.array(agree), np.array(sure)
+    return {"agreement_where_unambiguous": round(float(agree[sure].mean()), 4) if sure.any() else None,
+            "agreement_all": round(float(agree.mean()), 4), "same_verdict": round(float(np.mean(verdict)), 4),
+            "unambiguous": int(sure.sum()), "images": len(prompts), "conf": conf, "iou": iou}

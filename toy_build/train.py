@@ -232,12 +232,13 @@ def train_unet(cfg: RunConfig) -> dict:
 # ----------------------------------------------------------------------------- detector
 
 
-# Samples the detector learns from, labelled by the world-rules counter: (name, eta, guidance
-# scale, how many). eta 1 is the aligner's training sampler, eta 0 plain DDIM (what users
-# generate with); the count reward must read the model's own images, not only clean scenes.
-DETECTOR_SAMPLERS = (("eta1_cfg7.5", 1.0, 7.5, 1280), ("eta0_cfg7.5", 0.0, 7.5, 512), ("eta1_cfg5", 1.0, 5.0, 256))
+# Samples the detector learns from, labelled as the world-rules counter reads them: (name, eta,
+# guidance scale, how many, times --sample-scale). eta 1 is the aligner's training sampler,
+# eta 0 plain DDIM (what users generate with); the count reward must read the model's own
+# images, touching objects included, not only clean scenes.
+DETECTOR_SAMPLERS = (("eta1_cfg7.5", 1.0, 7.5, 2560), ("eta0_cfg7.5", 0.0, 7.5, 1024), ("eta1_cfg5", 1.0, 5.0, 512))
 # Per LoRA given with --loras (aligned models draw differently: the detector must hold there too).
-DETECTOR_LORA_SAMPLES = 384
+DETECTOR_LORA_SAMPLES = 512
 
 
 def _detector_samples(pipe, cfg: RunConfig, specs: list, seed: int, log: dict) -> list:
@@ -247,16 +248,18 @@ def _detector_samples(pipe, cfg: RunConfig, specs: list, seed: int, log: dict) -
     out = []
     runs = [(name, None, eta, scale, n) for name, eta, scale, n in DETECTOR_SAMPLERS]
     runs += [(f"lora {path}", path, 1.0, 7.5, DETECTOR_LORA_SAMPLES) for path in cfg.loras]
+    runs = [(name, lora, eta, scale, max(1, round(n * cfg.sample_scale))) for name, lora, eta, scale, n in runs]
     for i, (name, lora, eta, scale, n) in enumerate(runs):
         if lora is not None:
             pipe.load_lora_weights(lora)
         prompts = balanced_prompts(n, seed=seed + i, specs=specs)
-        images = sample(pipe, prompts, seed=seed + 100 * i, eta=eta, guidance_scale=scale)
+        images = sample(pipe, prompts, seed=seed + 100 * i, eta=eta, guidance_scale=scale, batch_size=cfg.sample_batch)
         if lora is not None:
             pipe.unload_lora_weights()
         examples, stats = detector.counter_labelled(images, prompts, f"samples {name} (counter labels)")
         log[name] = stats
-        print(f"  {name}: kept {stats['kept']} of {stats['samples']} samples (counter unambiguous)", flush=True)
+        print(f"  {name}: {stats['samples']} samples, {stats['ambiguous']} ambiguous, {stats['merged_regions']} "
+              f"merged regions (one box each)", flush=True)
         out.append(examples)
     return out
 
@@ -284,9 +287,9 @@ def train_detector(cfg: RunConfig) -> dict:
     samples_log: dict = {}
     train = [detector.rendered_examples(3000, rng), detector.round_trip_examples(pipe.vae, 1000, rng),
              *_detector_samples(pipe, cfg, specs, cfg.seed, samples_log)]
-    val_prompts = balanced_prompts(256, cfg.seed + 7, specs)
-    val_samples, _ = detector.counter_labelled(sample(pipe, val_prompts, seed=cfg.seed + 7, eta=1.0), val_prompts,
-                                               "val samples")
+    val_prompts = balanced_prompts(max(16, round(256 * cfg.sample_scale)), cfg.seed + 7, specs)
+    val_samples, _ = detector.counter_labelled(sample(pipe, val_prompts, seed=cfg.seed + 7, eta=1.0,
+                                                      batch_size=cfg.sample_batch), val_prompts, "val samples")
     val = [detector.rendered_examples(250, rng), val_samples]
     with tempfile.TemporaryDirectory(prefix="alignkit-toy-yolo-") as tmp:
         tmp = Path(tmp)
@@ -304,7 +307,7 @@ def train_detector(cfg: RunConfig) -> dict:
     # On fresh samples of every prompt (held-out ones included), at both samplers.
     for name, eta in (("eta1_cfg7.5", 1.0), ("eta0_cfg7.5", 0.0)):
         prompts = balanced_prompts(cfg.eval_samples, seed=cfg.seed + 3000)
-        images = sample(pipe, prompts, seed=cfg.seed + 3000, eta=eta)
+        images = sample(pipe, prompts, seed=cfg.seed + 3000, eta=eta, batch_size=cfg.sample_batch)
         quality[f"counter_agreement_{name}"] = detector.counter_agreement(reloaded, images, prompts)
     # The exported fp16 files must find what the trained model found.
     scenes = world.generate(128, seed=cfg.seed + 3000).tensor()
@@ -339,7 +342,7 @@ def replay_command(part: str, cfg: RunConfig) -> str:
         words.append(f"--batch-size {cfg.batch_size}")
     if cfg.loras:
         words.append(f"--loras {','.join(cfg.loras)}")
-    for name in ("threads", "cache_size", "eval_samples"):
+    for name in ("threads", "cache_size", "eval_samples", "sample_scale", "sample_batch"):
         if getattr(cfg, name) != default[name]:
             words.append(f"--{name.replace('_', '-')} {getattr(cfg, name)}")
     return " ".join(words)
@@ -366,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshots", default="", help="unet: comma-separated steps to save and measure")
     parser.add_argument("--eval-samples", type=int, default=512)
     parser.add_argument("--loras", default="", help="detector: comma-separated LoRA folders of aligned toy models to sample")
+    parser.add_argument("--sample-scale", type=float, default=1.0, help="detector: scale the pipeline samples it learns from")
+    parser.add_argument("--sample-batch", type=int, default=64, help="detector: images per sampling batch")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -391,7 +396,8 @@ def run(args: argparse.Namespace) -> None:
                         steps=args.steps, threads=args.threads, eval_samples=args.eval_samples,
                         device=args.device, workers=args.workers, batch_size=args.batch_size,
                         snapshots=tuple(int(x) for x in args.snapshots.split(",") if x), cache_size=args.cache_size,
-                        loras=tuple(x for x in args.loras.split(",") if x))
+                        loras=tuple(x for x in args.loras.split(",") if x), sample_scale=args.sample_scale,
+                        sample_batch=args.sample_batch)
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         print(f"[{part}] training for {cfg.steps} steps / {cfg.minutes} min, seed {cfg.seed}, on {cfg.device}",
               flush=True)

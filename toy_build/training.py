@@ -43,6 +43,9 @@ class RunConfig:
     eval_samples: int = 512
     # Detector only: LoRA folders of aligned toy models whose samples it also learns from.
     loras: tuple[str, ...] = ()
+    # Detector only: scale of the pipeline samples it learns from, and their sampling batch.
+    sample_scale: float = 1.0
+    sample_batch: int = 64
     # UNet only: scenes pre-encoded to latents and reused across steps.
     cache_size: int = 65536
 

@@ -34,8 +34,10 @@ def script(job):
     else:
         lines.append(f"{py} benchmarks/recipes/raft_prototype.py --out {run} --device {device} {job['args']}")
         src = f"{run} --model toy --reward count --prompts toy_counting --num-inference-steps 20"
-    for eta in ("1", "0"):
-        lines.append(f"{py} -m alignkit eval {src} --seeds {eval_seeds} --scales 1 --eta {eta} --device {device} "
+    # A flow model has no eta: its one eval is at the deterministic sampler users generate with.
+    for eta in job.get("evals", ["1", "0"]):
+        flag = f"--eta {eta}" if eta != "ode" else ""
+        lines.append(f"{py} -m alignkit eval {src} --seeds {eval_seeds} --scales 1 {flag} --device {device} "
                      f"--batch-size 96 --output-dir {run}/eval-eta{eta} {eval_extra}")
     return "\n".join(lines)
 
@@ -43,7 +45,7 @@ def script(job):
 def summarise(job):
     run = runs / job["name"]
     row = {"name": job["name"], "kind": job["kind"], "args": job["args"]}
-    for eta in ("1", "0"):
+    for eta in job.get("evals", ["1", "0"]):
         f = run / f"eval-eta{eta}" / "summary.json"
         if not f.is_file():
             row[f"eta{eta}"] = None
@@ -97,7 +99,7 @@ while pending or active:
             row["wall_s"] = round(time.time() - start, 1)
             row["rc"] = proc.returncode
             done.append(row)
-            g1, g0 = (row.get(f"eta{e}") or {} for e in "10")
+            g1, g0 = (row.get(f"eta{e}") or {} for e in (*job.get("evals", ["1", "0"]), "0")[:2])
             print(f"[{time.time() - t0:6.0f}s] done {name} rc={proc.returncode} {row['wall_s']}s "
                   f"eta1 {g1.get('pixel_count_correct')} {g1.get('gain_count')} | "
                   f"eta0 {g0.get('pixel_count_correct')} {g0.get('gain_count')}", flush=True)
