@@ -431,9 +431,15 @@ def batch_and_steps(method: Method, args) -> tuple[int, int]:
     return batch, budget // batch
 
 
+def run_dir(method: str, lr: float) -> str:
+    """A run's folder name, without dots: its log is the folder's name + .log (`with_suffix`), which
+    a dot in the learning rate would cut, so that two learning rates shared one log."""
+    return f"{method}-lr{lr:g}".replace(":", "-").replace(",", "-").replace(".", "_")
+
+
 def train_alignkit(world: World, method: Method, lr: float, args) -> Run:
     batch, steps = batch_and_steps(method, args)
-    out = _fresh(args.work_dir / f"{method.key.replace(':', '-').replace(',', '-')}-lr{lr:g}")
+    out = _fresh(args.work_dir / run_dir(method.key, lr))
     flags = alignkit_flags(world, method, lr, steps, args) + ["--checkpointing-steps", 1]
     child, log = harness.run_alignkit_train(flags, out, args.threads, args.timeout,
                                             f"alignkit train {method.name} (lr {lr:g})")
@@ -474,7 +480,7 @@ def ddpo_job(world: World, lr: float, epochs: int, checkpoint_every: int, out: P
 
 def train_ddpo(world: World, lr: float, args, python: Path) -> Run:
     epochs = args.ddpo_samples // args.pg_batch
-    out = _fresh(args.work_dir / f"ddpo-lr{lr:g}")
+    out = _fresh(args.work_dir / run_dir("ddpo", lr))
     out.mkdir(parents=True)
     job = ddpo_job(world, lr, epochs, epochs // args.ddpo_evals, out, args)
     child, result = harness.run_peer(python, "trl_ddpo_child.py", job, out, args.threads, args.timeout,
