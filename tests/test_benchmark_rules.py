@@ -375,3 +375,35 @@ def test_every_run_keeps_its_own_log():
     names = {run_dir(m, lr) for m in ("last:5", "drtune:5,10", "ddpo") for lr in (1e-3, 2e-3, 5e-4)}
     assert len(names) == 9 and not any("." in n or ":" in n for n in names)
     assert len({(Path("/w") / n).with_suffix(".log") for n in names}) == 9
+
+
+def test_no_ratio_is_read_against_a_ddpo_that_never_beat_the_base_model():
+    from vs_ddpo import Point, Run, headline
+
+    truth = TRUTHS["count", "toy"]
+    n = 10
+    base = {"truth": [1.0] * 6 + [0.0] * 4, "reward": [0.0] * n, "proxy": [0.5] * n}
+
+    def scores(right):
+        return {"truth": [1.0] * right + [0.0] * (n - right), "reward": [0.0] * n, "proxy": [0.5] * n}
+
+    ddpo = Run("ddpo", 1e-3, [Point(16, 1.0, "d1", scores(6)), Point(32, 2.0, "d2", scores(5))], [], 1.0)
+    grpo = Run("grpo", 1e-3, [Point(16, 1.0, "g1", scores(5)), Point(32, 2.0, "g2", scores(7))], [], 1.0)
+    checks = headline(grpo, ddpo, base, truth)
+    assert all(c.value is None for c in checks)
+    assert "not better than the base" in checks[0].note and "never scored above the base" in checks[-1].note
+
+
+def test_ddpo_may_train_another_number_of_steps_than_grpo_but_the_timing_stays_matched():
+    from vs_ddpo import World, ddpo_job
+
+    args = _args("--ddpo-trained-steps", "20")
+    assert (args.ddpo_trained_steps, args.pg_trained_steps) == (20, 5)
+    assert _args().ddpo_trained_steps == 5  # by default the same as GRPO's
+    world = World("/m", ["p"], TRUTHS["count", "toy"], "toy")
+    assert int(20 * ddpo_job(world, 1e-3, 2, 2, Path("/o"), args, args.ddpo_trained_steps)[
+        "train_timestep_fraction"]) == 20
+    assert int(20 * ddpo_job(world, 1e-3, 2, 2, Path("/o"), args)["train_timestep_fraction"]) == 5
+    with pytest.raises(BenchError, match="--ddpo-trained-steps 21"):
+        _args("--ddpo-trained-steps", "21")
+    assert _args("--methods").method_list == []  # DDPO alone
