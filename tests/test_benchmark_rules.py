@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,13 +121,17 @@ def test_report_recomputes_intervals_and_the_headline_from_per_image_samples(tmp
     saved = json.loads(path.read_text())
     figures = {f["figure"]: f for f in saved["figures"]}
     truth = TRUTHS["count", "toy"]
-    gain = figures[f"alignkit final gain over base, {truth.label}"]
-    assert gain["value"] == pytest.approx(0.30) and "95% CI" in gain["note"] and "paired" in gain["note"]
-    assert "95% CI" in figures[f"base {truth.label}"]["note"]
-    # The headline is read on the independent truth and held to the target; the proxy is beside it, without one.
-    headline = figures[f"samples to DDPO's final {truth.label}: DDPO / alignkit"]
-    assert headline["target"] is not None and headline["value"] is not None
-    assert figures[f"samples to DDPO's final {truth.proxy_label}: DDPO / alignkit"]["target"] is None
+    # A result saved before alignkit's methods were a list: its "alignkit" run is AlignProp last:5.
+    final = figures[f"last:5 final, {truth.short}"]
+    assert final["value"] == pytest.approx(0.80) and "95% CI" in final["note"]
+    assert "gain over base +0.300" in final["note"] and "paired" in final["note"]
+    assert "95% CI" in figures[f"base, {truth.short}"]["note"]
+    # The headline is read on the independent truth and held to AlignProp's target; the soft reward
+    # and the proxy are beside it, in its note, without one.
+    headline = figures[f"images to DDPO's final {truth.short}: DDPO / last:5"]
+    assert headline["target"] == ">= 25" and headline["value"] is not None
+    assert "soft reward" in headline["note"] and truth.proxy_short in headline["note"]
+    assert not any(truth.proxy_short in name and f["target"] for name, f in figures.items())
     ci = saved["curves"]["runs"][0]["points"][-1]["truth"]["ci95"]
     assert ci[0] < 0.8 < ci[1]
     assert (tmp_path / "vs_ddpo_test.png").is_file()
@@ -212,3 +217,193 @@ def test_models_are_scored_on_held_out_prompts_repeated_to_the_image_count():
     assert len(picked) == 7 and set(picked) == set(held_out)
     assert picked[:3] == picked[3:6] and picked[6] == picked[0]  # one shuffled pass, repeated
     assert eval_prompts(held_out, 7) == picked  # fixed: every model is read on the same images
+
+
+# ---- alignkit's methods, GRPO vs DDPOTrainer per step, the report at 80 columns ----------------------
+
+def test_methods_are_truncations_or_grpo_each_with_its_learning_rates():
+    from vs_ddpo import Method, parse_methods
+
+    methods = parse_methods(["last:5=1e-3,2e-3", "drtune:5,10=5e-4", "grpo=3e-3"], 20)
+    assert methods == [Method("last:5", (1e-3, 2e-3)), Method("drtune:5,10", (5e-4,)), Method("grpo", (3e-3,))]
+    assert [m.kind for m in methods] == ["alignprop", "alignprop", "grpo"]
+    for bad, match in ((["last:5"], "NAME=LR"), (["grpo=-1"], "NAME=LR"), (["ddpo=1e-3"], "--ddpo-lrs"),
+                       (["last:50=1e-3"], "truncation policy"), (["nonsense=1e-3"], "truncation policy"),
+                       (["grpo=1e-3", "grpo=2e-3"], "twice")):
+        with pytest.raises(BenchError, match=match) as exc:
+            parse_methods(bad, 20)
+        assert "\n" not in str(exc.value)
+
+
+def _args(*argv):
+    from vs_ddpo import parse_args
+
+    return parse_args(["--quick", *argv])
+
+
+def test_grpo_and_ddpo_are_matched_step_for_step():
+    from vs_ddpo import Method, World, alignkit_flags, ddpo_job
+
+    args = _args("--pg-batch", "32", "--pg-micro-batch", "8", "--pg-trained-steps", "5", "--ddpo-samples", "64")
+    world = World("/m", ["p"], TRUTHS["count", "toy"], "toy")
+    flags = [str(f) for f in alignkit_flags(world, Method("grpo"), 1e-3, 4, args)]
+    value = {flags[i]: flags[i + 1] for i in range(len(flags) - 1) if flags[i].startswith("--")}
+    assert value["--algorithm"] == "grpo" and value["--grpo-steps"] == "first:5" and value["--inner-epochs"] == "1"
+    assert int(value["--train-batch-size"]) * int(value["--gradient-accumulation-steps"]) == 32
+    assert (value["--rank"], value["--lora-alpha"], value["--num-inference-steps"]) == ("4", "4.0", "20")
+    assert "--kl-beta" not in value  # GRPO's own default, as users run it
+    job = ddpo_job(world, 1e-3, 4, 4, Path("/out"), args)
+    assert job["sample_batch_size"] * job["sample_num_batches_per_epoch"] == 32
+    assert job["sample_batch_size"] == job["train_batch_size"] == int(value["--train-batch-size"])
+    assert job["inner_epochs"] == 1 and job["num_inference_steps"] == 20
+    # trl trains int(T x fraction) steps of each trajectory: exactly K, for every K.
+    for k in range(1, 21):
+        fraction = ddpo_job(world, 1e-3, 4, 4, Path("/out"), _args("--pg-trained-steps", str(k)))[
+            "train_timestep_fraction"]
+        assert int(20 * fraction) == k
+    # AlignProp's methods get their truncation and their own batch, no GRPO flag.
+    flags = [str(f) for f in alignkit_flags(world, Method("drtune:5"), 1e-3, 4, args)]
+    assert flags[flags.index("--truncation") + 1] == "drtune:5" and "--algorithm" not in flags
+
+
+def test_budgets_must_be_whole_steps():
+    for argv, match in ((["--pg-batch", "12"], "--pg-micro-batch"), (["--grpo-samples", "40"], "--grpo-samples"),
+                        (["--ddpo-samples", "48"], "--ddpo-evals"), (["--pg-trained-steps", "21"], "from 1"),
+                        (["--speed-steps", "1"], "at least 2")):
+        with pytest.raises(BenchError, match=match):
+            _args(*argv)
+    assert _args("--speed-pairs", "0", "--speed-steps", "1").speed_pairs == 0  # no timing: no step count needed
+
+
+def _speed(grpo=(9.0, 6.0, 6.2), ddpo=(8.0, 9.0, 9.3), pairs=2):
+    rows = []
+    for pair in range(pairs):
+        rows.append({"pair": pair, "config": "grpo", "step_times": [t + pair for t in grpo], "peak_rss_mb": 1100.0})
+        rows.append({"pair": pair, "config": "grpo kl 0", "step_times": [5.0, 4.5, 4.5], "peak_rss_mb": 1050.0})
+        rows.append({"pair": pair, "config": "ddpo", "step_times": list(ddpo), "peak_rss_mb": 1000.0 + pair,
+                     "bridge_peak_rss_mb": 800.0})
+    return {"images_per_step": 32, "micro_batch": 8, "trained_steps": 5, "num_inference_steps": 20, "steps": 3,
+            "rows": rows, "reward_in_process_mb": 75.0}
+
+
+def test_step_time_ratio_is_per_pair_and_ignores_the_first_step():
+    from vs_ddpo import speed_checks
+
+    checks = {c.figure: c for c in speed_checks(_speed())}
+    grpo = checks["s/step, DDPO / GRPO"]
+    # Pair 0: DDPO median(9.0, 9.3) / GRPO median(6.0, 6.2); pair 1: GRPO's steps 1 s slower.
+    ratios = [9.15 / 6.1, 9.15 / 7.1]
+    assert grpo.value == pytest.approx(sum(ratios) / 2) and grpo.target == ">= 1.5"
+    assert grpo.passed is False and "pairs 1.50x, 1.29x" in grpo.note
+    assert checks["s/step, DDPO / GRPO, KL 0 (DDPO's work)"].value == pytest.approx(9.15 / 4.5)
+    memory = checks["peak RSS, GRPO / DDPO"]
+    assert memory.value == pytest.approx(1100 / 1001) and memory.target == "<= 1.0" and memory.passed is False
+    assert "bridge (800 MB, not counted)" in memory.note
+    less = checks["peak RSS, GRPO less its reward / DDPO"]
+    assert less.value == pytest.approx((1100 - 75) / 1001) and less.target is None
+
+
+def _grpo_result(n=40):
+    """A result with every kind of run: a best and a lesser lr per method, the lesser one scored at its
+    final point only, and a timing phase."""
+    data = _result(n)
+    data["settings"] = {"reward": "count", "truth": "pixel_count_correct", "truth_from": "toy"}
+    base_truth = data["samples"]["base"]["truth"]
+    better = [1.0 if i % 5 else 0.0 for i in range(n)]
+    flat = [0.5] * n
+    runs = data["samples"]["runs"]
+    runs[0]["method"] = "last:5"
+    for method, lr in (("last:5", 4e-3), ("drtune:5", 1e-3), ("grpo", 1e-3), ("ddpo", 3e-3)):
+        runs.append({"method": method, "lr": lr, "peak_rss_mb": 1.0, "train_log": [],
+                     "points": [{**_point(8, 1.0, base_truth, flat, [-1.0] * n), "scores": {}},
+                                _point(16, 2.0, better if method == "drtune:5" else base_truth, flat, [-2.0] * n)]})
+    data["samples"]["speed"] = _speed(pairs=1)
+    return data
+
+
+def test_each_method_gets_its_best_run_and_unscored_points_stay_off_the_curves(tmp_path):
+    from vs_ddpo import Point, Run, choose, curve
+
+    path = tmp_path / "vs_ddpo_grpo_test.json"
+    path.write_text(json.dumps(_grpo_result()))
+    assert rereport(path) == 0
+    saved = json.loads(path.read_text())
+    figures = {f["figure"]: f for f in saved["figures"]}
+    assert figures["best lr, last:5"]["value"] == 2e-3  # 80% beats 50% at the final point
+    assert figures["best lr, drtune:5"]["value"] == 1e-3 and figures["best lr, GRPO"]["value"] == 1e-3
+    assert figures["best lr, DDPO"]["value"] == 1e-3  # DDPO lr 3e-3 ends at the base model's level
+    # AlignProp's 25x is the target of last:K only.
+    assert figures["images to DDPO's final judged count: DDPO / last:5"]["target"] == ">= 25"
+    assert figures["images to DDPO's final judged count: DDPO / drtune:5"]["target"] is None
+    assert figures["images to DDPO's final judged count: DDPO / GRPO"]["target"] is None
+    assert figures["s/step, DDPO / GRPO"]["target"] == ">= 1.5"
+    # A point without scores (not evaluated) is not on a curve.
+    run = Run("grpo", 1e-3, [Point(8, 1.0, "a"), Point(16, 2.0, "b", {"truth": [1.0], "reward": [0.0]})], [], 1.0)
+    assert curve(run, {"truth": [0.0], "reward": [0.0]}, "truth") == [(0.0, 0.0), (16, 1.0)]
+    assert list(choose([run], 1.0)) == ["grpo"]
+    lrs = {(r["method"], r["lr"]): len(r["points"]) for r in saved["curves"]["runs"]}
+    assert lrs[("grpo", 1e-3)] == 1  # the lesser runs: their final point only
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_report_fits_the_terminal_with_every_number_whole(tmp_path, width):
+    import io
+
+    from rich.console import Console
+    from vs_ddpo import report, summarize
+
+    data = _grpo_result()
+    result = summarize("vs_ddpo_grpo_test", data["settings"], data["samples"], tmp_path)
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
+    report(result, console)
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    words = set(text.replace("│", " ").replace(";", " ").replace(",", " ").replace("(", " ").replace(")", " ")
+                .replace("[", " ").replace("]", " ").split())
+    for check in result.checks:
+        if check.value is not None:
+            assert check.fmt.format(check.value).split()[-1] in words, check.figure
+    assert "pass" in text or "miss" in text
+    for method in ("last:5", "drtune:5", "GRPO", "DDPO"):
+        assert method in words
+
+
+def test_every_run_keeps_its_own_log():
+    from vs_ddpo import run_dir
+
+    names = {run_dir(m, lr) for m in ("last:5", "drtune:5,10", "ddpo") for lr in (1e-3, 2e-3, 5e-4)}
+    assert len(names) == 9 and not any("." in n or ":" in n for n in names)
+    assert len({(Path("/w") / n).with_suffix(".log") for n in names}) == 9
+
+
+def test_no_ratio_is_read_against_a_ddpo_that_never_beat_the_base_model():
+    from vs_ddpo import Point, Run, headline
+
+    truth = TRUTHS["count", "toy"]
+    n = 10
+    base = {"truth": [1.0] * 6 + [0.0] * 4, "reward": [0.0] * n, "proxy": [0.5] * n}
+
+    def scores(right):
+        return {"truth": [1.0] * right + [0.0] * (n - right), "reward": [0.0] * n, "proxy": [0.5] * n}
+
+    ddpo = Run("ddpo", 1e-3, [Point(16, 1.0, "d1", scores(6)), Point(32, 2.0, "d2", scores(5))], [], 1.0)
+    grpo = Run("grpo", 1e-3, [Point(16, 1.0, "g1", scores(5)), Point(32, 2.0, "g2", scores(7))], [], 1.0)
+    checks = headline(grpo, ddpo, base, truth)
+    assert all(c.value is None for c in checks)
+    assert "not better than the base" in checks[0].note and "never scored above the base" in checks[-1].note
+
+
+def test_ddpo_may_train_another_number_of_steps_than_grpo_but_the_timing_stays_matched():
+    from vs_ddpo import World, ddpo_job
+
+    args = _args("--ddpo-trained-steps", "20")
+    assert (args.ddpo_trained_steps, args.pg_trained_steps) == (20, 5)
+    assert _args().ddpo_trained_steps == 5  # by default the same as GRPO's
+    world = World("/m", ["p"], TRUTHS["count", "toy"], "toy")
+    assert int(20 * ddpo_job(world, 1e-3, 2, 2, Path("/o"), args, args.ddpo_trained_steps)[
+        "train_timestep_fraction"]) == 20
+    assert int(20 * ddpo_job(world, 1e-3, 2, 2, Path("/o"), args)["train_timestep_fraction"]) == 5
+    with pytest.raises(BenchError, match="--ddpo-trained-steps 21"):
+        _args("--ddpo-trained-steps", "21")
+    assert _args("--methods").method_list == []  # DDPO alone

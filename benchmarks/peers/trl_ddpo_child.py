@@ -40,7 +40,10 @@ def main(job_path: str, result_path: str) -> None:
         sample_eta=job["eta"], sample_guidance_scale=job["guidance_scale"],
         sample_batch_size=job["sample_batch_size"], sample_num_batches_per_epoch=job["sample_num_batches_per_epoch"],
         train_batch_size=job["train_batch_size"], train_learning_rate=job["learning_rate"],
-        train_num_inner_epochs=1, train_timestep_fraction=1.0, train_cfg=True,
+        # How many of the T steps of each trajectory are trained: trl trains the first
+        # int(T * fraction) of a random permutation of them (its default fraction: 1.0, every step).
+        train_num_inner_epochs=job.get("inner_epochs", 1),
+        train_timestep_fraction=job.get("train_timestep_fraction", 1.0), train_cfg=True,
         per_prompt_stat_tracking=job["per_prompt_stat_tracking"],
         project_kwargs={"project_dir": out, "logging_dir": os.path.join(out, "logs")},
     )
@@ -87,10 +90,11 @@ def main(job_path: str, result_path: str) -> None:
             record["checkpoint"] = folder
         records.append(record)
         print(json.dumps(record), flush=True)
-    bridge.close()
+    bridge.close()  # waits for the bridge: its peak is then this process's largest child's
     with open(result_path, "w") as f:
-        json.dump({"side": "ddpo", "epochs": records,
-                   "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
+        json.dump({"side": "ddpo", "epochs": records, "trained_timesteps": trainer.num_train_timesteps,
+                   "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "bridge_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}, f)
 
 
 if __name__ == "__main__":
