@@ -564,3 +564,25 @@ def test_cli_subprocess_one_line(world, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "no folder at" in proc.stderr
+
+
+def test_cached_scores_are_keyed_by_the_reward_weights_files(tmp_path):
+    """Retrained weights at the same path (a new detector, a re-fitted head) are a new scorer:
+    a re-run never reads scores that the old weights wrote; unchanged files keep the key."""
+    import shutil
+
+    from alignkit.evaluation.heldout import Scorer
+    from alignkit.toy import detector_path
+
+    folder = tmp_path / "detector"
+    shutil.copytree(detector_path(), folder)
+    own = Scorer("trained", "count", {"count": {"detector": str(folder), "objective": "exact"}})
+    bundled = Scorer("trained", "count", {"count": {"objective": "exact"}})
+    same = Scorer("trained", "count", {"count": {"detector": str(folder), "objective": "exact"}})
+    assert own.scorer_id == same.scorer_id and ":w" in own.scorer_id
+    assert ":w" in bundled.scorer_id  # the bundled detector's files, resolved without loading
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert Scorer("trained", "count", {"count": {"detector": str(folder), "objective": "exact"}}).scorer_id != own.scorer_id
+    # A reward without local weights keeps the id it had (no stamp).
+    assert Scorer("trained", "jpeg", {}).scorer_id == "trained:jpeg:{}:v2"

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from alignkit.errors import AlignkitError
 from alignkit.rewards import Reward, get_entry, load_reward, parse_spec
+from alignkit.rewards.registry import weights_stamp
 
 HELDOUT: dict[str, tuple[str, ...]] = {
     "aesthetic": ("hps", "pickscore", "clip"),
@@ -66,6 +67,7 @@ class Scorer:
     options: dict = field(default_factory=dict)
     device: str = "cpu"
     _reward: Reward | None = None
+    _stamp: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -73,7 +75,14 @@ class Scorer:
 
     @property
     def scorer_id(self) -> str:
-        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}:v{SCORES_VERSION}"
+        # The local weight files' contents are part of the key (a detector or fitted head
+        # retrained at the same path must not reuse scores read with the old one).
+        if self._stamp is None:
+            names = self.names
+            self._stamp = "+".join(weights_stamp(name, self.options.get(name) if len(names) > 1 or name in self.options
+                                                 else self.options) for name in names)
+        stamp = f":w{self._stamp}" if self._stamp.strip("+") else ""
+        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}{stamp}:v{SCORES_VERSION}"
 
     @property
     def reward(self) -> Reward:

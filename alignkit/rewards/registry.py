@@ -44,6 +44,9 @@ class RewardEntry:
     # For rewards whose weights an option names (a fitted folder): (available, reason) given
     # the bound options, still loading nothing.
     probe: Callable[..., tuple[bool, str]] | None = None
+    # Where the weights come from when no option names a path (the toy's bundled detector):
+    # options -> local path or None, for `weights_stamp`, resolving without loading.
+    default_path: Callable[[dict], str | None] | None = None
 
     def has_gradient(self, options: dict | None = None) -> bool:
         """Whether the reward built with `options` (and the spec's inline ones) is differentiable."""
@@ -100,6 +103,37 @@ def register(name: str, summary: str, **meta) -> Callable:
         return factory
 
     return wrap
+
+
+def weights_stamp(name: str, options: dict | None = None) -> str:
+    """A fingerprint of the local weight files a reward would read with `options`, loading
+    nothing: every option value (or inline one) that is an existing file or folder, and the
+    entry's `default_path`, by content. Cached scores are keyed by it, so that weights retrained
+    at the same path (a re-fitted reward, a new bundled detector) are never read from a cache of
+    the old ones. Hub weights are keyed by their repo id in the options, as before."""
+    import hashlib
+    import os
+
+    entry = get_entry(name)
+    chosen = {**dict(entry.bound), **(options or {})}
+    paths = [str(v) for v in chosen.values() if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v)]
+    if entry.default_path is not None:
+        try:
+            default = entry.default_path(chosen)
+        except AlignkitError:  # nothing installed: building the reward will say so
+            default = None
+        if default and os.path.exists(default):
+            paths.append(str(default))
+    h = hashlib.sha256()
+    for root in sorted(set(paths)):
+        files = [root] if os.path.isfile(root) else sorted(
+            os.path.join(d, f) for d, _, names in os.walk(root) for f in names)
+        for path in files:
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16] if paths else ""
 
 
 def get_entry(name: str) -> RewardEntry:
