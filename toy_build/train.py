@@ -248,8 +248,8 @@ def _detector_samples(pipe, cfg: RunConfig, specs: list, seed: int, log: dict) -
     out = []
     runs = [(name, None, eta, scale, n) for name, eta, scale, n in DETECTOR_SAMPLERS]
     runs += [(f"lora {path}", path, 1.0, 7.5, DETECTOR_LORA_SAMPLES) for path in cfg.loras]
-    runs = [(name, lora, eta, scale, max(1, round(n * cfg.sample_scale))) for name, lora, eta, scale, n in runs]
     for i, (name, lora, eta, scale, n) in enumerate(runs):
+        n = max(1, round(n * cfg.sample_scale))
         if lora is not None:
             pipe.load_lora_weights(lora)
         prompts = balanced_prompts(n, seed=seed + i, specs=specs)

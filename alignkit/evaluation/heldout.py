@@ -30,6 +30,7 @@ from torch import Tensor
 from alignkit.errors import AlignkitError
 from alignkit.rewards import Reward, get_entry, load_reward, parse_spec
 from alignkit.rewards.registry import weights_stamp
+from alignkit.rewards.spec import options_by_reward
 
 HELDOUT: dict[str, tuple[str, ...]] = {
     "aesthetic": ("hps", "pickscore", "clip"),
@@ -78,11 +79,9 @@ class Scorer:
         # The local weight files' contents are part of the key (a detector or fitted head
         # retrained at the same path must not reuse scores read with the old one).
         if self._stamp is None:
-            names = self.names
-            self._stamp = "+".join(weights_stamp(name, self.options.get(name) if len(names) > 1 or name in self.options
-                                                 else self.options) for name in names)
-        stamp = f":w{self._stamp}" if self._stamp.strip("+") else ""
-        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}{stamp}:v{SCORES_VERSION}"
+            stamps = [weights_stamp(name, options) for name, options in options_by_reward(self.spec, self.options).items()]
+            self._stamp = f":w{'+'.join(stamps)}" if any(stamps) else ""
+        return f"{self.role}:{self.spec}:{json.dumps(self.options, sort_keys=True, default=str)}{self._stamp}:v{SCORES_VERSION}"
 
     @property
     def reward(self) -> Reward:

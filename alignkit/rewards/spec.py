@@ -143,25 +143,31 @@ def load_reward(spec: str, device=None, dtype=None, **overrides) -> Reward:
     (`load_reward("hps+aesthetic", aesthetic={"head_path": ...})`).
     """
     terms = parse_spec(spec)
-    names = [name for name, _ in terms]
-    for name in names:
+    for name, _ in terms:
         get_entry(name)  # unknown names fail before anything loads
-    per_reward = {k: v for k, v in overrides.items() if k in names and isinstance(v, dict)}
-    loose = {k: v for k, v in overrides.items() if k not in per_reward}
-    if loose and len(terms) > 1:
-        raise AlignkitError(
-            f"options {sorted(loose)} are ambiguous for '{spec}'; give them per reward, e.g. {names[0]}={{...}}"
-        )
+    options = options_by_reward(spec, overrides)
     if len(terms) == 1:
         name, weight = terms[0]
-        reward = build(name, device=device, dtype=dtype, **{**loose, **per_reward.get(name, {})})
+        reward = build(name, device=device, dtype=dtype, **options[name])
         if weight == 1.0:
             return reward
         parts = [(name, reward, weight)]
     else:
-        parts = [(name, build(name, device=device, dtype=dtype, **per_reward.get(name, {})), weight)
-                 for name, weight in terms]
+        parts = [(name, build(name, device=device, dtype=dtype, **options[name]), weight) for name, weight in terms]
     return CombinedReward(parts, spec).freeze()
+
+
+def options_by_reward(spec: str, overrides: dict) -> dict[str, dict]:
+    """`load_reward`'s keyword overrides as one dict per reward the spec names: for a single
+    reward its loose keywords and its own dict merged; for a combination, per reward only."""
+    names = [name for name, _ in parse_spec(spec)]
+    per_reward = {k: v for k, v in overrides.items() if k in names and isinstance(v, dict)}
+    loose = {k: v for k, v in overrides.items() if k not in per_reward}
+    if loose and len(names) > 1:
+        raise AlignkitError(
+            f"options {sorted(loose)} are ambiguous for '{spec}'; give them per reward, e.g. {names[0]}={{...}}"
+        )
+    return {name: {**loose, **per_reward.get(name, {})} for name in names}
 
 
 def check_reward_options(options, where: str) -> dict[str, dict]:

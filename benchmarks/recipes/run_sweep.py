@@ -99,10 +99,9 @@ while pending or active:
             row["wall_s"] = round(time.time() - start, 1)
             row["rc"] = proc.returncode
             done.append(row)
-            g1, g0 = (row.get(f"eta{e}") or {} for e in (*job.get("evals", ["1", "0"]), "0")[:2])
-            print(f"[{time.time() - t0:6.0f}s] done {name} rc={proc.returncode} {row['wall_s']}s "
-                  f"eta1 {g1.get('pixel_count_correct')} {g1.get('gain_count')} | "
-                  f"eta0 {g0.get('pixel_count_correct')} {g0.get('gain_count')}", flush=True)
+            figures = " | ".join(f"eta{e} {(row.get(f'eta{e}') or {}).get('pixel_count_correct')} "
+                                 f"{(row.get(f'eta{e}') or {}).get('gain_count')}" for e in job.get("evals", ["1", "0"]))
+            print(f"[{time.time() - t0:6.0f}s] done {name} rc={proc.returncode} {row['wall_s']}s {figures}", flush=True)
             (out / "results.json").write_text(json.dumps(done, indent=1))
     if not pending and not active:
         break
