@@ -168,6 +168,32 @@ def test_flow_sde_step_is_flow_grpos(tiny_sd3):
     assert sde.draw(torch.Generator().manual_seed(0), 2, 1).step_noise.shape == (5, 2, 4, 4, 4)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd3"])
+def test_stochastic_steps_trained_makes_the_other_steps_the_deterministic_samplers(fixture, request):
+    """--stochastic-steps trained (MixGRPO): outside the trained steps a step is DDIM eta 0 / the
+    flow ODE, mean and std 0, exactly; inside, the stochastic step is unchanged."""
+    from alignkit.aligner.config import TrainConfig
+    from alignkit.aligner.pipeline import load_pipeline
+    from alignkit.aligner.trainer import build_sampler
+
+    loaded = load_pipeline(str(request.getfixturevalue(fixture)))
+    flow = loaded.family.sampler == "flow"
+    noisy = build_sampler(loaded, RESOLUTION, TrainConfig(num_inference_steps=4, guidance_scale=2.0,
+                                                          eta=0.0 if flow else 1.0, noise_level=0.7 if flow else None))
+    plain = build_sampler(loaded, RESOLUTION, TrainConfig(num_inference_steps=4, guidance_scale=2.0, eta=0.0,
+                                                          noise_level=0.0 if flow else None))
+    mixed = build_sampler(loaded, RESOLUTION, TrainConfig(num_inference_steps=4, guidance_scale=2.0,
+                                                          eta=0.0 if flow else 1.0, noise_level=0.7 if flow else None))
+    mixed.stochastic_steps = frozenset({0, 1})
+    torch.manual_seed(0)
+    x, out = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for i in range(4):
+        mean, std = mixed.distribution(out, x, i)
+        expected = (noisy if i < 2 else plain).distribution(out, x, i)
+        assert torch.equal(mean, expected[0]) and std == expected[1]
+        assert (std > 0) == (i < 2)
+
+
 # ---- end to end --------------------------------------------------------------------------------
 
 def _generate(pipe, flow):
@@ -295,6 +321,7 @@ BAD = [
     ("clip-zero", ["--clip-range", "0"], "--clip-range must be a finite number above 0"),
     ("inner-epochs-zero", ["--inner-epochs", "0"], "--inner-epochs must be at least 1"),
     ("steps-malformed", ["--grpo-steps", "late"], "--grpo-steps 'late' is not first:K"),
+    ("stochastic-steps-unknown", ["--stochastic-steps", "early"], "--stochastic-steps 'early' is not one of all, trained"),
     ("noise-level-on-sd", ["--noise-level", "0.7"], "--noise-level 0.7 is the flow-matching sampler's"),
     ("algorithm-unknown", ["--algorithm", "ppo"], "--algorithm 'ppo' is not one of alignprop, grpo"),
     ("nan-rewards", ["--reward", "nan_reward"], "returned a non-finite score for 4 of 4 samples at step 1"),
@@ -386,3 +413,29 @@ def test_alignkit_eval_reads_a_grpo_run(tiny_sd3, test_rewards, tmp_path):
     assert run_cli(["eval", run, "--seeds", "2", "--num-prompts", "1", "--scales", "0,1", "--rewards", "brightness",
                     "--device", "cpu", "--output-dir", tmp_path / "eval"]) == 0
     assert (tmp_path / "eval" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_same_initial_noise_gives_each_group_one_start(tiny_sd, test_rewards, tmp_path, monkeypatch, same):
+    """--same-initial-noise: every image of a group starts from its group's x_T (DanceGRPO), so
+    only the per-step noise tells them apart; off, each image has its own x_T. Groups of 2 split
+    across two micro-batches of 3 (12 images a step: 6 groups, the 3rd and 6th cut in two)."""
+    from alignkit.aligner import grpo
+
+    starts, rollout = [], grpo.sample_rollout
+
+    def spy(sampler, model, cond, traj, *args, **kwargs):
+        starts.append(traj.latents.clone())
+        return rollout(sampler, model, cond, traj, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "sample_rollout", spy)
+    flag = "--same-initial-noise" if same else "--no-same-initial-noise"
+    assert run_cli(["train", "--model", tiny_sd, *GRPO, "--train-batch-size", "3", "--gradient-accumulation-steps",
+                    "4", flag, "--max-train-steps", "1", "--checkpointing-steps", "0",
+                    "--output-dir", tmp_path / "run"]) == 0
+    x = torch.cat(starts)
+    assert x.shape[0] == 12
+    for i in range(0, 12, 2):
+        assert torch.equal(x[i], x[i + 1]) == same  # a group, even where its images sit in two micro-batches
+        assert not torch.equal(x[i], x[(i + 2) % 12])  # two groups never share a start
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["same_initial_noise"] == same

@@ -37,6 +37,9 @@ class ConfigError(AlignkitError, ValueError):
     """A config file or value that does not fit `TrainConfig`."""
 
 
+# --stochastic-steps: which sampling steps of a GRPO rollout draw noise.
+STOCHASTIC_STEPS = ("all", "trained")
+
 def file_only(default: Any = None, default_factory: Any = None) -> Any:
     """A field set in config files only: `alignkit train` has no flag for it (expert knobs,
     and values that are not scalars)."""
@@ -98,6 +101,16 @@ class TrainConfig:
     # GRPO: optimizer updates per sample batch (each a pass over its samples, ratio clipped);
     # 1 = on-policy. One of max_train_steps is one sample batch and its updates.
     inner_epochs: int = 1
+    # GRPO: start every image of a group from the same initial noise x_T (DanceGRPO's
+    # init_same_noise). The count and layout are largely set by x_T, which the policy does not
+    # choose; with one x_T per group, the group's rewards differ only through the sampler's
+    # per-step noise (the policy's actions), so the advantages credit those. Off: one x_T per image.
+    same_initial_noise: bool = False
+    # GRPO: the sampling steps that draw noise: all (DDPO, Flow-GRPO) or trained (MixGRPO, Li et
+    # al. 2025: the SDE inside the trained window, the ODE outside): the other steps are DDIM
+    # eta 0 / the flow ODE, so that a group's rewards differ only through the trained steps' noise,
+    # and the untrained steps are those of the deterministic sampler users generate with.
+    stochastic_steps: str = "all"
     # SD3 / FLUX: noise level a of Flow-GRPO's SDE sampler, std_t = a sqrt(sigma / (1 - sigma));
     # 0 = the deterministic ODE users sample with. None = the algorithm's: 0 for alignprop, 0.7
     # for grpo (whose steps must be Gaussians). SD/SDXL take --eta instead.
@@ -197,6 +210,8 @@ class TrainConfig:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_flag(name)} must be a finite number of at least 0, got {value}")
         _require_finite("clip_range", self.clip_range, positive=True)
+        if self.stochastic_steps not in STOCHASTIC_STEPS:
+            raise ConfigError(f"--stochastic-steps '{self.stochastic_steps}' is not one of {', '.join(STOCHASTIC_STEPS)}")
         if self.eta is not None and not 0 <= self.eta <= 1:  # False for NaN too
             raise ConfigError(f"--eta must be between 0 (DDIM) and 1 (DDPM-like), got {self.eta}")
         for name in ("adam_beta1", "adam_beta2"):

@@ -189,7 +189,7 @@ class FlowMatchSampler(ChainSampler):
         """The Euler step of the probability-flow ODE (std 0), or with a noise level the Gaussian
         step of Flow-GRPO's SDE (module docstring): its mean and its std std_t * sqrt(|dt|)."""
         x, dt = latents.float(), self.dts[i]
-        if self.noise_level <= 0:
+        if self.noise_level <= 0 or (self.stochastic_steps is not None and i not in self.stochastic_steps):
             return x + dt * velocity, 0.0
         sigma, std_t = self.sigmas[i], self.std_ts[i]
         mean = x + (velocity + std_t ** 2 / (2 * sigma) * (x + (1 - sigma) * velocity)) * dt

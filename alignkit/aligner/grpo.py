@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -197,6 +197,12 @@ def sample_rollout(sampler, model, cond, traj, steps: tuple[int, ...], base_mode
                    normal(ref_means) if base_model is not None else None, images)
 
 
+def _group_starts(sampler, generator: torch.Generator, groups: int) -> Tensor:
+    """One initial latent x_T per group, drawn as the samplers draw a batch's x_T."""
+    shape = (groups, sampler.latent_channels, sampler.latent_size, sampler.latent_size)
+    return torch.randn(shape, generator=generator)
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
 def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
@@ -210,6 +216,8 @@ def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
     N, beta = B * P * A, config.kl_beta
     base = accelerator.unwrap_model(unet)
     fast = session.nograd_unet if session.nograd_unet is not None else base  # (a compiled module has no truth value)
+    if config.stochastic_steps == "trained":
+        sampler.stochastic_steps = frozenset(steps)
     progress = ProgressBar(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
     with progress:
@@ -220,6 +228,8 @@ def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
             # --- 1. the step's prompts, whole groups, the same on every process
             picks = torch.randint(len(plan.prompts), (N // G,), generator=state.generator)
             picks = picks.repeat_interleave(G).tolist()
+            # One x_T per group (--same-initial-noise), drawn for all N // G groups of the step.
+            starts = _group_starts(sampler, state.generator, N // G) if config.same_initial_noise else None
 
             # --- 2. sample this process's share, micro-batch a holding samples [a*B*P + rank*B, +B)
             rollouts, rewards, parts = [], [], {}
@@ -229,6 +239,8 @@ def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
                 # Each micro-batch's noise is drawn for the global micro-batch (B x P, as AlignProp's
                 # loop draws), so its memory is that of one micro-batch, not of the step's N samples.
                 traj = sampler.draw(state.generator, B * P, len(steps)).slice(rank * B, rank * B + B)
+                if starts is not None:
+                    traj = replace(traj, latents=starts[torch.arange(lo, lo + B) // G])
                 cond = sampler.encode(prompts, device)
                 rollout = sample_rollout(sampler, fast, cond, traj, steps, base if beta > 0 else None,
                                          accelerator.autocast)

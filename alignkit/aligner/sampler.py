@@ -106,6 +106,9 @@ class ChainSampler:
         self.num_steps = num_inference_steps
         self.guidance_scale = guidance_scale
         self.gradient_checkpointing = gradient_checkpointing
+        # The steps that draw noise (GRPO's --stochastic-steps trained); None = every step the
+        # sampler's eta / noise level makes random. The others take their deterministic update.
+        self.stochastic_steps: frozenset[int] | None = None
         self.checkpoint_vae = checkpoint_vae
         self.negative_prompt = negative_prompt
 
@@ -212,6 +215,10 @@ class DDIMSampler(ChainSampler):
         self.alpha = [float(alphas[t]) for t in self.timesteps]
         self.alpha_prev = [float(alphas[t - stride]) if t - stride >= 0 else final for t in self.timesteps]
 
+    def eta_at(self, i: int) -> float:
+        """Step i's eta: the sampler's, or 0 (deterministic DDIM) outside `stochastic_steps`."""
+        return self.eta if self.stochastic_steps is None or i in self.stochastic_steps else 0.0
+
     # ---- randomness -------------------------------------------------------------------------
     @property
     def latent_channels(self) -> int:
@@ -283,7 +290,7 @@ class DDIMSampler(ChainSampler):
         if self.clip_range is not None:
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-        std = self.eta * variance ** 0.5
+        std = self.eta_at(i) * variance ** 0.5
         return a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps, std
 
     # ---- decode -----------------------------------------------------------------------------
