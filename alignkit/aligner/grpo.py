@@ -10,11 +10,13 @@ SDXL (DDPO, Black et al. 2023), Flow-GRPO's SDE for SD3 and FLUX (Liu et al. 202
 1. draw, from the run's one generator: N / G prompts, each repeated for a group of G images
    (N = train_batch_size x processes x accumulation), then each micro-batch's noise for all its
    processes, so that the data do not depend on the number of processes and a resumed run
-   redraws exactly what an uninterrupted one draws;
+   redraws exactly what an uninterrupted one draws (with `--same-initial-noise`, first one x_T
+   per group, which its images share);
 2. sample this process's share under `torch.inference_mode`, one micro-batch at a time, with
    classifier-free guidance as the pipelines apply it, recording for every trained step i its
    latents x_i and x_{i+1} and log p_old(x_{i+1} | x_i); with beta > 0 also the base model's
-   mean there (the LoRA switched off: no second model in memory);
+   mean there (the LoRA switched off: no second model in memory). With `--stochastic-steps
+   trained` only the trained steps draw noise; the others take the deterministic step;
 3. score the images; gather every process's rewards; advantage = (r - group mean) /
    (group std + 1e-4), each group whole even where its images sit on several processes;
 4. `inner_epochs` optimizer updates over the samples: per micro-batch and trained step, the
