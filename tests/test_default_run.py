@@ -12,8 +12,8 @@ def test_default_run_is_the_toy_count_recipe():
     assert (config.num_inference_steps, config.train_batch_size, config.group_size) == (20, 32, 8)
     assert (config.grpo_steps, config.inner_epochs, config.kl_beta) == ("first:0.25", 2, 0.04)
     assert (config.learning_rate, config.max_train_steps, config.checkpointing_steps) == (2e-3, 90, 30)
-    # Each group's images start from one x_T; every sampling step draws noise (eta 1).
-    assert (config.same_initial_noise, config.stochastic_steps, config.eta) == (True, "all", None)
+    # Each group's images start from one x_T; every sampling step draws noise, at half DDPM's (eta 0.5).
+    assert (config.same_initial_noise, config.stochastic_steps, config.eta) == (True, "all", 0.5)
 
 
 def test_the_previous_alignprop_recipe_is_one_flag_away():
