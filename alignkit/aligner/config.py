@@ -40,6 +40,7 @@ class ConfigError(AlignkitError, ValueError):
 # --stochastic-steps: which sampling steps of a GRPO rollout draw noise.
 STOCHASTIC_STEPS = ("all", "trained")
 
+
 def file_only(default: Any = None, default_factory: Any = None) -> Any:
     """A field set in config files only: `alignkit train` has no flag for it (expert knobs,
     and values that are not scalars)."""

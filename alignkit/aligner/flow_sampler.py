@@ -108,7 +108,7 @@ class FlowMatchSampler(ChainSampler):
     def draw(self, generator: torch.Generator, batch: int, k: int, renoise: int = 0) -> Trajectory:
         """A batch's initial latents (unpacked, as the pipelines draw them), the SDE's per-step
         noise when the noise level is above 0 (none for the ODE), and DRaFT-LV draws."""
-        shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
+        shape = self.latent_shape(batch)
         latents = torch.randn(shape, generator=generator)
         step_noise = torch.randn((self.num_steps, *shape), generator=generator) if self.noise_level > 0 else None
         renoise_noise = torch.randn((renoise, *shape), generator=generator) if renoise else None
@@ -189,7 +189,7 @@ class FlowMatchSampler(ChainSampler):
         """The Euler step of the probability-flow ODE (std 0), or with a noise level the Gaussian
         step of Flow-GRPO's SDE (module docstring): its mean and its std std_t * sqrt(|dt|)."""
         x, dt = latents.float(), self.dts[i]
-        if self.noise_level <= 0 or (self.stochastic_steps is not None and i not in self.stochastic_steps):
+        if self.noise_level <= 0 or not self.draws_noise(i):
             return x + dt * velocity, 0.0
         sigma, std_t = self.sigmas[i], self.std_ts[i]
         mean = x + (velocity + std_t ** 2 / (2 * sigma) * (x + (1 - sigma) * velocity)) * dt

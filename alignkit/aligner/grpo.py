@@ -199,12 +199,6 @@ def sample_rollout(sampler, model, cond, traj, steps: tuple[int, ...], base_mode
                    normal(ref_means) if base_model is not None else None, images)
 
 
-def _group_starts(sampler, generator: torch.Generator, groups: int) -> Tensor:
-    """One initial latent x_T per group, drawn as the samplers draw a batch's x_T."""
-    shape = (groups, sampler.latent_channels, sampler.latent_size, sampler.latent_size)
-    return torch.randn(shape, generator=generator)
-
-
 # ---- the loop -----------------------------------------------------------------------------------
 
 def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
@@ -231,7 +225,8 @@ def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
             picks = torch.randint(len(plan.prompts), (N // G,), generator=state.generator)
             picks = picks.repeat_interleave(G).tolist()
             # One x_T per group (--same-initial-noise), drawn for all N // G groups of the step.
-            starts = _group_starts(sampler, state.generator, N // G) if config.same_initial_noise else None
+            starts = (torch.randn(sampler.latent_shape(N // G), generator=state.generator)
+                      if config.same_initial_noise else None)
 
             # --- 2. sample this process's share, micro-batch a holding samples [a*B*P + rank*B, +B)
             rollouts, rewards, parts = [], [], {}

@@ -112,6 +112,14 @@ class ChainSampler:
         self.checkpoint_vae = checkpoint_vae
         self.negative_prompt = negative_prompt
 
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        """The shape of a batch's initial latents x_T as `draw` draws them (unpacked)."""
+        return (batch, self.latent_channels, self.latent_size, self.latent_size)
+
+    def draws_noise(self, i: int) -> bool:
+        """Whether step i may be random: every step, or only those of `stochastic_steps`."""
+        return self.stochastic_steps is None or i in self.stochastic_steps
+
     def predict(self, model, latents: Tensor, i: int, cond: Conditioning) -> Tensor:
         """The denoiser's output at step i (float32, guidance applied)."""
         raise NotImplementedError
@@ -215,10 +223,6 @@ class DDIMSampler(ChainSampler):
         self.alpha = [float(alphas[t]) for t in self.timesteps]
         self.alpha_prev = [float(alphas[t - stride]) if t - stride >= 0 else final for t in self.timesteps]
 
-    def eta_at(self, i: int) -> float:
-        """Step i's eta: the sampler's, or 0 (deterministic DDIM) outside `stochastic_steps`."""
-        return self.eta if self.stochastic_steps is None or i in self.stochastic_steps else 0.0
-
     # ---- randomness -------------------------------------------------------------------------
     @property
     def latent_channels(self) -> int:
@@ -226,7 +230,7 @@ class DDIMSampler(ChainSampler):
 
     def draw(self, generator: torch.Generator, batch: int, k: int, renoise: int = 0) -> Trajectory:
         """Draw a batch's initial latents and noises from a CPU generator (device-independent)."""
-        shape = (batch, self.latent_channels, self.latent_size, self.latent_size)
+        shape = self.latent_shape(batch)
         latents = torch.randn(shape, generator=generator)
         step_noise = torch.randn((self.num_steps, *shape), generator=generator) if self.eta > 0 else None
         renoise_noise = torch.randn((renoise, *shape), generator=generator) if renoise else None
@@ -290,7 +294,7 @@ class DDIMSampler(ChainSampler):
         if self.clip_range is not None:
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-        std = self.eta_at(i) * variance ** 0.5
+        std = (self.eta if self.draws_noise(i) else 0.0) * variance ** 0.5
         return a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps, std
 
     # ---- decode -----------------------------------------------------------------------------
