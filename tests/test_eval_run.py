@@ -586,3 +586,18 @@ def test_cached_scores_are_keyed_by_the_reward_weights_files(tmp_path):
     assert Scorer("trained", "count", {"count": {"detector": str(folder), "objective": "exact"}}).scorer_id != own.scorer_id
     # A reward without local weights keeps the id it had (no stamp).
     assert Scorer("trained", "jpeg", {}).scorer_id == "trained:jpeg:{}:v2"
+
+
+def test_weights_stamp_reads_only_the_options_that_name_weights(tmp_path, monkeypatch):
+    """A scalar option whose value happens to name a folder in the working directory
+    (objective=exact beside a folder `exact`, quality=.) is not hashed: only `path_options` are;
+    user code, whose options alignkit cannot know, keeps 'any existing path'."""
+    from alignkit.rewards.registry import weights_stamp
+
+    monkeypatch.chdir(tmp_path)
+    before = weights_stamp("count", {"objective": "exact"})
+    (tmp_path / "exact").mkdir()
+    (tmp_path / "exact" / "big.bin").write_bytes(b"x" * 100)
+    assert weights_stamp("count", {"objective": "exact"}) == before != ""
+    assert weights_stamp("jpeg", {"quality": "."}) == ""
+    assert weights_stamp("count", {"detector": "exact", "objective": "exact"}) not in ("", before)

@@ -119,6 +119,7 @@ def load_head(version: str, head_path: str | None) -> nn.Module:
     "LAION aesthetic predictor on CLIP ViT-L/14 (v2 MLP, or v1 linear)",
     weights=((CLIP_MODEL, "model.safetensors"), (HEADS["v2"].repo, HEADS["v2"].filename)),
     differentiable=True,
+    path_options=("head_path", "clip_model"),
 )
 def aesthetic(device=None, dtype=None, version: str = "v2", head_path: str | None = None,
               clip_model: str = CLIP_MODEL) -> AestheticReward:

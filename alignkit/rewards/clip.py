@@ -22,6 +22,7 @@ SCALE = 100.0
     "CLIP score: 100 x image-prompt cosine, unclamped",
     weights=((MODEL, "model.safetensors"),),
     differentiable=True,
+    path_options=("model",),
 )
 def clip(device=None, dtype=None, model: str = MODEL) -> ContrastiveReward:
     """`model` a transformers CLIP hub id or folder (its tokenizer is read from the same place)."""

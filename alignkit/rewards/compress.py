@@ -256,13 +256,13 @@ def _check_quality(quality) -> int:
     return quality
 
 
-@register("compress", "JPEG compressibility: minus the (proxy) quality-95 JPEG size in kB (DDPO)")
+@register("compress", "JPEG compressibility: minus the (proxy) quality-95 JPEG size in kB (DDPO)", path_options=())
 def compress(device=None, dtype=None, quality: int = QUALITY) -> Reward:
     # dtype is ignored on purpose: the bit cost is computed in float32 whatever the images are.
     return JpegSizeReward(-1.0, _check_quality(quality)).to(device)
 
 
-@register("incompress", "JPEG incompressibility: the (proxy) quality-95 JPEG size in kB (DDPO)")
+@register("incompress", "JPEG incompressibility: the (proxy) quality-95 JPEG size in kB (DDPO)", path_options=())
 def incompress(device=None, dtype=None, quality: int = QUALITY) -> Reward:
     return JpegSizeReward(1.0, _check_quality(quality)).to(device)
 
@@ -287,7 +287,7 @@ class TrueJpegReward(Reward):
 
 
 @register("jpeg", "JPEG compressibility, exact: minus the true Pillow quality-95 JPEG size in kB (DDPO); "
-          "no gradient", differentiable=False)
+          "no gradient", differentiable=False, path_options=())
 def jpeg(device=None, dtype=None, quality: int = QUALITY) -> Reward:
     """Higher is better: small files score high (-kB, DDPO's sign for compressibility)."""
     return TrueJpegReward(_check_quality(quality)).to(device)

@@ -368,6 +368,7 @@ def _default_detector() -> str:
 @register("count", "object count: soft YOLO count of the prompted class vs the number in the prompt "
           "(objective=exact: 1 if its NMS count is the number, else 0)",
           packages=("ultralytics",), extra="count", bundled=True, gradient_free=(("objective", "exact"),),
+          path_options=("detector",),
           default_path=lambda options: None if options.get("detector") else _default_detector())
 def count(device=None, dtype=None, detector: str | None = None, imgsz: int | None = None,
           conf: float = 0.25, iou: float = 0.7, objective: str = "error", augment: int = 1,

@@ -125,7 +125,7 @@ def probe(path: str | None = None) -> tuple[bool, str]:
 
 
 @register("fitted", "a reward fitted with `alignkit reward fit DATA --out DIR` (use fitted:path=DIR)",
-          differentiable=True, probe=probe)
+          differentiable=True, probe=probe, path_options=("path",))
 def fitted(device=None, dtype=None, path: str | None = None) -> FittedReward:
     """`path`: a folder written by `alignkit reward fit`."""
     if path is None:

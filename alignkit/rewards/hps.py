@@ -45,6 +45,7 @@ def canonical_version(version) -> str:
     "Human Preference Score v2.1 (or v2.0), ViT-H-14 cosine",
     weights=((HPS_REPO, HPS_FILES[DEFAULT_VERSION]),),
     differentiable=True,
+    path_options=("checkpoint_path",),
 )
 def hps(device=None, dtype=None, version: str = DEFAULT_VERSION, checkpoint_path: str | None = None,
         model_name: str = "ViT-H-14") -> ContrastiveReward:

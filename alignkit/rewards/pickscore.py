@@ -26,6 +26,7 @@ PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
     "PickScore v1: logit-scaled CLIP ViT-H/14 cosine",
     weights=((MODEL, "model.safetensors"), (PROCESSOR, "tokenizer_config.json")),
     differentiable=True,
+    path_options=("model", "processor"),
 )
 def pickscore(device=None, dtype=None, model: str = MODEL, processor: str = PROCESSOR) -> ContrastiveReward:
     """`model` a transformers CLIP hub id or folder; `processor` where its tokenizer lives."""

@@ -47,6 +47,9 @@ class RewardEntry:
     # Where the weights come from when no option names a path (the toy's bundled detector):
     # options -> local path or None, for `weights_stamp`, resolving without loading.
     default_path: Callable[[dict], str | None] | None = None
+    # The options whose values name weights (a file, a folder, or a hub id), for
+    # `weights_stamp`; None (user code) means any option whose value is an existing path.
+    path_options: tuple[str, ...] | None = None
 
     def has_gradient(self, options: dict | None = None) -> bool:
         """Whether the reward built with `options` (and the spec's inline ones) is differentiable."""
@@ -107,8 +110,9 @@ def register(name: str, summary: str, **meta) -> Callable:
 
 def weights_stamp(name: str, options: dict | None = None) -> str:
     """A fingerprint of the local weight files a reward would read with `options`, loading
-    nothing: every option value (or inline one) that is an existing file or folder, and the
-    entry's `default_path`, by content. Cached scores are keyed by it, so that weights retrained
+    nothing: every value (given or inline) of the entry's `path_options` that is an existing
+    file or folder, and the entry's `default_path`, by content. A scalar option whose value
+    happens to name a path (objective=exact beside a folder `exact`) is not read. Cached scores are keyed by it, so that weights retrained
     at the same path (a re-fitted reward, a new bundled detector) are never read from a cache of
     the old ones. Hub weights are keyed by their repo id in the options, as before."""
     import hashlib
@@ -116,7 +120,8 @@ def weights_stamp(name: str, options: dict | None = None) -> str:
 
     entry = get_entry(name)
     chosen = {**dict(entry.bound), **(options or {})}
-    paths = [str(v) for v in chosen.values() if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v)]
+    named = chosen if entry.path_options is None else {k: v for k, v in chosen.items() if k in entry.path_options}
+    paths = [str(v) for v in named.values() if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v)]
     if entry.default_path is not None:
         try:
             default = entry.default_path(chosen)
