@@ -23,7 +23,9 @@ micro-batch (GRPO: one per step). A separate timing phase then runs GRPO (its de
 with `--kl-beta 0`: DDPO's work exactly) and DDPOTrainer in alternating fresh processes for a
 few steps each at those settings: seconds per step (median after the first step) and peak RSS
 of the trainer's process, as ratios measured in the same run (targets: GRPO >= 1.5x faster,
-<= 1.0x the memory). DDPO's reward is computed in its bridge process, whose memory is reported
+<= 1.0x the memory). `--speed-chain T'` adds GRPO sampling its training images with a T'-step
+chain (Flow-GRPO's denoising reduction; the same share of its steps trained, the images still
+`--pg-batch` a step), a setting of GRPO's own, reported as its own row. DDPO's reward is computed in its bridge process, whose memory is reported
 beside its own and not counted in it.
 
 Every saved LoRA (and the base model) is then scored the same way, outside all trainers:
@@ -245,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-steps", type=int, help="steps of each timing run; the first is not timed")
     p.add_argument("--speed-kl0", action=argparse.BooleanOptionalAction, default=None,
                    help="also time GRPO with --kl-beta 0 (DDPO's work exactly: no reference forward)")
+    p.add_argument("--speed-chain", type=int, metavar="T",
+                   help="also time GRPO sampling with a T-step chain (Flow-GRPO's denoising reduction), "
+                        "the same share of its steps trained")
     p.add_argument("--ddpo-reward", choices=["soft", "truth"], default="soft",
                    help="what DDPO is given: the soft reward, or the independent truth the evaluation reads "
                         "(toy: the count by the world's rules; else the --judge-detector count; PIL JPEG size)")
@@ -292,6 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"--num-inference-steps")
     if args.speed_pairs and args.speed_steps < 2:
         raise BenchError(f"--speed-steps {args.speed_steps}: at least 2 (the first step of a run is not timed)")
+    if args.speed_chain is not None and not 1 <= args.speed_chain <= args.num_inference_steps:
+        raise BenchError(f"--speed-chain {args.speed_chain}: from 1 to the {args.num_inference_steps} steps of "
+                         f"--num-inference-steps (a shorter training chain)")
     return args
 
 
@@ -409,12 +417,12 @@ class Run:
         return [p for p in self.points if p.scores]
 
 
-def pg_flags(args, kl_beta: float | None = None) -> list:
+def pg_flags(args) -> list:
     """GRPO's flags at the matched settings (the module's doc-string); its own defaults otherwise."""
     n, m = args.pg_batch, args.pg_micro_batch
     flags = ["--algorithm", "grpo", "--train-batch-size", m, "--gradient-accumulation-steps", n // m,
              "--group-size", args.group_size, "--grpo-steps", f"first:{args.pg_trained_steps}", "--inner-epochs", 1]
-    return flags + (["--kl-beta", kl_beta] if kl_beta is not None else [])
+    return flags
 
 
 def alignkit_flags(world: World, method: Method, lr: float, steps: int, args) -> list:
@@ -507,9 +515,20 @@ def _check_trained_steps(result: dict, k: int) -> None:
 
 # ---- GRPO vs DDPOTrainer per step: time and memory at equal images per step ----------------------
 
-def speed_configs(args) -> list[tuple[str, float | None]]:
-    """(name, GRPO's --kl-beta or None for its default) of the timing runs, DDPO last."""
-    return [("grpo", None), *([("grpo kl 0", 0.0)] if args.speed_kl0 else []), ("ddpo", None)]
+def chain_trained_steps(args) -> int:
+    """GRPO's trained steps on the --speed-chain T' chain: the same share as K of T, rounded up."""
+    return math.ceil(args.pg_trained_steps * args.speed_chain / args.num_inference_steps)
+
+
+def speed_configs(args) -> list[tuple[str, list]]:
+    """(name, GRPO's flags beyond the matched ones) of the timing runs, DDPO last."""
+    configs = [("grpo", [])]
+    if args.speed_kl0:
+        configs.append(("grpo kl 0", ["--kl-beta", 0.0]))
+    if args.speed_chain:
+        configs.append((f"grpo T={args.speed_chain}", ["--num-inference-steps", args.speed_chain,
+                                                      "--grpo-steps", f"first:{chain_trained_steps(args)}"]))
+    return configs + [("ddpo", [])]
 
 
 def time_speed(world: World, args, python: Path) -> dict:
@@ -518,20 +537,19 @@ def time_speed(world: World, args, python: Path) -> dict:
     n, steps = args.pg_batch, args.speed_steps
     rows = []
     for pair in range(args.speed_pairs):
-        for name, beta in speed_configs(args):
-            out = _fresh(args.work_dir / f"speed-{pair}-{name.replace(' ', '')}")
+        for name, extra in speed_configs(args):
+            out = _fresh(args.work_dir / f"speed-{pair}-{name.replace(' ', '').replace('=', '')}")
             if name.startswith("grpo"):
+                # The extra flags come last: they override the matched ones (the last value wins).
                 flags = alignkit_flags(world, Method("grpo"), SPEED_LR, steps, args)
-                flags += ["--checkpointing-steps", 0]
-                if beta is not None:
-                    flags += ["--kl-beta", beta]
+                flags += ["--checkpointing-steps", 0, *extra]
                 child, log = harness.run_alignkit_train(flags, out, args.threads, args.timeout,
                                                         f"timing: alignkit train {name}")
                 times = [r["step_time"] for r in log]
                 # The trainer's own peak (RUSAGE_SELF, metrics.jsonl), read as DDPO's side reads its own.
                 rows.append({"pair": pair, "config": name, "step_times": times,
                              "peak_rss_mb": max(r["peak_mem_mb"] for r in log),
-                             "process_peak_rss_mb": child.peak_rss_mb, "kl_beta": beta})
+                             "process_peak_rss_mb": child.peak_rss_mb, "extra_flags": [str(f) for f in extra]})
             else:
                 out.mkdir(parents=True)
                 job = ddpo_job(world, SPEED_LR, steps, steps, out, args)
@@ -582,6 +600,18 @@ def step_time(row: dict) -> float:
     return statistics.median(row["step_times"][1:])
 
 
+def speed_label(config: str, speed: dict) -> str:
+    """A timing config's name in the report."""
+    if config == "grpo kl 0":
+        return "GRPO, KL 0 (DDPO's work)"
+    if config.startswith("grpo T="):
+        rows = [r for r in speed["rows"] if r["config"] == config]
+        chain = config.removeprefix("grpo T=")
+        trained = rows[0]["extra_flags"][-1].removeprefix("first:") if rows else "?"
+        return f"GRPO, {chain}-step training chain ({trained} trained)"
+    return "GRPO"
+
+
 def speed_checks(speed: dict) -> list[Check]:
     """DDPO's s/step over GRPO's, per pair (same round: the same machine conditions), their median;
     GRPO's peak memory over DDPO's (the highest of each over the pairs)."""
@@ -594,7 +624,7 @@ def speed_checks(speed: dict) -> list[Check]:
     for name in (c for c in by if c != "ddpo"):
         pairs = sorted(set(by[name]) & set(ddpo))
         ratios = [step_time(ddpo[p]) / step_time(by[name][p]) for p in pairs]
-        what = "GRPO" if name == "grpo" else "GRPO, KL 0 (DDPO's work)"
+        what = speed_label(name, speed)
         g = statistics.median(step_time(by[name][p]) for p in pairs)
         d = statistics.median(step_time(ddpo[p]) for p in pairs)
         per_pair = ", ".join(f"{r:.2f}x" for r in ratios)
@@ -604,7 +634,7 @@ def speed_checks(speed: dict) -> list[Check]:
         g = max(r["peak_rss_mb"] for r in by[name].values())
         d = max(r["peak_rss_mb"] for r in ddpo.values())
         bridge = max((r.get("bridge_peak_rss_mb") or 0) for r in ddpo.values())
-        what = "GRPO" if name == "grpo" else "GRPO, KL 0"
+        what = speed_label(name, speed)
         checks.append(Check(f"peak RSS, {what} / DDPO", g / d, "{:.2f}x", TARGET_MEMORY_RATIO,
                             f"{g:.0f} vs {d:.0f} MB; DDPO's reward runs in its bridge ({bridge:.0f} MB, not counted)"))
         if name == "grpo" and speed.get("reward_in_process_mb"):

@@ -275,6 +275,20 @@ def test_budgets_must_be_whole_steps():
     assert _args("--speed-pairs", "0", "--speed-steps", "1").speed_pairs == 0  # no timing: no step count needed
 
 
+def test_speed_chain_times_grpo_on_a_shorter_chain_with_the_same_share_trained():
+    from vs_ddpo import speed_configs, speed_label
+
+    configs = dict(speed_configs(_args("--pg-trained-steps", "5", "--speed-chain", "10", "--speed-kl0")))
+    assert list(configs) == ["grpo", "grpo kl 0", "grpo T=10", "ddpo"]
+    assert configs["grpo"] == [] and configs["grpo kl 0"] == ["--kl-beta", 0.0]
+    assert configs["grpo T=10"] == ["--num-inference-steps", 10, "--grpo-steps", "first:3"]  # 5/20 of 10, up
+    speed = {"rows": [{"config": "grpo T=10", "extra_flags": [str(f) for f in configs["grpo T=10"]]}]}
+    assert speed_label("grpo T=10", speed) == "GRPO, 10-step training chain (3 trained)"
+    assert list(dict(speed_configs(_args()))) == ["grpo", "ddpo"]
+    with pytest.raises(BenchError, match="--speed-chain 30"):
+        _args("--speed-chain", "30")
+
+
 def _speed(grpo=(9.0, 6.0, 6.2), ddpo=(8.0, 9.0, 9.3), pairs=2):
     rows = []
     for pair in range(pairs):
