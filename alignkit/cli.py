@@ -55,6 +55,7 @@ def eval_(
     prompt: Optional[str] = typer.Option(None, help="Evaluate on this one prompt."),
     num_prompts: Optional[int] = typer.Option(None, help="Keep only the first N prompts."),
     seeds: int = typer.Option(4, help="Seeds per prompt (shared by base and tuned images)."),
+    first_seed: Optional[int] = typer.Option(None, help="The first seed; default: the run's. Another reads the same models on fresh samples (a replication)."),
     num_inference_steps: Optional[int] = typer.Option(None, help="Denoising steps; default: the run's."),
     guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance; default: the run's."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta; default: the run's."),
@@ -70,6 +71,7 @@ def eval_(
 
     run(EvalConfig(path=path, model=model, reward=reward, heldout=heldout, reward_options=reward_option,
                    judges=judge, judge_options=judge_option, prompts=prompts, prompt=prompt, num_prompts=num_prompts, seeds=seeds,
+                   first_seed=first_seed,
                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
                    resolution=resolution, scales=parse_scales(scales), tolerance=tolerance,
                    output_dir=output_dir, device=device, batch_size=batch_size,

@@ -285,6 +285,17 @@ def test_outputs_and_their_fields(evaluated):
         assert grid.width > grid.height  # two prompt rows, four images each
 
 
+def test_first_seed_reads_fresh_samples():
+    """Seeds run from the run's training seed, or from --first-seed (a replication on fresh samples)."""
+    from alignkit.evaluation.config import EvalConfig, resolve_seeds
+    from alignkit.evaluation.source import EvalSource
+
+    source = EvalSource(Path("run"), "toy", [], config={"seed": 7})
+    assert resolve_seeds(EvalConfig(path=Path("run"), seeds=3), source) == [7, 8, 9]
+    assert resolve_seeds(EvalConfig(path=Path("run"), seeds=3, first_seed=1000), source) == [1000, 1001, 1002]
+    assert resolve_seeds(EvalConfig(path=Path("run"), seeds=2, first_seed=0), source) == [0, 1]
+
+
 def test_base_and_tuned_share_seeds(evaluated):
     result, _ = evaluated
     images = {(r.condition.label, r.prompt, r.seed): r.image.float() for r in result.records}
@@ -504,7 +515,8 @@ def test_unavailable_default_heldout_is_skipped_with_a_note(world, evaluated, tm
 
 # -- bad input: one line, non-zero exit ----------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["no_lora", "other_base", "zero_seeds", "unknown_heldout", "output_is_file",
+@pytest.mark.parametrize("case", ["no_lora", "other_base", "zero_seeds", "negative_first_seed", "unknown_heldout",
+                                  "output_is_file",
                                   "option_for_unused_reward", "corrupted_lora"])
 def test_bad_input_is_one_line(world, tmp_path, fails, case):
     args = ["eval", str(world["run"]), "--prompts", str(world["prompts"]), "--seeds", "2",
@@ -513,6 +525,7 @@ def test_bad_input_is_one_line(world, tmp_path, fails, case):
         "no_lora": "holds no LoRA",
         "other_base": "does not fit the base model",
         "zero_seeds": "--seeds must be at least 1",
+        "negative_first_seed": "--first-seed must be 0 or more",
         "unknown_heldout": "unknown reward 'eval_drak'; did you mean 'eval_dark'",
         "output_is_file": "is a file",
         "option_for_unused_reward": "'eval_drak' is not in the reward spec",
@@ -525,6 +538,8 @@ def test_bad_input_is_one_line(world, tmp_path, fails, case):
         args[1:2] = [str(world["other"]), "--model", str(world["base"]), "--reward", "eval_brightness"]
     elif case == "zero_seeds":
         args[args.index("--seeds") + 1] = "0"
+    elif case == "negative_first_seed":
+        args += ["--first-seed", "-1"]
     elif case == "unknown_heldout":
         args += ["--rewards", "eval_drak"]
     elif case == "corrupted_lora":

@@ -43,6 +43,9 @@ class EvalConfig:
     num_prompts: int | None = None
     # Seeds per prompt; base and tuned images share them, so their noise is identical.
     seeds: int = 4
+    # The first of them (None: the run's training seed). Another first seed reads the same
+    # models on fresh samples: a replication, not a re-read of the images a choice was made on.
+    first_seed: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     eta: float | None = None
@@ -65,6 +68,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.seeds < 1:
             raise AlignkitError(f"--seeds must be at least 1 (seeds per prompt), got {self.seeds}")
+        if self.first_seed is not None and self.first_seed < 0:
+            raise AlignkitError(f"--first-seed must be 0 or more, got {self.first_seed}")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise AlignkitError(f"--num-prompts must be at least 1, got {self.num_prompts}")
         if self.batch_size < 1:
@@ -200,7 +205,7 @@ def resolve_prompts(config: EvalConfig, source: EvalSource) -> list[str]:
 
 
 def resolve_seeds(config: EvalConfig, source: EvalSource) -> list[int]:
-    first = int(source.config.get("seed") or 0)
+    first = config.first_seed if config.first_seed is not None else int(source.config.get("seed") or 0)
     return [first + i for i in range(config.seeds)]
 
 
