@@ -25,8 +25,8 @@ few steps each at those settings: seconds per step (median after the first step)
 of the trainer's process, as ratios measured in the same run (targets: GRPO >= 1.5x faster,
 <= 1.0x the memory). `--speed-chain T'` adds GRPO sampling its training images with a T'-step
 chain (Flow-GRPO's denoising reduction; the same share of its steps trained, the images still
-`--pg-batch` a step), a setting of GRPO's own, reported as its own row. DDPO's reward is computed in its bridge process, whose memory is reported
-beside its own and not counted in it.
+`--pg-batch` a step), a setting of GRPO's own, reported as its own row. DDPO's reward is
+computed in its bridge process, whose memory is reported beside its own and not counted in it.
 
 Every saved LoRA (and the base model) is then scored the same way, outside all trainers:
 the prompt set's held-out prompts (never trained on) with fixed seeds, plain diffusers
@@ -420,9 +420,8 @@ class Run:
 def pg_flags(args) -> list:
     """GRPO's flags at the matched settings (the module's doc-string); its own defaults otherwise."""
     n, m = args.pg_batch, args.pg_micro_batch
-    flags = ["--algorithm", "grpo", "--train-batch-size", m, "--gradient-accumulation-steps", n // m,
-             "--group-size", args.group_size, "--grpo-steps", f"first:{args.pg_trained_steps}", "--inner-epochs", 1]
-    return flags
+    return ["--algorithm", "grpo", "--train-batch-size", m, "--gradient-accumulation-steps", n // m,
+            "--group-size", args.group_size, "--grpo-steps", f"first:{args.pg_trained_steps}", "--inner-epochs", 1]
 
 
 def alignkit_flags(world: World, method: Method, lr: float, steps: int, args) -> list:

@@ -48,7 +48,8 @@ class RewardEntry:
     # options -> local path or None, for `weights_stamp`, resolving without loading.
     default_path: Callable[[dict], str | None] | None = None
     # The options whose values name weights (a file, a folder, or a hub id), for
-    # `weights_stamp`; None (user code) means any option whose value is an existing path.
+    # `weights_stamp`; None (user code, whose options alignkit cannot know) means any option
+    # whose value is an existing path.
     path_options: tuple[str, ...] | None = None
 
     def has_gradient(self, options: dict | None = None) -> bool:
@@ -112,9 +113,9 @@ def weights_stamp(name: str, options: dict | None = None) -> str:
     """A fingerprint of the local weight files a reward would read with `options`, loading
     nothing: every value (given or inline) of the entry's `path_options` that is an existing
     file or folder, and the entry's `default_path`, by content. A scalar option whose value
-    happens to name a path (objective=exact beside a folder `exact`) is not read. Cached scores are keyed by it, so that weights retrained
-    at the same path (a re-fitted reward, a new bundled detector) are never read from a cache of
-    the old ones. Hub weights are keyed by their repo id in the options, as before."""
+    happens to name a path (objective=exact beside a folder `exact`) is not read. Cached scores
+    are keyed by it, so that weights retrained at the same path (a re-fitted reward, a new
+    bundled detector) are never read from a cache of the old ones. Hub weights are keyed by their repo id in the options, as before."""
     import hashlib
     import os
 
