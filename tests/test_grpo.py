@@ -194,6 +194,53 @@ def test_stochastic_steps_trained_makes_the_other_steps_the_deterministic_sample
         assert (std > 0) == (i < 2)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_flux"])
+def test_patch_noise_is_one_draw_per_patch_and_a_step_is_gaussian_over_patch_means(fixture, request):
+    """--noise-patch 2: each step's noise is one standard normal value per 2 x 2 patch of the
+    (unpacked) latent, so x_{i+1} - mean holds no finer detail, and the step's log-probability is
+    torch's Normal over the patch means with the step's std (FLUX: through its 2x2 token packing)."""
+    import torch.nn.functional as F
+
+    from alignkit.aligner.config import TrainConfig
+    from alignkit.aligner.pipeline import load_pipeline
+    from alignkit.aligner.trainer import build_sampler
+
+    loaded = load_pipeline(str(request.getfixturevalue(fixture)))
+    flow = loaded.family.sampler == "flow"
+    config = TrainConfig(num_inference_steps=4, guidance_scale=2.0, eta=0.0 if flow else 1.0,
+                         noise_level=0.7 if flow else None)
+    sampler = build_sampler(loaded, RESOLUTION, config)
+    if flow:
+        sampler.max_sequence_length = 32
+    white = sampler.draw(torch.Generator().manual_seed(3), 2, k=0).step_noise
+    sampler.noise_patch = 2
+    noise = sampler.draw(torch.Generator().manual_seed(3), 2, k=0).step_noise
+    assert noise.shape == white.shape
+    coarse = noise[..., ::2, ::2]
+    torch.testing.assert_close(noise, coarse.repeat_interleave(2, -2).repeat_interleave(2, -1), rtol=0, atol=0)
+    assert 0.8 < coarse.std().item() < 1.2  # unit std per pixel, as white noise: the marginals hold
+    for i in (0, 2):
+        x, mean, std, x_next = _one_step(sampler, loaded.denoiser, ["two red circles", "a cat"], i)
+        d = sampler.unpack(x_next - mean)
+        detail = d - F.avg_pool2d(d, 2).repeat_interleave(2, -2).repeat_interleave(2, -1)
+        assert detail.abs().max() < 1e-5 * d.abs().max()
+        pooled_mean, pooled_next = F.avg_pool2d(sampler.unpack(mean), 2), F.avg_pool2d(sampler.unpack(x_next), 2)
+        theirs = torch.distributions.Normal(pooled_mean.double(), std).log_prob(pooled_next.double()).flatten(1).sum(1)
+        ours = gaussian_log_prob(sampler.policy_coords(x_next), sampler.policy_coords(mean), std)
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-6)
+
+
+def test_grpo_trains_with_patch_noise(tiny_sd, test_rewards, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--model", tiny_sd, *GRPO, "--noise-patch", "2", "--inner-epochs", "2",
+                    "--max-train-steps", "2", "--checkpointing-steps", "0", "--output-dir", run]) == 0
+    rows = _metrics(run)
+    # The first epoch is on-policy (ratio 1); the second sees the policy its update moved.
+    assert all(r["ratio_max_dev_first_epoch"] < 1e-6 for r in rows)
+    assert all(r["kl"] > 0 and r["clip_fraction"] < 1 for r in rows)
+    assert yaml.safe_load((run / "config.yaml").read_text())["noise_patch"] == 2
+
+
 # ---- end to end --------------------------------------------------------------------------------
 
 def _generate(pipe, flow):
@@ -323,6 +370,8 @@ BAD = [
     ("steps-malformed", ["--grpo-steps", "late"], "--grpo-steps 'late' is not first:K"),
     ("stochastic-steps-unknown", ["--stochastic-steps", "early"], "--stochastic-steps 'early' is not one of all, trained"),
     ("noise-level-on-sd", ["--noise-level", "0.7"], "--noise-level 0.7 is the flow-matching sampler's"),
+    ("noise-patch-zero", ["--noise-patch", "0"], "--noise-patch must be at least 1"),
+    ("noise-patch-not-a-divisor", ["--noise-patch", "5"], "--noise-patch 5 does not divide the"),
     ("algorithm-unknown", ["--algorithm", "ppo"], "--algorithm 'ppo' is not one of alignprop, grpo"),
     ("nan-rewards", ["--reward", "nan_reward"], "returned a non-finite score for 4 of 4 samples at step 1"),
     ("alignprop-refuses-nondiff", ["--algorithm", "alignprop", "--truncation", "last:1"],

@@ -112,6 +112,12 @@ class TrainConfig:
     # eta 0 / the flow ODE, so that a group's rewards differ only through the trained steps' noise,
     # and the untrained steps are those of the deterministic sampler users generate with.
     stochastic_steps: str = "all"
+    # GRPO: the exploration noise's patch, in latent pixels: each value of a step's noise is
+    # shared by a P x P patch (drawn on a grid P times coarser, upsampled), and each step's
+    # policy is a Gaussian over the latents' P x P patch means. 1 = white noise (DDPO, Flow-GRPO).
+    # The count and layout are set by low frequencies; P = 2 keeps most of that randomness with
+    # a quarter of the random dimensions, so each reward explains more of the step's noise.
+    noise_patch: int = 1
     # SD3 / FLUX: noise level a of Flow-GRPO's SDE sampler, std_t = a sqrt(sigma / (1 - sigma));
     # 0 = the deterministic ODE users sample with. None = the algorithm's: 0 for alignprop, 0.7
     # for grpo (whose steps must be Gaussians). SD/SDXL take --eta instead.
@@ -202,7 +208,7 @@ class TrainConfig:
         _require_finite("adam_weight_decay", self.adam_weight_decay)
         if self.adam_weight_decay < 0:
             raise ConfigError(f"adam_weight_decay must be at least 0, got {self.adam_weight_decay}")
-        for name, low in (("group_size", 2), ("inner_epochs", 1)):
+        for name, low in (("group_size", 2), ("inner_epochs", 1), ("noise_patch", 1)):
             if getattr(self, name) < low:
                 why = "; a group of one image has no mean to compare it with" if name == "group_size" else ""
                 raise ConfigError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}{why}")

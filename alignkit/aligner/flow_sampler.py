@@ -110,7 +110,7 @@ class FlowMatchSampler(ChainSampler):
         noise when the noise level is above 0 (none for the ODE), and DRaFT-LV draws."""
         shape = self.latent_shape(batch)
         latents = torch.randn(shape, generator=generator)
-        step_noise = torch.randn((self.num_steps, *shape), generator=generator) if self.noise_level > 0 else None
+        step_noise = self.step_noise(generator, shape) if self.noise_level > 0 else None
         renoise_noise = torch.randn((renoise, *shape), generator=generator) if renoise else None
         return Trajectory(latents, step_noise, renoise_noise, k)
 

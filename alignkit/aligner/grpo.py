@@ -140,6 +140,10 @@ def _ready(plan: Plan, accelerator, session: Session) -> None:
             f"--train-batch-size {config.train_batch_size} x {num_processes} process(es) x "
             f"--gradient-accumulation-steps {config.gradient_accumulation_steps} = {per_step} samples per step is not "
             f"a multiple of --group-size {config.group_size}; e.g. --gradient-accumulation-steps {need}")
+    side, patch = session.sampler.latent_size, config.noise_patch
+    if side % patch:
+        raise AlignkitError(f"--noise-patch {patch} does not divide the {side}-pixel latent side of this model at "
+                            f"--resolution {session.sampler.resolution}; pick a divisor of {side}")
     for i in plan.extra:
         _, std = session.sampler.distribution(torch.zeros(1), torch.zeros(1), i)
         if not std > 0:
@@ -186,7 +190,7 @@ def sample_rollout(sampler, model, cond, traj, steps: tuple[int, ...], base_mode
                 latents_in.append(x)
                 latents_out.append(x_next)
                 stds.append(std)
-                log_probs.append(gaussian_log_prob(x_next, mean, std))
+                log_probs.append(gaussian_log_prob(sampler.policy_coords(x_next), sampler.policy_coords(mean), std))
                 if base_model is not None:
                     with lora_disabled(base_model), autocast():
                         ref_out = sampler.predict(base_model, x, i, cond)
@@ -214,6 +218,7 @@ def _loop(plan: Plan, run: RunFolder, accelerator, session: Session) -> None:
     fast = session.nograd_unet if session.nograd_unet is not None else base  # (a compiled module has no truth value)
     if config.stochastic_steps == "trained":
         sampler.stochastic_steps = frozenset(steps)
+    sampler.noise_patch = config.noise_patch
     progress = ProgressBar(config.max_train_steps, state.step, enabled=accelerator.is_main_process)
     unet.train()
     with progress:
@@ -311,10 +316,11 @@ def _step_loss(config, accelerator, unet, sampler, rollout: Rollout, n: int, i: 
     with accelerator.autocast():
         out = sampler.predict(unet, x, i, rollout.cond)
     mean, _ = sampler.distribution(out, x, i)
-    log_prob = gaussian_log_prob(rollout.next_latents[n], mean, std)
+    coords = sampler.policy_coords
+    log_prob = gaussian_log_prob(coords(rollout.next_latents[n]), coords(mean), std)
     surrogate, ratio = clipped_surrogate(log_prob, rollout.log_probs[n], adv.double(), config.clip_range)
     if rollout.ref_means is not None:
-        kl = gaussian_kl(mean, rollout.ref_means[n], std)
+        kl = gaussian_kl(coords(mean), coords(rollout.ref_means[n]), std)
     else:
         kl = torch.zeros_like(surrogate)
     loss = (surrogate + config.kl_beta * kl).mean() / len(rollout.latents)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -109,6 +110,9 @@ class ChainSampler:
         # The steps that draw noise (GRPO's --stochastic-steps trained); None = every step the
         # sampler's eta / noise level makes random. The others take their deterministic update.
         self.stochastic_steps: frozenset[int] | None = None
+        # GRPO's --noise-patch P: each step's noise drawn on a grid P times coarser (`step_noise`),
+        # and each step a Gaussian over the latents' P x P patch means (`policy_coords`).
+        self.noise_patch = 1
         self.checkpoint_vae = checkpoint_vae
         self.negative_prompt = negative_prompt
 
@@ -119,6 +123,29 @@ class ChainSampler:
     def draws_noise(self, i: int) -> bool:
         """Whether step i may be random: every step, or only those of `stochastic_steps`."""
         return self.stochastic_steps is None or i in self.stochastic_steps
+
+    def step_noise(self, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+        """(T, *shape) per-step noise, one standard normal value per latent pixel; with
+        `noise_patch` P > 1, one per P x P patch (drawn on the coarse grid, then repeated), so the
+        per-pixel std, and with it the sampler's marginals, are unchanged."""
+        p = self.noise_patch
+        if p == 1:
+            return torch.randn((self.num_steps, *shape), generator=generator)
+        *lead, h, w = shape
+        coarse = torch.randn((self.num_steps, *lead, h // p, w // p), generator=generator)
+        return coarse.repeat_interleave(p, -2).repeat_interleave(p, -1)
+
+    def unpack(self, latents: Tensor) -> Tensor:
+        """The chain's latents as (B, C, h, w) (the identity here; FLUX unpacks its tokens)."""
+        return latents
+
+    def policy_coords(self, latents: Tensor) -> Tensor:
+        """The coordinates in which a step is Gaussian with std `distribution`'s: the latents,
+        or with `noise_patch` P > 1 their P x P patch means (the mean of a patch of repeated
+        noise is its one coarse value; the finer detail of x_{i+1} is the mean's, deterministic)."""
+        if self.noise_patch == 1:
+            return latents
+        return F.avg_pool2d(self.unpack(latents), self.noise_patch)
 
     def predict(self, model, latents: Tensor, i: int, cond: Conditioning) -> Tensor:
         """The denoiser's output at step i (float32, guidance applied)."""
@@ -232,7 +259,7 @@ class DDIMSampler(ChainSampler):
         """Draw a batch's initial latents and noises from a CPU generator (device-independent)."""
         shape = self.latent_shape(batch)
         latents = torch.randn(shape, generator=generator)
-        step_noise = torch.randn((self.num_steps, *shape), generator=generator) if self.eta > 0 else None
+        step_noise = self.step_noise(generator, shape) if self.eta > 0 else None
         renoise_noise = torch.randn((renoise, *shape), generator=generator) if renoise else None
         return Trajectory(latents, step_noise, renoise_noise, k)
 
