@@ -230,7 +230,11 @@ def test_patch_noise_is_one_draw_per_patch_and_a_step_is_gaussian_over_patch_mea
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-6)
 
 
-def test_grpo_trains_with_patch_noise(tiny_sd, test_rewards, tmp_path):
+def test_grpo_trains_with_patch_noise(tiny_sd, test_rewards, tmp_path, monkeypatch):
+    from alignkit.aligner import grpo
+
+    shapes, kl = [], grpo.gaussian_kl
+    monkeypatch.setattr(grpo, "gaussian_kl", lambda mean, ref, std: shapes.append(mean.shape) or kl(mean, ref, std))
     run = tmp_path / "run"
     assert run_cli(["train", "--model", tiny_sd, *GRPO, "--noise-patch", "2", "--inner-epochs", "2",
                     "--max-train-steps", "2", "--checkpointing-steps", "0", "--output-dir", run]) == 0
@@ -239,6 +243,10 @@ def test_grpo_trains_with_patch_noise(tiny_sd, test_rewards, tmp_path):
     assert all(r["ratio_max_dev_first_epoch"] < 1e-6 for r in rows)
     assert all(r["kl"] > 0 and r["clip_fraction"] < 1 for r in rows)
     assert yaml.safe_load((run / "config.yaml").read_text())["noise_patch"] == 2
+    # The KL to the base model is over the whole latent (its finer detail too), not the patch means.
+    vae = json.loads((tiny_sd / "vae" / "config.json").read_text())
+    side = RESOLUTION // 2 ** (len(vae["block_out_channels"]) - 1)
+    assert shapes and all(tuple(shape[-2:]) == (side, side) for shape in shapes)
 
 
 # ---- end to end --------------------------------------------------------------------------------
