@@ -443,7 +443,7 @@ def test_a_trained_step_without_noise_is_refused(tiny_sd):
 
     sampler = DDIMSampler(load_pipeline(str(tiny_sd)), RESOLUTION, 3, eta=1.0)
     sampler.alpha_prev[-1] = 1.0
-    config = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1, group_size=2)
+    config = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1, group_size=2, noise_patch=1)
     plan, accelerator = SimpleNamespace(config=config, extra=(0, 1)), SimpleNamespace(num_processes=1)
     grpo._ready(plan, accelerator, SimpleNamespace(sampler=sampler))  # the first two steps are random
     plan.extra = (0, 2)
