@@ -120,11 +120,11 @@ def _one_step(sampler, model, prompts, i):
     return x, mean, std, x_next
 
 
-@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd3", "tiny_flux"])
-def test_a_sampler_step_log_prob_equals_torch_normal(fixture, request):
+def _stochastic_sampler(fixture, request):
+    """A tiny pipeline and its GRPO sampler: 4 steps, guidance 2, DDIM eta 1 or the flow SDE at 0.7."""
+    from alignkit.aligner.config import TrainConfig
     from alignkit.aligner.pipeline import load_pipeline
     from alignkit.aligner.trainer import build_sampler
-    from alignkit.aligner.config import TrainConfig
 
     loaded = load_pipeline(str(request.getfixturevalue(fixture)))
     flow = loaded.family.sampler == "flow"
@@ -133,6 +133,12 @@ def test_a_sampler_step_log_prob_equals_torch_normal(fixture, request):
     sampler = build_sampler(loaded, RESOLUTION, config)
     if flow:
         sampler.max_sequence_length = 32
+    return loaded, sampler
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd", "tiny_sd3", "tiny_flux"])
+def test_a_sampler_step_log_prob_equals_torch_normal(fixture, request):
+    loaded, sampler = _stochastic_sampler(fixture, request)
     for i in (0, 2):
         x, mean, std, x_next = _one_step(sampler, loaded.denoiser, ["two red circles", "a cat"], i)
         assert std > 0 and x_next.shape == mean.shape
@@ -201,17 +207,7 @@ def test_patch_noise_is_one_draw_per_patch_and_a_step_is_gaussian_over_patch_mea
     torch's Normal over the patch means with the step's std (FLUX: through its 2x2 token packing)."""
     import torch.nn.functional as F
 
-    from alignkit.aligner.config import TrainConfig
-    from alignkit.aligner.pipeline import load_pipeline
-    from alignkit.aligner.trainer import build_sampler
-
-    loaded = load_pipeline(str(request.getfixturevalue(fixture)))
-    flow = loaded.family.sampler == "flow"
-    config = TrainConfig(num_inference_steps=4, guidance_scale=2.0, eta=0.0 if flow else 1.0,
-                         noise_level=0.7 if flow else None)
-    sampler = build_sampler(loaded, RESOLUTION, config)
-    if flow:
-        sampler.max_sequence_length = 32
+    loaded, sampler = _stochastic_sampler(fixture, request)
     white = sampler.draw(torch.Generator().manual_seed(3), 2, k=0).step_noise
     sampler.noise_patch = 2
     noise = sampler.draw(torch.Generator().manual_seed(3), 2, k=0).step_noise

@@ -116,8 +116,8 @@ class TrainConfig:
     # shared by a P x P patch (drawn on a grid P times coarser, upsampled), and each step's
     # policy is a Gaussian over the latents' P x P patch means (the KL to the base model stays
     # over the whole latent). 1 = white noise (DDPO, Flow-GRPO). The toy's count is set by low
-    # frequencies: P = 2 keeps most of that randomness with a quarter of the random dimensions
-    # (it did not raise the judged count there: docs/experiments/2026-12-04-early-steps.md, §8).
+    # frequencies: noise on 2 x 2 patches changes it as often as white noise, with a quarter of
+    # the random dimensions (it did not raise the judged count: docs/experiments/2026-12-04-early-steps.md, §8).
     noise_patch: int = 1
     # SD3 / FLUX: noise level a of Flow-GRPO's SDE sampler, std_t = a sqrt(sigma / (1 - sigma));
     # 0 = the deterministic ODE users sample with. None = the algorithm's: 0 for alignprop, 0.7

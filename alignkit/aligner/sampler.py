@@ -128,12 +128,7 @@ class ChainSampler:
         """(T, *shape) per-step noise, one standard normal value per latent pixel; with
         `noise_patch` P > 1, one per P x P patch (drawn on the coarse grid, then repeated), so the
         per-pixel std, and with it the sampler's marginals, are unchanged."""
-        p = self.noise_patch
-        if p == 1:
-            return torch.randn((self.num_steps, *shape), generator=generator)
-        *lead, h, w = shape
-        coarse = torch.randn((self.num_steps, *lead, h // p, w // p), generator=generator)
-        return coarse.repeat_interleave(p, -2).repeat_interleave(p, -1)
+        return patch_noise((self.num_steps, *shape), self.noise_patch, generator)
 
     def unpack(self, latents: Tensor) -> Tensor:
         """The chain's latents as (B, C, h, w) (the identity here; FLUX unpacks its tokens)."""
@@ -363,6 +358,16 @@ class DDIMSampler(ChainSampler):
         step_noise = None if last_noise is None else last_noise.repeat(n, 1, 1, 1)
         latents = self._grad_step(unet, noisy, last, conds, step_noise)
         return SampleOutput(self.decode(latents), n, latents)
+
+
+def patch_noise(shape: tuple[int, ...], patch: int, generator: torch.Generator) -> Tensor:
+    """Standard normal noise of `shape`, one value per `patch` x `patch` block of its last two
+    dimensions (drawn on the coarse grid, then repeated); patch 1 is plain `torch.randn`."""
+    if patch == 1:
+        return torch.randn(shape, generator=generator)
+    *lead, h, w = shape
+    coarse = torch.randn((*lead, h // patch, w // patch), generator=generator)
+    return coarse.repeat_interleave(patch, -2).repeat_interleave(patch, -1)
 
 
 def vae_decode(vae, latents: Tensor) -> Tensor:

@@ -115,7 +115,8 @@ def weights_stamp(name: str, options: dict | None = None) -> str:
     file or folder, and the entry's `default_path`, by content. A scalar option whose value
     happens to name a path (objective=exact beside a folder `exact`) is not read. Cached scores
     are keyed by it, so that weights retrained at the same path (a re-fitted reward, a new
-    bundled detector) are never read from a cache of the old ones. Hub weights are keyed by their repo id in the options, as before."""
+    bundled detector) are never read from a cache of the old ones. Hub weights are keyed by
+    their repo id in the options, as before."""
     import hashlib
     import os
 

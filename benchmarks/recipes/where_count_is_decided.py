@@ -20,7 +20,7 @@ import time
 import torch
 
 from alignkit.aligner.pipeline import load_pipeline
-from alignkit.aligner.sampler import DDIMSampler
+from alignkit.aligner.sampler import DDIMSampler, patch_noise
 from alignkit.prompts import load_prompt_set
 from alignkit.toy.judge import toy_rules
 
@@ -47,13 +47,6 @@ def main(n: int = 32, draws: int = 4, eta: float = 1.0, patch: int = 1,
             x = sampler.step(unet, x, i, cond, noise(i))
         return judge.read(sampler.images(x).clamp(0, 1), picks)["pixel_count_correct"]
 
-    def draw() -> torch.Tensor:
-        """A step's noise as GRPO draws it: white, or one value per latent patch (`step_noise`)."""
-        if patch == 1:
-            return torch.randn(x_T.shape, generator=g)
-        coarse = torch.randn((*x_T.shape[:2], x_T.shape[2] // patch, x_T.shape[3] // patch), generator=g)
-        return coarse.repeat_interleave(patch, -2).repeat_interleave(patch, -1)
-
     start = time.time()
     sampler.stochastic_steps = frozenset()  # every step deterministic: DDIM eta 0
     result = {"pairs": n, "draws": draws, "eta": eta, "patch": patch, "steps": STEPS,
@@ -62,7 +55,8 @@ def main(n: int = 32, draws: int = 4, eta: float = 1.0, patch: int = 1,
           f"{result['deterministic_accuracy']:.3f}")
     for k in PROBED:
         sampler.stochastic_steps = frozenset({k})
-        reads = torch.stack([correct(lambda i: draw()) for _ in range(draws)])
+        # A step's noise as GRPO draws it: white, or one value per latent patch.
+        reads = torch.stack([correct(lambda i: patch_noise(x_T.shape, patch, g)) for _ in range(draws)])
         mixed = (reads.amin(0) != reads.amax(0)).float().mean().item()
         result["by_step"][k] = {"accuracy": reads.mean().item(), "mixed_groups": mixed}
         print(f"step {k:2d}: accuracy {reads.mean():.3f}, groups with mixed rewards {mixed:.3f} "
